@@ -1,0 +1,47 @@
+# Weir: the one entry point for people and CI. `make help` lists the targets.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+export WEIR_TOOLS_DIR ?= $(CURDIR)/.tools
+# Test binaries run one at a time; the tests inside each share one local stack.
+TEST_THREADS ?= 4
+
+.PHONY: help build test tools dev demo lint fmt manifests bench clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## Build every crate and binary
+	$(CARGO) build --workspace --all-targets
+
+test: tools ## Run every test: unit, property, golden and integration on the real local stack
+	$(CARGO) test --workspace --all-targets -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --workspace --doc
+
+tools: ## Install the pinned Kafka, etcd, kube-apiserver, kubectl and helm into .tools/
+	@bash tools/install.sh
+
+dev: tools ## Start the local stack in the foreground and print how to reach it (Ctrl-C stops it)
+	$(CARGO) run --quiet -p weir-tests --bin weir-dev -- up
+
+demo: tools ## Run Weir's main job on the embedded local stack, print what it did, and stop
+	$(CARGO) run --quiet -p weir-tests --bin weir-dev -- demo
+
+lint: ## Check formatting and run clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+manifests: ## Regenerate the CRDs from the Rust types into manifests/crds and charts/weir/crds
+	$(CARGO) run --quiet -p weir-crds --bin crdgen -- --out manifests/crds --out charts/weir/crds
+
+bench: tools ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the command)
+	$(CARGO) bench --workspace
+
+clean: ## Remove build output (keeps .tools; `rm -rf .tools` removes the installed components)
+	$(CARGO) clean

@@ -1,0 +1,277 @@
+//! Transform: a SQL SELECT over DataStreams whose result is another DataStream.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::{Schema as JsonSchemaObject, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::data_stream::{CleanupPolicy, DeletionPolicy};
+
+/// A Transform runs a SQL query over DataStreams and writes the result to its own output
+/// DataStream.
+// Several printer columns share a type; that is not a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "Transform",
+    namespaced,
+    status = "TransformStatus",
+    shortname = "tf",
+    category = "weir",
+    doc = "A Transform: a SQL SELECT over DataStreams whose result is another DataStream.",
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Output", type_ = "string", json_path = ".spec.output.name"),
+    printcolumn(
+        name = "Parallelism",
+        type_ = "integer",
+        json_path = ".spec.parallelism"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformSpec {
+    /// What the Transform computes, for the people who read it.
+    #[schemars(length(min = 1, max = 4096))]
+    pub description: String,
+
+    /// The person or team responsible for the Transform.
+    #[x_kube(validation = Rule::new("self.trim() != ''").message("spec.owner must name a person or team"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub owner: String,
+
+    /// One SQL SELECT. DataStreams are named `namespace.name` (dashes become underscores),
+    /// or by bare name within this namespace.
+    #[schemars(length(min = 1, max = 65536))]
+    pub sql: String,
+
+    /// The DataStream the result is written to (owned by this Transform).
+    pub output: TransformOutput,
+
+    /// How many workers share the input partitions.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub parallelism: i32,
+
+    /// Fixture tests, run before every rollout: given input records, expected output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    pub tests: Vec<TransformTest>,
+
+    /// Data checks on every output record, while running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub expectations: Vec<Expectation>,
+
+    /// What happens to an input record that cannot be decoded.
+    #[serde(default)]
+    pub error_policy: ErrorPolicy,
+
+    /// Where a new Transform starts reading: `earliest` (default), `latest`, or an RFC 3339
+    /// timestamp.
+    #[serde(default = "default_start_from")]
+    #[schemars(regex(
+        pattern = r"^(earliest|latest|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2}))$"
+    ))]
+    pub start_from: String,
+
+    /// How a change to the SQL treats the state and position of the running Transform.
+    #[serde(default)]
+    pub upgrade_policy: UpgradePolicy,
+
+    /// Exactly-once (default) or at-least-once delivery to the output.
+    #[serde(default)]
+    pub delivery_guarantee: DeliveryGuarantee,
+
+    /// CPU and memory for each worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+fn default_start_from() -> String {
+    "earliest".into()
+}
+
+/// The output DataStream's name and topic settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformOutput {
+    /// The output DataStream's name, in the Transform's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Its description. Defaults to the Transform's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its topic's partitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub partitions: Option<i32>,
+    /// Its topic's replication factor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 32))]
+    pub replication_factor: Option<i32>,
+    /// Its retention, such as `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(-1|forever|([0-9]+(ms|s|m|h|d|w))+)$"))]
+    pub retention: Option<String>,
+    /// Its cleanup policy. Defaults to `compact` for a changelog output, `delete` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// What happens to its topic when the Transform is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Namespaces whose Transforms may read the output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+}
+
+/// One fixture test.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformTest {
+    /// What the test shows.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Input records per DataStream (named as in the SQL), in arrival order.
+    #[schemars(schema_with = "records_by_stream_schema")]
+    pub given: BTreeMap<String, Vec<serde_json::Map<String, serde_json::Value>>>,
+    /// The expected output rows, compared as a multiset (the final state, for a changelog).
+    #[schemars(schema_with = "records_schema")]
+    pub expect: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn records_schema(_: &mut SchemaGenerator) -> JsonSchemaObject {
+    json_schema!({
+        "type": "array",
+        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+    })
+}
+
+fn records_by_stream_schema(_: &mut SchemaGenerator) -> JsonSchemaObject {
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {
+            "type": "array",
+            "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
+        },
+    })
+}
+
+/// A data check on every output record.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Expectation {
+    /// The check's name, used in conditions, metrics and dead letters.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// A SQL boolean expression over the output's columns.
+    #[schemars(length(min = 1, max = 4096))]
+    pub check: String,
+    /// What happens to a record that fails the check.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+/// What happens to a record that breaks an expectation.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum OnFailure {
+    /// Send it to the dead-letter stream with the reason, and count it.
+    #[default]
+    DeadLetter,
+    /// Drop it, and count it.
+    Drop,
+    /// Stop the Transform and report the failure.
+    Fail,
+}
+
+/// What happens to an input record that cannot be decoded.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ErrorPolicy {
+    /// Send it to the dead-letter stream with the reason, and count it.
+    #[default]
+    DeadLetter,
+    /// Skip it, and count it.
+    Drop,
+    /// Stop the Transform and report the failure.
+    Fail,
+}
+
+/// How a change to a running Transform's SQL is rolled out.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum UpgradePolicy {
+    /// Keep state and input position; a change whose state is incompatible is refused.
+    #[default]
+    KeepState,
+    /// Drop state and reprocess the input from `startFrom`.
+    Reprocess,
+}
+
+/// The delivery guarantee to the output stream.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryGuarantee {
+    /// Input offsets, output and state commit in one Kafka transaction.
+    #[default]
+    ExactlyOnce,
+    /// Output may repeat after a crash; lower latency.
+    AtLeastOnce,
+}
+
+/// The observed state of a Transform.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Workers running (the scale subresource's status).
+    #[serde(default)]
+    pub replicas: i32,
+    /// The label selector of the workers (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// The compiled plan's stable fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_fingerprint: Option<String>,
+    /// The DataStreams the SQL reads, as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// `Ready` and the other conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

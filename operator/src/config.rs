@@ -1,0 +1,99 @@
+//! The operator's configuration: every flag can also be set from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::telemetry::LogFormat;
+
+/// Weir's Kubernetes operator: reconciles DataStreams into Kafka topics.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "weir-operator", version, about)]
+pub struct Config {
+    /// The default Kafka cluster's bootstrap servers (`host:port[,host:port…]`).
+    #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP_SERVERS")]
+    pub kafka_bootstrap_servers: String,
+
+    /// Extra librdkafka settings for the default cluster, as `key=value` (repeatable),
+    /// for example `security.protocol=SASL_SSL`.
+    #[arg(long = "kafka-config", env = "WEIR_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_config: Vec<(String, String)>,
+
+    /// The replication factor of new topics whose spec does not set one.
+    #[arg(long, env = "WEIR_DEFAULT_REPLICATION_FACTOR", default_value_t = 3)]
+    pub default_replication_factor: i32,
+
+    /// How often each DataStream is compared with Kafka to revert out-of-band changes.
+    #[arg(long, env = "WEIR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Elect one active replica through a Lease (turn off only for a single replica).
+    #[arg(long, env = "WEIR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// The Lease's namespace.
+    #[arg(long, env = "WEIR_LEASE_NAMESPACE", default_value = "weir-system")]
+    pub lease_namespace: String,
+
+    /// The Lease's name.
+    #[arg(long, env = "WEIR_LEASE_NAME", default_value = "weir-operator")]
+    pub lease_name: String,
+
+    /// This replica's identity in the Lease and in Events (defaults to the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_have_sensible_defaults() {
+        let c = Config::try_parse_from(["weir-operator", "--kafka-bootstrap-servers", "k:9092"])
+            .expect("parses");
+        assert_eq!(c.default_replication_factor, 3);
+        assert_eq!(c.resync_interval, Duration::from_secs(300));
+        assert!(c.leader_election);
+        assert_eq!(c.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn kafka_settings_parse_as_key_value_pairs() {
+        let c = Config::try_parse_from([
+            "weir-operator",
+            "--kafka-bootstrap-servers=k:9092",
+            "--kafka-config=security.protocol=SSL,ssl.ca.location=/ca.pem",
+            "--leader-election=false",
+        ])
+        .expect("parses");
+        assert_eq!(
+            c.kafka_config[1],
+            ("ssl.ca.location".into(), "/ca.pem".into())
+        );
+        assert!(!c.leader_election);
+        assert!(
+            Config::try_parse_from([
+                "weir-operator",
+                "--kafka-bootstrap-servers=k",
+                "--kafka-config=nope"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,262 @@
+//! A DataStream's status: built as a value, compared with what is stored, and written by
+//! server-side apply only when it changed (a steady-state reconcile writes nothing).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use weir_crds::{DataStream, DataStreamStatus};
+
+use crate::context::Context;
+use crate::topics::{DesiredTopic, TopicState};
+use crate::{FIELD_MANAGER, Result};
+
+/// Why a DataStream is or is not Ready: the condition's `reason`, stable for alerting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The topic exists as the spec says.
+    TopicReady,
+    /// The claim is recorded and the topic is being created.
+    Creating,
+    /// The spec has a mistake; the message names the field.
+    InvalidSpec,
+    /// Kafka could not be reached; retrying.
+    KafkaUnavailable,
+    /// Kafka refused what the spec asks (for example an unknown config).
+    KafkaRejected,
+    /// The topic exists but Weir does not manage it.
+    TopicNotManaged,
+    /// Another DataStream manages this topic.
+    TopicOwnedByOther,
+    /// The spec changes the replication factor, which Kafka cannot do in place.
+    ReplicationFactorChangeUnsupported,
+    /// The topic has more partitions than the spec, which Kafka cannot undo.
+    PartitionsDecreaseUnsupported,
+}
+
+impl Reason {
+    /// The reason as written in the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TopicReady => "TopicReady",
+            Self::Creating => "Creating",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::KafkaUnavailable => "KafkaUnavailable",
+            Self::KafkaRejected => "KafkaRejected",
+            Self::TopicNotManaged => "TopicNotManaged",
+            Self::TopicOwnedByOther => "TopicOwnedByOther",
+            Self::ReplicationFactorChangeUnsupported => "ReplicationFactorChangeUnsupported",
+            Self::PartitionsDecreaseUnsupported => "PartitionsDecreaseUnsupported",
+        }
+    }
+}
+
+/// Something that keeps a DataStream from being Ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The condition reason.
+    pub reason: Reason,
+    /// What a person can do about it.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with a reason and a message.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The status a reconcile observed, before timestamps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    status: DataStreamStatus,
+    ready: bool,
+    reason: Reason,
+    message: String,
+}
+
+impl Observed {
+    /// The stored topic facts, kept as they were, with a problem as the Ready condition.
+    pub fn problem(ds: &DataStream, problem: Problem) -> Self {
+        let mut status = ds.status.clone().unwrap_or_default();
+        status.observed_generation = ds.metadata.generation;
+        Self {
+            status,
+            ready: false,
+            reason: problem.reason,
+            message: problem.message,
+        }
+    }
+
+    /// A claim on `topic`, recorded before the topic is created or adopted.
+    pub fn claim(ds: &DataStream, topic: &str) -> Self {
+        let mut status = ds.status.clone().unwrap_or_default();
+        status.observed_generation = ds.metadata.generation;
+        status.topic = Some(topic.to_owned());
+        Self {
+            status,
+            ready: false,
+            reason: Reason::Creating,
+            message: format!("claimed topic {topic}"),
+        }
+    }
+
+    /// The topic as Kafka reports it, Ready unless `problem`.
+    pub fn topic(
+        ds: &DataStream,
+        desired: &DesiredTopic,
+        state: &TopicState,
+        problem: Option<Problem>,
+    ) -> Self {
+        let effective_config: BTreeMap<String, String> = desired
+            .configs
+            .keys()
+            .filter_map(|k| state.configs.get(k).map(|v| (k.clone(), v.clone())))
+            .collect();
+        let status = DataStreamStatus {
+            observed_generation: ds.metadata.generation,
+            topic: Some(desired.name.clone()),
+            partitions: Some(state.partitions),
+            replication_factor: Some(state.replication_factor),
+            effective_config,
+            conditions: Vec::new(),
+        };
+        match problem {
+            Some(p) => Self {
+                status,
+                ready: false,
+                reason: p.reason,
+                message: p.message,
+            },
+            None => Self {
+                status,
+                ready: true,
+                reason: Reason::TopicReady,
+                message: format!(
+                    "topic {} has {} partitions, replication factor {}",
+                    desired.name, state.partitions, state.replication_factor
+                ),
+            },
+        }
+    }
+
+    /// The full status: the Ready condition keeps its transition time unless it changed.
+    fn into_status(self, previous: Option<&DataStreamStatus>) -> DataStreamStatus {
+        let mut status = self.status;
+        let generation = status.observed_generation;
+        let ready_status = if self.ready { "True" } else { "False" };
+        let previous_ready =
+            previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let last_transition_time = match previous_ready {
+            Some(c) if c.status == ready_status => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        status.conditions = vec![Condition {
+            type_: "Ready".into(),
+            status: ready_status.into(),
+            reason: self.reason.as_str().into(),
+            message: self.message,
+            observed_generation: generation,
+            last_transition_time,
+        }];
+        status
+    }
+}
+
+/// The topic this DataStream has claimed (created or adopted), if any.
+pub fn claimed_topic(ds: &DataStream) -> Option<&str> {
+    ds.status.as_ref().and_then(|s| s.topic.as_deref())
+}
+
+/// Writes the status if it differs from the stored one; publishes an Event when the Ready
+/// condition's reason changes to a problem.
+pub async fn write(
+    api: &Api<DataStream>,
+    ds: &DataStream,
+    ctx: &Context,
+    observed: Observed,
+) -> Result<()> {
+    let previous = ds.status.as_ref();
+    let (reason, message, ready) = (observed.reason, observed.message.clone(), observed.ready);
+    let status = observed.into_status(previous);
+    if previous == Some(&status) {
+        return Ok(());
+    }
+    let previous_reason = previous
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.reason.clone());
+    let patch = serde_json::json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "DataStream",
+        "status": status,
+    });
+    let name = ds.metadata.name.as_deref().unwrap_or_default();
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.status_write("datastream");
+    if !ready && reason != Reason::Creating && previous_reason.as_deref() != Some(reason.as_str()) {
+        ctx.publish(
+            ds,
+            EventType::Warning,
+            reason.as_str(),
+            "Reconcile",
+            message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds() -> DataStream {
+        let mut ds: DataStream = serde_yaml::from_str(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: s, namespace: n, generation: 3 }
+spec:
+  description: d
+  owner: o
+  schema: { fields: [ { name: a, type: string } ] }
+"#,
+        )
+        .expect("valid");
+        ds.status = None;
+        ds
+    }
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let ds = ds();
+        let first =
+            Observed::problem(&ds, Problem::new(Reason::InvalidSpec, "x")).into_status(None);
+        let again = Observed::problem(&ds, Problem::new(Reason::InvalidSpec, "x"))
+            .into_status(Some(&first));
+        assert_eq!(
+            first, again,
+            "a steady state must produce an identical status"
+        );
+        assert_eq!(again.conditions[0].observed_generation, Some(3));
+        assert_eq!(again.conditions[0].status, "False");
+    }
+
+    #[test]
+    fn a_claim_records_the_topic_before_creation() {
+        let ds = ds();
+        let status = Observed::claim(&ds, "n.s").into_status(None);
+        assert_eq!(status.topic.as_deref(), Some("n.s"));
+        assert_eq!(status.conditions[0].reason, "Creating");
+    }
+}

@@ -1,0 +1,316 @@
+//! Checks a DataStream's spec and turns it into the topic it asks for (pure).
+
+use std::collections::BTreeMap;
+
+use weir_crds::DataStream;
+use weir_crds::data_stream::{ADOPT_ANNOTATION, CleanupPolicy, DeletionPolicy};
+use weir_crds::schema::FieldType;
+
+use crate::topics::DesiredTopic;
+
+/// Topic configs Weir derives from first-class spec fields; `spec.config` may not set them.
+const DERIVED_CONFIGS: [(&str, &str); 3] = [
+    ("retention.ms", "spec.retention"),
+    ("retention.bytes", "spec.retentionSize"),
+    ("cleanup.policy", "spec.cleanupPolicy"),
+];
+
+/// A mistake in a spec, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The offending field, such as `spec.retention`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Operator-wide defaults a spec may leave out.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// The replication factor of new topics.
+    pub replication_factor: i32,
+}
+
+/// A DataStream whose spec passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedDataStream {
+    /// The topic the spec asks for.
+    pub topic: DesiredTopic,
+    /// Whether an existing topic may be adopted.
+    pub adopt: bool,
+    /// What happens to the topic on deletion.
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Checks the spec and computes the desired topic.
+pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStream, SpecError> {
+    let spec = &ds.spec;
+    if spec.owner.trim().is_empty() {
+        return Err(SpecError::new("spec.owner", "must name a person or team"));
+    }
+    spec.schema
+        .to_arrow()
+        .map_err(|e| SpecError::new(format!("spec.schema.{}", e.path), e.message))?;
+    for (i, key) in spec.key.iter().enumerate() {
+        if spec.schema.field(key).is_none() {
+            return Err(SpecError::new(
+                format!("spec.key[{i}]"),
+                format!("{key:?} is not a field of spec.schema"),
+            ));
+        }
+        if spec.key[..i].contains(key) {
+            return Err(SpecError::new(
+                format!("spec.key[{i}]"),
+                format!("{key:?} is listed twice"),
+            ));
+        }
+    }
+    if let Some(et) = &spec.event_time {
+        match spec.schema.field(&et.field) {
+            None => {
+                return Err(SpecError::new(
+                    "spec.eventTime.field",
+                    format!("{:?} is not a field of spec.schema", et.field),
+                ));
+            }
+            Some(f) if f.type_ != FieldType::Timestamp => {
+                return Err(SpecError::new(
+                    "spec.eventTime.field",
+                    format!(
+                        "{:?} has type {:?}; event time needs a timestamp",
+                        et.field, f.type_
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if let Some(d) = &et.max_out_of_orderness {
+            parse_duration_ms(d)
+                .map_err(|m| SpecError::new("spec.eventTime.maxOutOfOrderness", m))?;
+        }
+    }
+    if spec.cleanup_policy == CleanupPolicy::Compact && spec.key.is_empty() {
+        return Err(SpecError::new(
+            "spec.key",
+            "a compacted DataStream (a table) needs a key: compaction keeps the latest record per key",
+        ));
+    }
+
+    let mut configs = BTreeMap::new();
+    for (key, value) in &spec.config {
+        if let Some((_, field)) = DERIVED_CONFIGS.iter().find(|(k, _)| k == key) {
+            return Err(SpecError::new(
+                format!("spec.config.{key}"),
+                format!("set {field} instead"),
+            ));
+        }
+        if value.is_empty() {
+            return Err(SpecError::new(
+                format!("spec.config.{key}"),
+                "must not be empty",
+            ));
+        }
+        configs.insert(key.clone(), value.clone());
+    }
+    configs.insert(
+        "cleanup.policy".into(),
+        spec.cleanup_policy.as_kafka().into(),
+    );
+    if let Some(r) = &spec.retention {
+        let ms = match r.as_str() {
+            "-1" | "forever" => -1,
+            other => parse_duration_ms(other).map_err(|m| SpecError::new("spec.retention", m))?,
+        };
+        configs.insert("retention.ms".into(), ms.to_string());
+    }
+    if let Some(size) = &spec.retention_size {
+        let bytes = parse_bytes(size).map_err(|m| SpecError::new("spec.retentionSize", m))?;
+        configs.insert("retention.bytes".into(), bytes.to_string());
+    }
+
+    let adopt = ds
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ADOPT_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Ok(ValidatedDataStream {
+        topic: DesiredTopic {
+            name: ds.topic_name(),
+            partitions: spec.partitions,
+            replication_factor: spec
+                .replication_factor
+                .unwrap_or(defaults.replication_factor),
+            configs,
+        },
+        adopt,
+        deletion_policy: spec.deletion_policy,
+    })
+}
+
+/// Parses a duration such as `7d`, `12h`, `1h30m` or `500ms` into milliseconds.
+pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration such as 7d, 12h or 30m ({e})"))?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))
+}
+
+/// Parses a size such as `10Gi`, `500Mi` or `1G` into bytes.
+pub fn parse_bytes(text: &str) -> Result<i64, String> {
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(digits_end);
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 10Gi or 500Mi"))?;
+    let factor: i64 = match unit {
+        "" => 1,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (use K, M, G, T, Ki, Mi, Gi or Ti)"
+            ));
+        }
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_stream(yaml: &str) -> DataStream {
+        let mut ds: DataStream = serde_yaml::from_str(yaml).expect("valid yaml");
+        ds.metadata.namespace = Some("web".into());
+        ds
+    }
+
+    const BASE: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: page-views }
+spec:
+  description: Page views.
+  owner: web@example.com
+  partitions: 6
+  retention: 7d
+  retentionSize: 1Gi
+  config: { max.message.bytes: "2097152" }
+  schema:
+    fields:
+      - { name: user_id, type: string, nullable: false }
+      - { name: ts, type: timestamp }
+  key: [user_id]
+  eventTime: { field: ts, maxOutOfOrderness: 5s }
+"#;
+
+    fn defaults() -> Defaults {
+        Defaults {
+            replication_factor: 1,
+        }
+    }
+
+    #[test]
+    fn a_valid_spec_becomes_the_topic_it_asks_for() {
+        let v = validate(&data_stream(BASE), &defaults()).expect("valid");
+        assert_eq!(v.topic.name, "web.page-views");
+        assert_eq!(v.topic.partitions, 6);
+        assert_eq!(v.topic.replication_factor, 1);
+        assert_eq!(v.topic.configs["retention.ms"], "604800000");
+        assert_eq!(v.topic.configs["retention.bytes"], "1073741824");
+        assert_eq!(v.topic.configs["cleanup.policy"], "delete");
+        assert_eq!(v.topic.configs["max.message.bytes"], "2097152");
+        assert!(!v.adopt);
+        assert_eq!(v.deletion_policy, DeletionPolicy::Retain);
+    }
+
+    #[test]
+    fn event_time_must_be_a_timestamp_field() {
+        let ds = data_stream(&BASE.replace("field: ts,", "field: user_id,"));
+        let err = validate(&ds, &defaults()).expect_err("string event time");
+        assert_eq!(err.field, "spec.eventTime.field");
+        assert!(err.message.contains("needs a timestamp"), "{err}");
+    }
+
+    #[test]
+    fn a_key_must_name_a_schema_field() {
+        let ds = data_stream(&BASE.replace("key: [user_id]", "key: [user_id, nope]"));
+        let err = validate(&ds, &defaults()).expect_err("unknown key");
+        assert_eq!(
+            err.to_string(),
+            "spec.key[1]: \"nope\" is not a field of spec.schema"
+        );
+    }
+
+    #[test]
+    fn a_bad_retention_names_the_field() {
+        let ds = data_stream(&BASE.replace("retention: 7d", "retention: 7 parsecs"));
+        let err = validate(&ds, &defaults()).expect_err("bad duration");
+        assert_eq!(err.field, "spec.retention");
+    }
+
+    #[test]
+    fn config_may_not_shadow_first_class_fields() {
+        let ds =
+            data_stream(&BASE.replace("max.message.bytes: \"2097152\"", "retention.ms: \"1000\""));
+        let err = validate(&ds, &defaults()).expect_err("shadowing");
+        assert_eq!(
+            err.to_string(),
+            "spec.config.retention.ms: set spec.retention instead"
+        );
+    }
+
+    #[test]
+    fn a_compacted_stream_needs_a_key() {
+        let ds = data_stream(
+            &BASE
+                .replace("key: [user_id]", "")
+                .replace("retention: 7d", "cleanupPolicy: compact"),
+        );
+        let err = validate(&ds, &defaults()).expect_err("no key");
+        assert_eq!(err.field, "spec.key");
+    }
+
+    #[test]
+    fn forever_retention_is_minus_one() {
+        let ds = data_stream(&BASE.replace("retention: 7d", "retention: forever"));
+        let v = validate(&ds, &defaults()).expect("valid");
+        assert_eq!(v.topic.configs["retention.ms"], "-1");
+    }
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_bytes("500Mi"), Ok(500 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert!(parse_bytes("2Q").is_err());
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
+        assert!(parse_duration_ms("soon").is_err());
+    }
+
+    #[test]
+    fn the_adopt_annotation_allows_adoption() {
+        let mut ds = data_stream(BASE);
+        ds.metadata.annotations = Some([(ADOPT_ANNOTATION.to_owned(), "true".to_owned())].into());
+        assert!(validate(&ds, &defaults()).expect("valid").adopt);
+    }
+}
