@@ -18,6 +18,7 @@ build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
 test: tools ## Run every test: unit, property, golden and integration on the real local stack
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace --all-targets -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --workspace --doc
 

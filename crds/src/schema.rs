@@ -38,6 +38,7 @@ pub struct FieldSpec {
     /// The field's name: letters, digits and underscores, not starting with a digit.
     /// (A list's `items` need none.)
     #[serde(default)]
+    #[schemars(required, transform = without_default)]
     #[schemars(
         length(min = 1, max = 128),
         regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -80,6 +81,12 @@ pub struct FieldSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "nested_field_schema")]
     pub items: Option<Box<FieldSpec>>,
+}
+
+// `name` defaults to empty only so that a list's `items` may omit it; the CRD still
+// requires it on every top-level field, and a structural schema may not default it to "".
+fn without_default(schema: &mut JsonSchemaObject) {
+    schema.remove("default");
 }
 
 fn default_true() -> bool {

@@ -24,8 +24,10 @@
 //! ```
 
 pub mod control_plane;
+pub mod fixtures;
 pub mod kafka;
 pub mod namespace;
+pub mod operator;
 pub mod process;
 pub mod records;
 pub mod tools;
@@ -34,7 +36,8 @@ use std::path::{Path, PathBuf};
 
 pub use control_plane::ControlPlane;
 pub use kafka::Kafka;
-pub use namespace::{await_condition, with_temp_ns};
+pub use namespace::{await_condition, await_deletion, with_temp_ns};
+pub use operator::{Operator, OperatorOptions, install_crds};
 
 /// Errors from starting or talking to the local stack.
 #[derive(Debug, thiserror::Error)]

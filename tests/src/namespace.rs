@@ -72,3 +72,19 @@ where
         }
     }
 }
+
+/// Waits until the named resource is gone (finalizers done); panics after `timeout`.
+pub async fn await_deletion<K>(api: Api<K>, name: &str, timeout: Duration)
+where
+    K: Resource + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    let gone = tokio::time::timeout(
+        timeout,
+        kube::runtime::wait::await_condition(api.clone(), name, |obj: Option<&K>| obj.is_none()),
+    )
+    .await;
+    if !matches!(gone, Ok(Ok(None))) {
+        let last = api.get_opt(name).await;
+        panic!("{name} was not deleted within {timeout:?}; last seen: {last:#?}");
+    }
+}

@@ -24,7 +24,7 @@ use weir_crds::data_stream::DeletionPolicy;
 use crate::context::Context;
 use crate::topics::{DesiredTopic, TopicError, TopicState};
 use crate::{Error, Result};
-use status::{Problem, Reason};
+use status::{Problem, Reason, Update};
 use validated::{ValidatedDataStream, validate};
 
 /// The finalizer that lets the operator act on the topic before a DataStream goes away.
@@ -59,11 +59,13 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<Action> {
+    // Each status write lands in this copy, so that later writes build on the claim.
+    let ds = &mut ds.clone();
     let validated = match validate(ds, &ctx.defaults) {
         Ok(v) => v,
         Err(e) => {
             let problem = Problem::new(Reason::InvalidSpec, e.to_string());
-            status::write(api, ds, ctx, status::Observed::problem(ds, problem)).await?;
+            status::write(api, ds, ctx, Update::Problem(problem)).await?;
             // A user's mistake: wait for the spec to change.
             ctx.backoff.reset(&ds.object_ref(&()));
             return Ok(Action::await_change());
@@ -76,7 +78,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             Reason::TopicOwnedByOther,
             format!("topic {} belongs to DataStream {owner}", topic.name),
         );
-        status::write(api, ds, ctx, status::Observed::problem(ds, problem)).await?;
+        status::write(api, ds, ctx, Update::Problem(problem)).await?;
         ctx.backoff.reset(&ds.object_ref(&()));
         return Ok(Action::requeue(ctx.resync));
     }
@@ -92,7 +94,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             if !claimed {
                 // Record the claim first: if we crash after creating the topic, the next
                 // reconcile still knows the topic is ours.
-                status::write(api, ds, ctx, status::Observed::claim(ds, &topic.name)).await?;
+                status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
             }
             match ctx.topics.create(topic).await {
                 Ok(_) => {}
@@ -110,24 +112,15 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             )
             .await;
             info!(topic = %topic.name, "created topic");
-            match ctx.topics.describe(&topic.name).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    return kafka_failed(
-                        api,
-                        ds,
-                        ctx,
-                        TopicError::Unavailable("the new topic is not visible yet".into()),
-                    )
-                    .await;
-                }
+            match describe_new(ctx, &topic.name).await {
+                Ok(s) => s,
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,
             }
         }
         Some(state) if claimed => state,
         Some(state) if validated.adopt => {
             let diff = config_diff(&topic.configs, &state.dynamic_configs);
-            status::write(api, ds, ctx, status::Observed::claim(ds, &topic.name)).await?;
+            status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
             ctx.publish(
                 ds,
                 EventType::Normal,
@@ -153,7 +146,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                     weir_crds::data_stream::ADOPT_ANNOTATION
                 ),
             );
-            status::write(api, ds, ctx, status::Observed::problem(ds, problem)).await?;
+            status::write(api, ds, ctx, Update::Problem(problem)).await?;
             ctx.backoff.reset(&ds.object_ref(&()));
             return Ok(Action::requeue(ctx.resync));
         }
@@ -165,11 +158,23 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
     };
 
     let problem = limits(topic, &state);
-    let observed = status::Observed::topic(ds, topic, &state, problem);
-    status::write(api, ds, ctx, observed).await?;
+    status::write(api, ds, ctx, Update::Topic(topic.clone(), state, problem)).await?;
     ctx.backoff.reset(&ds.object_ref(&()));
     // Kafka sends no events: look again later to revert changes made behind our back.
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Reads a topic just created: the broker's metadata may take a moment to show it.
+async fn describe_new(ctx: &Context, name: &str) -> Result<TopicState, TopicError> {
+    for _ in 0..20 {
+        if let Some(state) = ctx.topics.describe(name).await? {
+            return Ok(state);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(TopicError::Unavailable(format!(
+        "the new topic {name} is not visible yet"
+    )))
 }
 
 /// Raises partitions and sets configs as the spec says; returns the topic's new state.
@@ -287,7 +292,7 @@ fn other_owner(ds: &DataStream, topic: &str, ctx: &Context) -> Option<String> {
 
 async fn kafka_failed(
     api: &Api<DataStream>,
-    ds: &DataStream,
+    ds: &mut DataStream,
     ctx: &Context,
     error: TopicError,
 ) -> Result<Action> {
@@ -295,16 +300,14 @@ async fn kafka_failed(
         TopicError::Unavailable(m) => {
             let problem = Problem::new(Reason::KafkaUnavailable, m.clone());
             // Best effort: the apiserver may be fine while Kafka is not.
-            if let Err(e) =
-                status::write(api, ds, ctx, status::Observed::problem(ds, problem)).await
-            {
+            if let Err(e) = status::write(api, ds, ctx, Update::Problem(problem)).await {
                 warn!(error = %e, "could not report that Kafka is unavailable");
             }
             Err(Error::KafkaUnavailable(m))
         }
         TopicError::Rejected(m) => {
             let problem = Problem::new(Reason::KafkaRejected, m);
-            status::write(api, ds, ctx, status::Observed::problem(ds, problem)).await?;
+            status::write(api, ds, ctx, Update::Problem(problem)).await?;
             ctx.backoff.reset(&ds.object_ref(&()));
             Ok(Action::await_change())
         }

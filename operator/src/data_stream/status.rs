@@ -71,6 +71,27 @@ impl Problem {
     }
 }
 
+/// What a reconcile learned, to be merged into the stored status.
+#[derive(Debug, Clone)]
+pub enum Update {
+    /// Not Ready because of this problem; the topic facts stay as stored.
+    Problem(Problem),
+    /// The topic is claimed before it is created or adopted.
+    Claim(String),
+    /// The topic as Kafka reports it, Ready unless there is a problem.
+    Topic(DesiredTopic, TopicState, Option<Problem>),
+}
+
+impl Update {
+    fn observe(self, ds: &DataStream) -> Observed {
+        match self {
+            Self::Problem(p) => Observed::problem(ds, p),
+            Self::Claim(topic) => Observed::claim(ds, &topic),
+            Self::Topic(desired, state, problem) => Observed::topic(ds, &desired, &state, problem),
+        }
+    }
+}
+
 /// The status a reconcile observed, before timestamps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
@@ -173,20 +194,23 @@ pub fn claimed_topic(ds: &DataStream) -> Option<&str> {
     ds.status.as_ref().and_then(|s| s.topic.as_deref())
 }
 
-/// Writes the status if it differs from the stored one; publishes an Event when the Ready
-/// condition's reason changes to a problem.
+/// Writes the status if it differs from the stored one, and records it in `ds` so later
+/// writes in the same reconcile build on it; publishes an Event when the Ready condition's
+/// reason changes to a problem.
 pub async fn write(
     api: &Api<DataStream>,
-    ds: &DataStream,
+    ds: &mut DataStream,
     ctx: &Context,
-    observed: Observed,
+    update: Update,
 ) -> Result<()> {
+    let observed = update.observe(ds);
     let previous = ds.status.as_ref();
     let (reason, message, ready) = (observed.reason, observed.message.clone(), observed.ready);
     let status = observed.into_status(previous);
     if previous == Some(&status) {
         return Ok(());
     }
+    let written = status.clone();
     let previous_reason = previous
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .map(|c| c.reason.clone());

@@ -1,0 +1,210 @@
+//! The operator, run as its real binary against the test stack, and the CRDs it needs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::process::Supervised;
+use crate::tools::free_port;
+use crate::{Error, Result, Stack};
+
+/// The namespace the operator's leader Lease lives in during tests.
+pub const LEASE_NAMESPACE: &str = "weir-system";
+
+/// A running `weir-operator` process; stopped when dropped.
+#[derive(Debug)]
+pub struct Operator {
+    process: Supervised,
+    http_port: u16,
+}
+
+/// How a test wants the operator run.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// The replica's identity (pod name).
+    pub identity: String,
+    /// How often DataStreams are compared with Kafka.
+    pub resync_interval: &'static str,
+    /// Whether leader election is on.
+    pub leader_election: bool,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self {
+            identity: "weir-operator-0".into(),
+            resync_interval: "2s",
+            leader_election: true,
+        }
+    }
+}
+
+/// Where cargo put a workspace binary: next to the running test's `deps/` directory.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the test binary", e))?;
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::MissingTool {
+            tool: format!("{name} (run `cargo build --workspace --bins`)"),
+            path,
+        })
+    }
+}
+
+impl Operator {
+    /// Starts the operator binary against `stack` and waits until it serves `/readyz`.
+    pub async fn start(stack: &Stack, options: OperatorOptions) -> Result<Self> {
+        let http_port = free_port()?;
+        let log = stack
+            .dir()
+            .join(format!("{}-{}.log", options.identity, http_port));
+        let env = vec![
+            (
+                "KUBECONFIG",
+                stack.control_plane.kubeconfig_path().display().to_string(),
+            ),
+            ("WEIR_KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()),
+            ("WEIR_DEFAULT_REPLICATION_FACTOR", "1".to_owned()),
+            ("WEIR_RESYNC_INTERVAL", options.resync_interval.to_owned()),
+            ("WEIR_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+            ("WEIR_LEADER_ELECTION", options.leader_election.to_string()),
+            ("WEIR_LEASE_NAMESPACE", LEASE_NAMESPACE.to_owned()),
+            ("POD_NAME", options.identity.clone()),
+            ("WEIR_LOG_FORMAT", "text".to_owned()),
+            ("RUST_LOG", "info,weir_operator=debug,kube=warn".to_owned()),
+        ];
+        let mut process = Supervised::spawn_with_env(
+            "weir-operator",
+            &workspace_binary("weir-operator")?,
+            &[],
+            &env,
+            &log,
+        )?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            process.ensure_running("starting up")?;
+            if http_get(http_port, "/readyz")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return Ok(Self { process, http_port });
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Timeout(format!(
+                    "waiting for the operator's /readyz; log:\n{}",
+                    process.log_tail(30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The operator's `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        http_get(self.http_port, "/metrics")
+            .await
+            .map(|(_, body)| body)
+            .ok_or_else(|| Error::Timeout("reading /metrics".into()))
+    }
+
+    /// The value of a counter or gauge sample line starting with `prefix`, summed.
+    pub async fn metric_sum(&self, prefix: &str) -> Result<f64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The end of the operator's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.process.log_tail(lines)
+    }
+
+    /// Stops the operator gracefully (SIGTERM).
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Kills the operator at once, as a crash or an evicted pod would.
+    pub fn crash(&mut self) {
+        self.process.crash();
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: `(status, body)`, or `None` if nothing answered.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Installs the generated weir.dev CRDs (server-side apply) and waits until they are
+/// established, and creates the Lease namespace.
+pub async fn install_crds(client: &kube::Client) -> Result<()> {
+    let root = crate::tools::workspace_root()
+        .join("manifests")
+        .join("crds");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for file in ["weir.dev_datastreams.yaml", "weir.dev_transforms.yaml"] {
+        let path = root.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)
+            .map_err(|e| Error::Kube(format!("parsing {}: {e}", path.display())))?;
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(
+            &name,
+            &PatchParams::apply("weir-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .map_err(|e| Error::Kube(format!("applying {name}: {e}")))?;
+        let established = kube::runtime::wait::conditions::is_crd_established();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(crds.clone(), &name, established),
+        )
+        .await
+        .map_err(|_| Error::Timeout(format!("waiting for CRD {name} to be established")))?
+        .map_err(|e| Error::Kube(e.to_string()))?;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(LEASE_NAMESPACE.into());
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(Error::Kube(format!("creating {LEASE_NAMESPACE}: {e}"))),
+    }
+    Ok(())
+}
