@@ -96,22 +96,25 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 // reconcile still knows the topic is ours.
                 status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
             }
-            match ctx.topics.create(topic).await {
-                Ok(_) => {}
+            let created = match ctx.topics.create(topic).await {
+                Ok(created) => created,
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,
+            };
+            // Another replica (or our previous life) may have created it a moment ago.
+            if created {
+                ctx.publish(
+                    ds,
+                    EventType::Normal,
+                    "TopicCreated",
+                    "Create",
+                    format!(
+                        "created topic {} with {} partitions, replication factor {}",
+                        topic.name, topic.partitions, topic.replication_factor
+                    ),
+                )
+                .await;
+                info!(topic = %topic.name, "created topic");
             }
-            ctx.publish(
-                ds,
-                EventType::Normal,
-                "TopicCreated",
-                "Create",
-                format!(
-                    "created topic {} with {} partitions, replication factor {}",
-                    topic.name, topic.partitions, topic.replication_factor
-                ),
-            )
-            .await;
-            info!(topic = %topic.name, "created topic");
             match describe_new(ctx, &topic.name).await {
                 Ok(s) => s,
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,

@@ -1,0 +1,203 @@
+//! The DataStream controller through failures: a broker outage, an operator crash, and
+//! two operators at once. Each test owns its stack, since it breaks it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use rdkafka::ClientConfig;
+use weir_crds::DataStream;
+use weir_operator::topics::Topics;
+use weir_tests::fixtures::{data_stream, has_reason, is_ready};
+use weir_tests::{Operator, OperatorOptions, Stack, await_condition, install_crds, with_temp_ns};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+async fn stack() -> (Stack, kube::Client) {
+    let stack = Stack::start().await.expect("stack");
+    let client = stack.kube_client().await.expect("client");
+    install_crds(&client).await.expect("crds");
+    (stack, client)
+}
+
+fn topics(stack: &Stack) -> Topics {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", stack.bootstrap_servers());
+    Topics::new(config).expect("admin")
+}
+
+/// `TopicCreated` Events per DataStream name in `ns`.
+async fn created_events(client: &kube::Client, ns: &str) -> BTreeMap<String, usize> {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let mut counts = BTreeMap::new();
+    for e in events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+    {
+        if e.reason.as_deref() == Some("TopicCreated") {
+            let name = e.regarding.and_then(|r| r.name).unwrap_or_default();
+            *counts.entry(name).or_insert(0) += e.series.map_or(1, |s| s.count as usize);
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn a_broker_outage_is_reported_and_clears_when_the_broker_returns() {
+    let (mut stack, client) = stack().await;
+    let _operator = Operator::start(&stack, OperatorOptions::default())
+        .await
+        .expect("operator");
+    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &data_stream("before", ""))
+        .await
+        .expect("create");
+    await_condition(api.clone(), "before", is_ready(), WAIT).await;
+
+    stack.kafka.stop();
+    api.create(&PostParams::default(), &data_stream("during", ""))
+        .await
+        .expect("create");
+    let during = await_condition(api.clone(), "during", has_reason("KafkaUnavailable"), WAIT).await;
+    assert!(!is_ready()(Some(&during)));
+    // The resync notices the outage for a Ready stream too.
+    await_condition(api.clone(), "before", has_reason("KafkaUnavailable"), WAIT).await;
+
+    stack.kafka.resume().await.expect("broker back");
+    await_condition(api.clone(), "during", is_ready(), WAIT).await;
+    await_condition(api.clone(), "before", is_ready(), WAIT).await;
+    let state = topics(&stack)
+        .describe("default.during")
+        .await
+        .expect("describe")
+        .expect("created after the outage");
+    assert_eq!(state.partitions, 3);
+}
+
+#[tokio::test]
+async fn an_operator_crash_mid_way_neither_loses_nor_repeats_work() {
+    let (stack, client) = stack().await;
+    let topics = topics(&stack);
+    with_temp_ns(client.clone(), |client, ns| async move {
+        let api = Api::<DataStream>::namespaced(client.clone(), &ns);
+        let names: Vec<String> = (0..25).map(|i| format!("s{i:02}")).collect();
+        for name in &names {
+            api.create(&PostParams::default(), &data_stream(name, ""))
+                .await
+                .expect("create");
+        }
+        let mut first = Operator::start(&stack, OperatorOptions::default())
+            .await
+            .expect("operator");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        first.crash();
+        let _second = Operator::start(
+            &stack,
+            OperatorOptions {
+                identity: "weir-operator-1".into(),
+                ..OperatorOptions::default()
+            },
+        )
+        .await
+        .expect("operator");
+        for name in &names {
+            await_condition(api.clone(), name, is_ready(), WAIT).await;
+            let state = topics
+                .describe(&format!("{ns}.{name}"))
+                .await
+                .expect("describe")
+                .expect("topic");
+            assert_eq!(state.partitions, 3);
+        }
+        let created = created_events(&client, &ns).await;
+        for name in &names {
+            assert!(
+                created.get(name).copied().unwrap_or(0) <= 1,
+                "{name} was created more than once: {created:?}"
+            );
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn two_operators_at_once_agree_on_one_topic_and_one_status() {
+    let (stack, client) = stack().await;
+    let topics = topics(&stack);
+    // Worst case: no leader election, both reconcile everything concurrently.
+    let options = |id: &str| OperatorOptions {
+        identity: id.into(),
+        leader_election: false,
+        ..OperatorOptions::default()
+    };
+    let a = Operator::start(&stack, options("a"))
+        .await
+        .expect("operator a");
+    let b = Operator::start(&stack, options("b"))
+        .await
+        .expect("operator b");
+    with_temp_ns(client.clone(), |client, ns| async move {
+        let api = Api::<DataStream>::namespaced(client.clone(), &ns);
+        let names: Vec<String> = (0..15).map(|i| format!("t{i:02}")).collect();
+        for name in &names {
+            api.create(&PostParams::default(), &data_stream(name, ""))
+                .await
+                .expect("create");
+        }
+        for name in &names {
+            let ds = await_condition(api.clone(), name, is_ready(), WAIT).await;
+            let status = ds.status.expect("status");
+            assert_eq!(
+                status.topic.as_deref(),
+                Some(format!("{ns}.{name}").as_str())
+            );
+            assert_eq!(status.partitions, Some(3));
+            let state = topics
+                .describe(&format!("{ns}.{name}"))
+                .await
+                .expect("describe")
+                .expect("topic");
+            assert_eq!(state.partitions, 3);
+        }
+        let created = created_events(&client, &ns).await;
+        assert!(created.values().all(|&n| n == 1), "{created:?}");
+    })
+    .await;
+    drop((a, b));
+
+    // With leader election, a second replica stands by and reconciles nothing.
+    let leader = Operator::start(&stack, OperatorOptions::default())
+        .await
+        .expect("leader");
+    let standby = Operator::start(
+        &stack,
+        OperatorOptions {
+            identity: "weir-operator-standby".into(),
+            ..OperatorOptions::default()
+        },
+    )
+    .await
+    .expect("standby");
+    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &data_stream("led", ""))
+        .await
+        .expect("create");
+    await_condition(api, "led", is_ready(), WAIT).await;
+    assert!(
+        leader
+            .metric_sum("weir_operator_reconciles_total")
+            .await
+            .expect("metrics")
+            > 0.0
+    );
+    assert_eq!(
+        standby
+            .metric_sum("weir_operator_reconciles_total")
+            .await
+            .expect("metrics"),
+        0.0
+    );
+}
