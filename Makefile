@@ -41,8 +41,9 @@ fmt: ## Format the code
 manifests: ## Regenerate the CRDs from the Rust types into manifests/crds and charts/weir/crds
 	$(CARGO) run --quiet -p weir-crds --bin crdgen -- --out manifests/crds --out charts/weir/crds
 
-bench: tools ## Run the benchmarks (results go to BENCHMARKS.md by hand, with the command)
-	$(CARGO) bench --workspace
+bench: tools ## Run the benchmarks (record results, command and baseline in BENCHMARKS.md)
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) bench -p weir-tests --bench data_streams_ready
 
 clean: ## Remove build output (keeps .tools; `rm -rf .tools` removes the installed components)
 	$(CARGO) clean

@@ -26,6 +26,10 @@ pub struct Config {
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
 
+    /// How many DataStreams are reconciled at once (bounds the load on Kafka's admin API).
+    #[arg(long, env = "WEIR_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

@@ -81,9 +81,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RunError::Http { addr, source })?;
-    drop(listener);
     let server = tokio::spawn(http::serve(
-        addr,
+        listener,
         Health {
             metrics: metrics.clone(),
             ready: ready.clone(),
@@ -129,7 +128,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let api: Api<DataStream> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
     let ctx = Arc::new(Context::new(
         client.clone(),
         topics,

@@ -126,6 +126,11 @@ impl Operator {
             .sum())
     }
 
+    /// The operator's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()

@@ -130,6 +130,15 @@ impl Supervised {
         self.pid.map(|p| p.as_raw() as u32)
     }
 
+    /// The exit code once the service has exited.
+    pub fn exit_code(&mut self) -> Option<i32> {
+        self.watchdog
+            .try_wait()
+            .ok()
+            .flatten()
+            .and_then(|s| s.code())
+    }
+
     /// Whether the service is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.watchdog.try_wait(), Ok(None))

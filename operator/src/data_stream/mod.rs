@@ -87,7 +87,12 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
         Ok(s) => s,
         Err(e) => return kafka_failed(api, ds, ctx, e).await,
     };
-    let claimed = status::claimed_topic(ds) == Some(topic.name.as_str());
+    let mut claimed = status::claimed_topic(ds) == Some(topic.name.as_str());
+    if !claimed && state.is_some() {
+        // Before calling an existing topic foreign, make sure the cache is not behind.
+        status::refresh(api, ds).await?;
+        claimed = status::claimed_topic(ds) == Some(topic.name.as_str());
+    }
 
     let state = match state {
         None => {

@@ -189,6 +189,13 @@ impl Observed {
     }
 }
 
+/// Replaces the cached status with the stored one.
+pub async fn refresh(api: &Api<DataStream>, ds: &mut DataStream) -> Result<()> {
+    let name = ds.metadata.name.clone().unwrap_or_default();
+    ds.status = api.get_status(&name).await?.status;
+    Ok(())
+}
+
 /// The topic this DataStream has claimed (created or adopted), if any.
 pub fn claimed_topic(ds: &DataStream) -> Option<&str> {
     ds.status.as_ref().and_then(|s| s.topic.as_deref())
@@ -203,6 +210,10 @@ pub async fn write(
     ctx: &Context,
     update: Update,
 ) -> Result<()> {
+    if matches!(update, Update::Problem(_)) && claimed_topic(ds).is_none() {
+        // The cached object may predate our claim; a problem must never erase a claim.
+        refresh(api, ds).await?;
+    }
     let observed = update.observe(ds);
     let previous = ds.status.as_ref();
     let (reason, message, ready) = (observed.reason, observed.message.clone(), observed.ready);
@@ -237,6 +248,7 @@ pub async fn write(
         )
         .await;
     }
+    ds.status = Some(written);
     Ok(())
 }
 

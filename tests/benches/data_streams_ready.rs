@@ -1,0 +1,138 @@
+//! Benchmark: apply 1,000 DataStreams at once and time until all are Ready, with the
+//! operator's peak memory. The baseline, measured in the same run on a fresh broker, is
+//! creating the same 1,000 topics straight through the Kafka admin API.
+//!
+//! Run with `make bench` (which builds the release binaries first).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{Api, ListParams, PostParams};
+use rdkafka::ClientConfig;
+use weir_crds::DataStream;
+use weir_operator::topics::{DesiredTopic, Topics};
+use weir_tests::fixtures::{data_stream, is_ready};
+use weir_tests::{Operator, OperatorOptions, Stack, install_crds};
+
+const COUNT: usize = 1_000;
+const IN_FLIGHT: usize = 32;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let count = std::env::var("WEIR_BENCH_DATASTREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(COUNT);
+
+    // Baseline: the same topics through the admin API, on its own fresh broker.
+    let baseline = {
+        let stack = Stack::start().await?;
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", stack.bootstrap_servers());
+        let topics = Topics::new(config)?;
+        let started = Instant::now();
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let topics = topics.clone();
+                async move {
+                    let t = DesiredTopic {
+                        name: format!("bench.s{i:04}"),
+                        partitions: 3,
+                        replication_factor: 1,
+                        configs: [("retention.ms".to_owned(), "604800000".to_owned())].into(),
+                    };
+                    topics.create(&t).await
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .for_each(|r| async move {
+                if let Err(e) = r {
+                    eprintln!("baseline create failed: {e}");
+                }
+            })
+            .await;
+        started.elapsed()
+    };
+
+    let stack = Stack::start().await?;
+    let client = stack.kube_client().await?;
+    install_crds(&client).await?;
+    let operator = Operator::start(
+        &stack,
+        OperatorOptions {
+            resync_interval: "5m",
+            ..OperatorOptions::default()
+        },
+    )
+    .await?;
+    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(
+                    &PostParams::default(),
+                    &data_stream(&format!("s{i:04}"), ""),
+                )
+                .await
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                eprintln!("create failed: {e}");
+            }
+        })
+        .await;
+    let applied = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut peak_kib = 0;
+    loop {
+        peak_kib = peak_kib.max(operator_peak_kib(&operator));
+        let list = api.list(&ListParams::default()).await?;
+        let ready = list.items.iter().filter(|d| is_ready()(Some(d))).count();
+        if ready == count {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {ready} of {count} DataStreams Ready after 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all_ready = started.elapsed();
+    peak_kib = peak_kib.max(operator_peak_kib(&operator));
+
+    println!("data_streams_ready: {count} DataStreams");
+    println!("  applied in            {:>8.2} s", applied.as_secs_f64());
+    println!("  all Ready after       {:>8.2} s", all_ready.as_secs_f64());
+    println!(
+        "  operator peak RSS     {:>8.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+    println!(
+        "  baseline: {count} topics via the admin API  {:>8.2} s",
+        baseline.as_secs_f64()
+    );
+    println!(
+        "  ratio (all Ready / baseline)  {:>8.2}x",
+        all_ready.as_secs_f64() / baseline.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The operator's peak resident memory (VmHWM) in KiB.
+fn operator_peak_kib(operator: &Operator) -> u64 {
+    let Some(pid) = operator.pid() else { return 0 };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
