@@ -82,7 +82,7 @@ pub struct TransformSpec {
 
     /// What happens to an input record that cannot be decoded.
     #[serde(default)]
-    pub error_policy: ErrorPolicy,
+    pub error_policy: OnFailure,
 
     /// Where a new Transform starts reading: `earliest` (default), `latest`, or an RFC 3339
     /// timestamp.
@@ -196,27 +196,12 @@ pub struct Expectation {
     pub on_failure: OnFailure,
 }
 
-/// What happens to a record that breaks an expectation.
+/// What happens to a record that breaks an expectation or cannot be decoded.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub enum OnFailure {
-    /// Send it to the dead-letter stream with the reason, and count it.
-    #[default]
-    DeadLetter,
-    /// Drop it, and count it.
-    Drop,
-    /// Stop the Transform and report the failure.
-    Fail,
-}
-
-/// What happens to an input record that cannot be decoded.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
-#[serde(rename_all = "camelCase")]
-pub enum ErrorPolicy {
     /// Send it to the dead-letter stream with the reason, and count it.
     #[default]
     DeadLetter,

@@ -67,10 +67,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     let topics = Topics::new(kafka).map_err(RunError::Kafka)?;
 
-    let identity = config
-        .identity
-        .clone()
-        .unwrap_or_else(|| hostname_or_random());
+    let identity = config.identity.clone().unwrap_or_else(hostname_or_random);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = CancellationToken::new();

@@ -2,27 +2,8 @@
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use weir_crds::DataStream;
+use weir_tests::fixtures::data_stream;
 use weir_tests::{Stack, install_crds, with_temp_ns};
-
-fn data_stream(name: &str, extra: &str) -> DataStream {
-    let yaml = format!(
-        r#"
-apiVersion: weir.dev/v1alpha1
-kind: DataStream
-metadata: {{ name: {name} }}
-spec:
-  description: Page views.
-  owner: web@example.com
-  partitions: 3
-  schema:
-    fields:
-      - {{ name: user_id, type: string, nullable: false }}
-      - {{ name: ts, type: timestamp }}
-  key: [user_id]
-{extra}"#
-    );
-    serde_yaml::from_str(&yaml).expect("test yaml")
-}
 
 async fn stack_client() -> kube::Client {
     let stack = Stack::shared().await;
@@ -105,7 +86,10 @@ async fn a_key_outside_the_schema_is_rejected_at_admission() {
 async fn an_event_time_outside_the_schema_is_rejected_at_admission() {
     with_temp_ns(stack_client().await, |client, ns| async move {
         let api = Api::<DataStream>::namespaced(client, &ns);
-        let ds = data_stream("views", "  eventTime: { field: when }\n");
+        let mut ds = data_stream("views", "");
+        if let Some(et) = ds.spec.event_time.as_mut() {
+            et.field = "when".into();
+        }
         let message = rejection(api.create(&PostParams::default(), &ds).await);
         assert!(message.contains("spec.eventTime.field"), "{message}");
     })
