@@ -14,6 +14,10 @@ use crate::data_stream::validated::Defaults;
 use crate::metrics::Metrics;
 use crate::topics::Topics;
 
+/// A named connection that cannot be used, with a message naming what is missing.
+#[derive(Debug, Clone)]
+pub struct ConnectionProblem(pub String);
+
 /// The shared state of the controllers.
 pub struct Context {
     /// The Kubernetes client.
@@ -32,6 +36,8 @@ pub struct Context {
     pub resync: Duration,
     /// Per-object retry delays after transient errors.
     pub backoff: Backoff,
+    /// Admin clients for named connections, by the fingerprint of their settings.
+    connections: std::sync::Mutex<std::collections::HashMap<u64, Topics>>,
 }
 
 impl Context {
@@ -58,7 +64,28 @@ impl Context {
             data_streams,
             resync,
             backoff: Backoff::default(),
+            connections: Default::default(),
         }
+    }
+
+    /// The Kafka cluster a DataStream lives on: its named connection, or the default.
+    pub async fn topics_for(&self, ds: &DataStream) -> Result<Topics, ConnectionProblem> {
+        let Some(conn) = &ds.spec.kafka else {
+            return Ok(self.topics.clone());
+        };
+        let namespace = ds.metadata.namespace.clone().unwrap_or_default();
+        let settings = crate::connection::settings(&self.client, &namespace, conn)
+            .await
+            .map_err(|e| ConnectionProblem(e.to_string()))?;
+        let key = crate::connection::fingerprint(&settings);
+        let mut cache = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = cache.get(&key) {
+            return Ok(t.clone());
+        }
+        let topics = Topics::new(crate::connection::client_config(&settings))
+            .map_err(|e| ConnectionProblem(format!("spec.kafka: {e}")))?;
+        cache.insert(key, topics.clone());
+        Ok(topics)
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.

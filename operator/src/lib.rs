@@ -11,6 +11,7 @@
 //! HTTP endpoints, graceful shutdown), [`topics`] (Kafka admin), [`metrics`] and [`http`].
 
 pub mod config;
+pub mod connection;
 pub mod context;
 pub mod data_stream;
 pub mod http;

@@ -10,6 +10,11 @@ use crate::process::Supervised;
 use crate::tools::{free_port, kafka_classpath};
 use crate::{Error, Result};
 
+/// The SASL/PLAIN user the broker's SASL listener accepts.
+pub const SASL_USERNAME: &str = "weir";
+/// The SASL/PLAIN password of [`SASL_USERNAME`].
+pub const SASL_PASSWORD: &str = "weir-test-secret";
+
 /// How long a broker gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -19,6 +24,7 @@ pub struct Kafka {
     dir: PathBuf,
     port: u16,
     controller_port: u16,
+    sasl_port: u16,
     process: Option<Supervised>,
 }
 
@@ -32,6 +38,7 @@ impl Kafka {
                 dir: dir.to_owned(),
                 port: free_port()?,
                 controller_port: free_port()?,
+                sasl_port: free_port()?,
                 process: None,
             };
             match kafka.first_start().await {
@@ -54,6 +61,12 @@ impl Kafka {
     /// The `host:port` clients bootstrap from.
     pub fn bootstrap_servers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The `host:port` of the SASL_PLAINTEXT listener (mechanism PLAIN, user
+    /// [`SASL_USERNAME`], password [`SASL_PASSWORD`]).
+    pub fn sasl_bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.sasl_port)
     }
 
     /// The broker's log file.
@@ -159,10 +172,12 @@ impl Kafka {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller},SASL_PLAINTEXT://127.0.0.1:{sasl}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port},SASL_PLAINTEXT://127.0.0.1:{sasl}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"{user}\" password=\"{password}\" user_{user}=\"{password}\";
 inter.broker.listener.name=PLAINTEXT
 log.dirs={data}
 num.partitions=1
@@ -178,6 +193,9 @@ log.flush.interval.messages=9223372036854775807
 ",
             port = self.port,
             controller = self.controller_port,
+            sasl = self.sasl_port,
+            user = SASL_USERNAME,
+            password = SASL_PASSWORD,
             data = self.data_dir().display(),
         );
         write(&self.config_path(), &config)?;

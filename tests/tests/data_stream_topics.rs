@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use tokio::sync::OnceCell;
 use weir_crds::DataStream;
 use weir_operator::topics::{DesiredTopic, Topics};
 use weir_tests::fixtures::{data_stream, has_reason, is_ready, ready_condition};
+use weir_tests::kafka::{SASL_PASSWORD, SASL_USERNAME};
 use weir_tests::{
     Operator, OperatorOptions, Stack, await_condition, await_deletion, install_crds, with_temp_ns,
 };
@@ -160,13 +162,16 @@ async fn deleting_with_retain_keeps_the_topic_and_with_delete_removes_it() {
                 .expect("describe")
                 .is_some()
         );
-        assert!(
-            topics
-                .describe(&format!("{ns}.dropped"))
-                .await
-                .expect("describe")
-                .is_none()
-        );
+        // Kafka deletes topics asynchronously: the metadata may lag the acknowledgement.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let dropped = format!("{ns}.dropped");
+        while topics.describe(&dropped).await.expect("describe").is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{dropped} was not deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     })
     .await;
 }
@@ -318,6 +323,58 @@ async fn a_steady_state_reconcile_writes_nothing() {
             again.metadata.resource_version, version,
             "a steady reconcile wrote"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_named_connection_uses_sasl_credentials_from_a_secret() {
+    let (client, topics) = setup().await;
+    let sasl = Stack::shared().await.kafka.sasl_bootstrap_servers();
+    with_temp_ns(client, |client, ns| async move {
+        let connection = format!(
+            "  kafka:\n    name: sasl\n    bootstrapServers: \"{sasl}\"\n    \
+             sasl: {{ mechanism: PLAIN, secretName: kafka-user }}\n"
+        );
+        let api = Api::<DataStream>::namespaced(client.clone(), &ns);
+        api.create(&PostParams::default(), &data_stream("secured", &connection))
+            .await
+            .expect("create");
+        // Without the Secret: a condition that names it.
+        let ds = await_condition(
+            api.clone(),
+            "secured",
+            has_reason("ConnectionInvalid"),
+            WAIT,
+        )
+        .await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(
+            message.contains(&format!("Secret {ns}/kafka-user does not exist")),
+            "{message}"
+        );
+
+        let secrets = Api::<Secret>::namespaced(client, &ns);
+        let mut secret = Secret::default();
+        secret.metadata.name = Some("kafka-user".into());
+        secret.string_data = Some(
+            [
+                ("username".to_owned(), SASL_USERNAME.to_owned()),
+                ("password".to_owned(), SASL_PASSWORD.to_owned()),
+            ]
+            .into(),
+        );
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("secret");
+        await_condition(api.clone(), "secured", is_ready(), WAIT).await;
+        let state = topics
+            .describe(&format!("{ns}.secured"))
+            .await
+            .expect("describe")
+            .expect("created through the SASL listener");
+        assert_eq!(state.partitions, 3);
     })
     .await;
 }

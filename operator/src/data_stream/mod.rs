@@ -22,7 +22,7 @@ use weir_crds::DataStream;
 use weir_crds::data_stream::DeletionPolicy;
 
 use crate::context::Context;
-use crate::topics::{DesiredTopic, TopicError, TopicState};
+use crate::topics::{DesiredTopic, TopicError, TopicState, Topics};
 use crate::{Error, Result};
 use status::{Problem, Reason, Update};
 use validated::{ValidatedDataStream, validate};
@@ -83,7 +83,17 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
         return Ok(Action::requeue(ctx.resync));
     }
 
-    let state = match ctx.topics.describe(&topic.name).await {
+    let topics = match ctx.topics_for(ds).await {
+        Ok(t) => t,
+        Err(e) => {
+            let problem = Problem::new(Reason::ConnectionInvalid, e.0);
+            status::write(api, ds, ctx, Update::Problem(problem)).await?;
+            ctx.backoff.reset(&ds.object_ref(&()));
+            // The Secret may appear later: look again on the resync.
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
+    let state = match topics.describe(&topic.name).await {
         Ok(s) => s,
         Err(e) => return kafka_failed(api, ds, ctx, e).await,
     };
@@ -101,7 +111,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 // reconcile still knows the topic is ours.
                 status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
             }
-            let created = match ctx.topics.create(topic).await {
+            let created = match topics.create(topic).await {
                 Ok(created) => created,
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,
             };
@@ -120,7 +130,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 .await;
                 info!(topic = %topic.name, "created topic");
             }
-            match describe_new(ctx, &topic.name).await {
+            match describe_new(&topics, &topic.name).await {
                 Ok(s) => s,
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,
             }
@@ -160,7 +170,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
         }
     };
 
-    let state = match converge(ds, &validated, state, ctx).await {
+    let state = match converge(ds, &validated, state, &topics, ctx).await {
         Ok(s) => s,
         Err(e) => return kafka_failed(api, ds, ctx, e).await,
     };
@@ -173,9 +183,9 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
 }
 
 /// Reads a topic just created: the broker's metadata may take a moment to show it.
-async fn describe_new(ctx: &Context, name: &str) -> Result<TopicState, TopicError> {
+async fn describe_new(topics: &Topics, name: &str) -> Result<TopicState, TopicError> {
     for _ in 0..20 {
-        if let Some(state) = ctx.topics.describe(name).await? {
+        if let Some(state) = topics.describe(name).await? {
             return Ok(state);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -190,12 +200,13 @@ async fn converge(
     ds: &DataStream,
     validated: &ValidatedDataStream,
     mut state: TopicState,
+    topics: &Topics,
     ctx: &Context,
 ) -> Result<TopicState, TopicError> {
     let topic = &validated.topic;
     let mut changed = false;
     if topic.partitions > state.partitions {
-        ctx.topics
+        topics
             .raise_partitions(&topic.name, topic.partitions)
             .await?;
         ctx.publish(
@@ -213,7 +224,7 @@ async fn converge(
     }
     let diff = config_diff(&topic.configs, &state.dynamic_configs);
     if !diff.is_empty() {
-        ctx.topics.set_configs(&topic.name, &topic.configs).await?;
+        topics.set_configs(&topic.name, &topic.configs).await?;
         // What we applied last time equals the spec: the topic was changed behind our back.
         let applied_before = ds
             .status
@@ -240,8 +251,7 @@ async fn converge(
         changed = true;
     }
     if changed {
-        state = ctx
-            .topics
+        state = topics
             .describe(&topic.name)
             .await?
             .ok_or_else(|| TopicError::Unavailable("the topic disappeared".into()))?;
@@ -349,7 +359,13 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
                 )
                 .await;
             } else {
-                ctx.topics
+                // A connection whose Secret is gone blocks deletion until it is back:
+                // deleting the resource must not silently leave a topic it promised to delete.
+                let topics = ctx
+                    .topics_for(ds)
+                    .await
+                    .map_err(|e| Error::KafkaUnavailable(e.0))?;
+                topics
                     .delete(&topic)
                     .await
                     .map_err(|e| Error::KafkaUnavailable(e.to_string()))?;

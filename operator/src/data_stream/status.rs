@@ -25,6 +25,8 @@ pub enum Reason {
     KafkaUnavailable,
     /// Kafka refused what the spec asks (for example an unknown config).
     KafkaRejected,
+    /// The named Kafka connection cannot be used (a missing Secret or key).
+    ConnectionInvalid,
     /// The topic exists but Weir does not manage it.
     TopicNotManaged,
     /// Another DataStream manages this topic.
@@ -44,6 +46,7 @@ impl Reason {
             Self::InvalidSpec => "InvalidSpec",
             Self::KafkaUnavailable => "KafkaUnavailable",
             Self::KafkaRejected => "KafkaRejected",
+            Self::ConnectionInvalid => "ConnectionInvalid",
             Self::TopicNotManaged => "TopicNotManaged",
             Self::TopicOwnedByOther => "TopicOwnedByOther",
             Self::ReplicationFactorChangeUnsupported => "ReplicationFactorChangeUnsupported",

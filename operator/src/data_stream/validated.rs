@@ -58,17 +58,6 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
     if spec.owner.trim().is_empty() {
         return Err(SpecError::new("spec.owner", "must name a person or team"));
     }
-    if let Some(conn) = &spec.kafka {
-        // Refuse rather than silently create the topic on the default cluster.
-        return Err(SpecError::new(
-            "spec.kafka",
-            format!(
-                "named Kafka connections ({:?}) are not supported by this operator yet; remove \
-                 spec.kafka to use the operator's cluster",
-                conn.name
-            ),
-        ));
-    }
     spec.schema
         .to_arrow()
         .map_err(|e| SpecError::new(format!("spec.schema.{}", e.path), e.message))?;
@@ -316,15 +305,6 @@ spec:
         assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
         assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
         assert!(parse_duration_ms("soon").is_err());
-    }
-
-    #[test]
-    fn a_named_connection_is_refused_rather_than_ignored() {
-        let ds = data_stream(&format!(
-            "{BASE}  kafka: {{ name: other, bootstrapServers: \"other:9092\" }}\n"
-        ));
-        let err = validate(&ds, &defaults()).expect_err("unsupported");
-        assert_eq!(err.field, "spec.kafka");
     }
 
     #[test]
