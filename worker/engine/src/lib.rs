@@ -5,5 +5,53 @@
 //! DataStream, with event times and watermarks, and produces the output's change
 //! batches. Like `weir-sql` it is pure — no I/O, no tokio, no Kafka, no Kubernetes —
 //! so the worker, the operator and the `weir` CLI run exactly the same code.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use weir_engine::{Engine, sql::{compile, CompileOptions, StreamInput}};
+//!
+//! let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+//! let input = StreamInput::new("ns", "numbers", schema.clone());
+//! let compiled = compile("SELECT SUM(n) AS total FROM numbers", &[input],
+//!     &CompileOptions::new("ns")).unwrap();
+//! let mut engine = Engine::new(&compiled).unwrap();
+//! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
+//! let out = engine.push(0, weir_engine::ChangeBatch::inserts(batch)).unwrap();
+//! assert_eq!(out.len(), 1); // one insert: total = 6
+//! ```
 
 pub use weir_sql as sql;
+
+mod changes;
+mod engine;
+mod exprs;
+mod ops;
+pub mod runner;
+
+pub use changes::{ChangeBatch, concat};
+pub use engine::{Engine, EngineStats};
+
+/// Something went wrong while running changes through the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Arrow could not compute something (a cast, a kernel).
+    #[error("{0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// An expression failed to evaluate.
+    #[error("{0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A change batch does not fit the input it was given to.
+    #[error("{0}")]
+    Input(String),
+    /// A snapshot could not be written or read back.
+    #[error("state snapshot: {0}")]
+    Snapshot(String),
+    /// A value overflowed its type (for example SUM beyond 64 bits).
+    #[error("{0}")]
+    Overflow(String),
+}
+
+/// The engine's result type.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,306 @@
+//! The operator graph of one compiled Transform.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::{Deserialize, Serialize};
+use weir_sql::CompiledTransform;
+use weir_sql::plan::{self, Op};
+
+use crate::changes::time_nanos;
+use crate::ops::aggregate::AggregateOp;
+use crate::ops::join::JoinOp;
+use crate::ops::{Filter, Operator, Project, Source, Union, Upsert, arrow_schema};
+use crate::{ChangeBatch, EngineError, Result};
+
+struct GraphNode {
+    op: Box<dyn Operator>,
+    parent: Option<(usize, usize)>,
+    children: Vec<usize>,
+    watermark: i64,
+    port_watermarks: Vec<i64>,
+}
+
+/// Runs a compiled Transform incrementally: input changes in, output changes out.
+///
+/// Watermarks are per input, in nanoseconds since the epoch; an operator sees the
+/// minimum over the inputs beneath it. [`Engine::finish`] advances every watermark to
+/// the end of time, closing every window.
+pub struct Engine {
+    nodes: Vec<GraphNode>,
+    sources: Vec<Vec<usize>>,
+    input_watermarks: Vec<i64>,
+    event_time: Vec<Option<(usize, i64)>>,
+    input_schemas: Vec<SchemaRef>,
+    output_schema: SchemaRef,
+    fingerprint: String,
+    pending: Vec<ChangeBatch>,
+}
+
+/// What an engine holds and has dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Approximate bytes of operator state.
+    pub state_bytes: usize,
+    /// Records dropped because they arrived after the watermark had closed their window
+    /// or expired the join state they needed.
+    pub late_records: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    fingerprint: String,
+    input_watermarks: Vec<i64>,
+    nodes: Vec<(Vec<u8>, i64, Vec<i64>)>,
+}
+
+impl Engine {
+    /// Builds the operators of a compiled Transform.
+    pub fn new(compiled: &CompiledTransform) -> Result<Self> {
+        let mut engine = Self {
+            nodes: Vec::new(),
+            sources: vec![Vec::new(); compiled.inputs.len()],
+            input_watermarks: vec![i64::MIN; compiled.inputs.len()],
+            event_time: compiled
+                .inputs
+                .iter()
+                .map(|i| {
+                    let et = i.event_time.as_ref()?;
+                    let col = i.schema.index_of(&et.field).ok()?;
+                    Some((col, et.max_out_of_orderness_ms.saturating_mul(1_000_000)))
+                })
+                .collect(),
+            input_schemas: compiled.inputs.iter().map(|i| i.schema.clone()).collect(),
+            output_schema: compiled.output_schema.clone(),
+            fingerprint: compiled.fingerprint.clone(),
+            pending: Vec::new(),
+        };
+        engine.add(&compiled.plan, None, compiled)?;
+        // Let operators emit what they hold before any input (a global COUNT is 0).
+        for input in 0..compiled.inputs.len() {
+            let empty = ChangeBatch::empty(engine.input_schemas[input].clone());
+            let out = engine.push(input, empty)?;
+            engine.pending.extend(out);
+        }
+        Ok(engine)
+    }
+
+    fn add(
+        &mut self,
+        n: &plan::Node,
+        parent: Option<(usize, usize)>,
+        compiled: &CompiledTransform,
+    ) -> Result<usize> {
+        let op: Box<dyn Operator> = match &n.op {
+            Op::Source {
+                input, projection, ..
+            } => {
+                let def = &compiled.inputs[*input];
+                let upsert = if def.kind == weir_sql::StreamKind::Changelog && !def.key.is_empty() {
+                    let cols = def
+                        .key
+                        .iter()
+                        .map(|k| def.schema.index_of(k))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    Some(Upsert::new(&def.schema, cols)?)
+                } else {
+                    None
+                };
+                Box::new(Source {
+                    projection: projection.clone(),
+                    schema: arrow_schema(&n.schema),
+                    input_schema: def.schema.clone(),
+                    name: def.sql_name(),
+                    upsert,
+                })
+            }
+            Op::Project { input, exprs } => {
+                Box::new(Project::new(exprs, &input.schema, &n.schema)?)
+            }
+            Op::Filter { input, predicate } => Box::new(Filter {
+                predicate: crate::exprs::Eval::new(predicate, &input.schema)?,
+            }),
+            Op::Aggregate(a) => Box::new(AggregateOp::new(a, &n.schema)?),
+            Op::Join(j) => Box::new(JoinOp::new(j, &n.schema)?),
+            Op::Union { .. } => Box::new(Union {
+                schema: arrow_schema(&n.schema),
+            }),
+        };
+        let id = self.nodes.len();
+        self.nodes.push(GraphNode {
+            op,
+            parent,
+            children: Vec::new(),
+            watermark: i64::MIN,
+            port_watermarks: Vec::new(),
+        });
+        if let Op::Source { input, .. } = &n.op {
+            self.sources[*input].push(id);
+        }
+        let children = n.children();
+        for (port, c) in children.iter().enumerate() {
+            let cid = self.add(c, Some((id, port)), compiled)?;
+            self.nodes[id].children.push(cid);
+        }
+        self.nodes[id].port_watermarks = vec![i64::MIN; children.len()];
+        Ok(id)
+    }
+
+    /// The output's schema.
+    pub fn output_schema(&self) -> SchemaRef {
+        self.output_schema.clone()
+    }
+
+    /// Applies changes to input `input` (an index into the compiled inputs) and returns
+    /// the output's changes.
+    ///
+    /// For an append-only input every row is an event (weights other than +1 insert or
+    /// retract copies). For a keyed changelog input (a table), weight +1 upserts the row
+    /// for its key and −1 deletes the key.
+    pub fn push(&mut self, input: usize, changes: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let sources = self
+            .sources
+            .get(input)
+            .ok_or_else(|| EngineError::Input(format!("there is no input {input}")))?
+            .clone();
+        let mut out = std::mem::take(&mut self.pending);
+        for s in sources {
+            self.deliver(s, 0, changes.clone(), &mut out)?;
+        }
+        out.retain(|b| !b.is_empty());
+        Ok(out)
+    }
+
+    /// The watermark an input batch implies: its newest event time minus the input's
+    /// allowed out-of-orderness (nanoseconds), if the input has event time.
+    pub fn watermark_of(&self, input: usize, batch: &RecordBatch) -> Result<Option<i64>> {
+        let Some(Some((col, ooo))) = self.event_time.get(input) else {
+            return Ok(None);
+        };
+        let times = time_nanos(batch.column(*col))?;
+        Ok(arrow::compute::max(times.as_ref()).map(|t| t.saturating_sub(*ooo)))
+    }
+
+    /// Moves input `input`'s watermark forward to `watermark` (nanoseconds); it never
+    /// moves back. Returns the output's changes this completes.
+    pub fn advance_watermark(&mut self, input: usize, watermark: i64) -> Result<Vec<ChangeBatch>> {
+        let mut out = std::mem::take(&mut self.pending);
+        if input >= self.input_watermarks.len() {
+            return Err(EngineError::Input(format!("there is no input {input}")));
+        }
+        if watermark > self.input_watermarks[input] {
+            self.input_watermarks[input] = watermark;
+            for s in self.sources[input].clone() {
+                self.nodes[s].watermark = watermark;
+                if let Some((p, _)) = self.nodes[s].parent {
+                    self.raise(p, &mut out)?;
+                }
+            }
+        }
+        out.retain(|b| !b.is_empty());
+        Ok(out)
+    }
+
+    /// The end of input: every watermark moves to the end of time and every window closes.
+    pub fn finish(&mut self) -> Result<Vec<ChangeBatch>> {
+        let mut out = Vec::new();
+        for i in 0..self.input_watermarks.len() {
+            out.extend(self.advance_watermark(i, i64::MAX)?);
+        }
+        Ok(out)
+    }
+
+    fn deliver(
+        &mut self,
+        node: usize,
+        port: usize,
+        batch: ChangeBatch,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        let produced = self.nodes[node].op.process(port, batch)?;
+        self.forward(node, produced, out)
+    }
+
+    fn forward(
+        &mut self,
+        node: usize,
+        produced: Vec<ChangeBatch>,
+        out: &mut Vec<ChangeBatch>,
+    ) -> Result<()> {
+        match self.nodes[node].parent {
+            None => out.extend(produced),
+            Some((p, port)) => {
+                for b in produced {
+                    self.deliver(p, port, b, out)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn raise(&mut self, node: usize, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        let wms: Vec<i64> = self.nodes[node]
+            .children
+            .iter()
+            .map(|c| self.nodes[*c].watermark)
+            .collect();
+        if wms == self.nodes[node].port_watermarks {
+            return Ok(());
+        }
+        self.nodes[node].port_watermarks = wms.clone();
+        self.nodes[node].watermark = wms.iter().copied().min().unwrap_or(i64::MIN);
+        let produced = self.nodes[node].op.on_watermark(&wms)?;
+        self.forward(node, produced, out)?;
+        if let Some((p, _)) = self.nodes[node].parent {
+            self.raise(p, out)?;
+        }
+        Ok(())
+    }
+
+    /// The whole engine's state: every operator's state and every watermark.
+    pub fn snapshot(&self) -> Result<Vec<u8>> {
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| Ok((n.op.snapshot()?, n.watermark, n.port_watermarks.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        postcard::to_stdvec(&Snapshot {
+            fingerprint: self.fingerprint.clone(),
+            input_watermarks: self.input_watermarks.clone(),
+            nodes,
+        })
+        .map_err(|e| EngineError::Snapshot(e.to_string()))
+    }
+
+    /// Replaces the engine's state with a snapshot of an engine built from the same plan.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        let snap: Snapshot =
+            postcard::from_bytes(bytes).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        if snap.fingerprint != self.fingerprint || snap.nodes.len() != self.nodes.len() {
+            return Err(EngineError::Snapshot(format!(
+                "the snapshot was taken by plan {} and cannot restore plan {}",
+                short(&snap.fingerprint),
+                short(&self.fingerprint)
+            )));
+        }
+        for (n, (state, wm, ports)) in self.nodes.iter_mut().zip(snap.nodes) {
+            n.op.restore(&state)?;
+            n.watermark = wm;
+            n.port_watermarks = ports;
+        }
+        self.input_watermarks = snap.input_watermarks;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// State size and late records.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            state_bytes: self.nodes.iter().map(|n| n.op.state_size()).sum(),
+            late_records: self.nodes.iter().map(|n| n.op.late_records()).sum(),
+        }
+    }
+}
+
+fn short(fingerprint: &str) -> &str {
+    &fingerprint[..fingerprint.len().min(12)]
+}

@@ -1,0 +1,1035 @@
+//! GROUP BY with COUNT, COUNT(DISTINCT), SUM, AVG, MIN and MAX, maintained under
+//! retractions, optionally per event-time window (tumble, hop, session).
+//!
+//! Groups are keyed by Arrow's row format of the group columns. MIN and MAX keep an
+//! ordered multiset of the row-format bytes of their argument (which sort like the
+//! values), so a retraction of the current minimum finds the next one; over an
+//! append-only input they keep only the best value.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, Decimal128Array, Float64Array, Int64Array, StructArray,
+    TimestampNanosecondArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Fields, SchemaRef};
+use arrow::row::{RowConverter, Rows, SortField};
+use datafusion::common::DFSchema;
+use hashbrown::HashMap;
+use serde::{Deserialize, Serialize};
+use weir_sql::datafusion::logical_expr::ExprSchemable;
+use weir_sql::plan::{AggFunc, Aggregate};
+use weir_sql::{EmitMode, StreamKind};
+
+use super::state::{decode, encode};
+use super::{Operator, arrow_schema, batch};
+use crate::changes::time_nanos;
+use crate::exprs::Eval;
+use crate::{ChangeBatch, EngineError, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    CountStar,
+    Count,
+    CountDistinct,
+    SumInt,
+    SumFloat,
+    SumDec { scale: i8 },
+    AvgInt,
+    AvgFloat,
+    AvgDec { scale: i8, out_scale: i8 },
+    Min,
+    Max,
+}
+
+struct Spec {
+    kind: Kind,
+    arg_type: Option<DataType>,
+    arg: Option<Eval>,
+    /// Row converter for MIN, MAX and COUNT(DISTINCT) arguments.
+    conv: Option<RowConverter>,
+    out_type: DataType,
+}
+
+/// One aggregate's running state.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Acc {
+    Count(i64),
+    SumI { sum: i128, n: i64 },
+    SumF { sum: f64, n: i64 },
+    Ordered(BTreeMap<Vec<u8>, i64>),
+    Best(Option<Vec<u8>>),
+    Distinct(HashMap<Vec<u8>, i64>),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Group {
+    rows: i64,
+    accs: Vec<Acc>,
+}
+
+/// An aggregate's output value, cheap to keep for retracting later.
+#[derive(Clone, Debug, PartialEq)]
+enum Val {
+    I(Option<i64>),
+    F(Option<f64>),
+    D(Option<i128>),
+    B(Option<Vec<u8>>),
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    plain: HashMap<Vec<u8>, Group>,
+    /// Tumbling and hopping windows by start.
+    windows: BTreeMap<i64, HashMap<Vec<u8>, Group>>,
+    /// Sessions per group key: start -> (end, group).
+    sessions: HashMap<Vec<u8>, BTreeMap<i64, (i64, Group)>>,
+    watermark: i64,
+    late: u64,
+    started: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum WinKind {
+    Tumble,
+    Hop,
+    Session,
+}
+
+struct Win {
+    kind: WinKind,
+    time: Eval,
+    size: i64,
+    slide: i64,
+    position: usize,
+    fields: Fields,
+}
+
+pub(crate) struct AggregateOp {
+    group: Vec<Eval>,
+    group_conv: RowConverter,
+    specs: Vec<Spec>,
+    kinds: Vec<Kind>,
+    win: Option<Win>,
+    /// Emit changes as they happen (plain groups, or windows in updates mode).
+    updates: bool,
+    /// The input never retracts.
+    append_input: bool,
+    /// A global aggregate (no GROUP BY): one row even over no input.
+    global: bool,
+    lateness: i64,
+    schema: SchemaRef,
+    state: State,
+}
+
+impl AggregateOp {
+    pub fn new(a: &Aggregate, output: &DFSchema) -> Result<Self> {
+        let input_schema = &a.input.schema;
+        let group = Eval::many(&a.group, input_schema)?;
+        let group_types = a
+            .group
+            .iter()
+            .map(|g| g.get_type(input_schema))
+            .collect::<datafusion::error::Result<Vec<_>>>()?;
+        let group_conv = RowConverter::new(group_types.into_iter().map(SortField::new).collect())?;
+        let n_out_group = a.group.len() + usize::from(a.window.is_some());
+        let schema = arrow_schema(output);
+        let append_input = a.input.props.kind == StreamKind::AppendOnly;
+        let mut specs = Vec::new();
+        for (i, call) in a.aggs.iter().enumerate() {
+            let out_type = schema.field(n_out_group + i).data_type().clone();
+            let arg_type = match &call.arg {
+                Some(e) => Some(e.get_type(input_schema)?),
+                None => None,
+            };
+            let kind = match (call.func, &arg_type, call.distinct) {
+                (AggFunc::Count, None, _) => Kind::CountStar,
+                (AggFunc::Count, Some(_), true) => Kind::CountDistinct,
+                (AggFunc::Count, Some(_), false) => Kind::Count,
+                (AggFunc::Sum | AggFunc::Avg, Some(t), _) => {
+                    let avg = call.func == AggFunc::Avg;
+                    match t {
+                        DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                            if avg {
+                                Kind::AvgFloat
+                            } else {
+                                Kind::SumFloat
+                            }
+                        }
+                        DataType::Decimal128(_, s) => {
+                            if avg {
+                                let out_scale = match &out_type {
+                                    DataType::Decimal128(_, os) => *os,
+                                    _ => *s,
+                                };
+                                Kind::AvgDec {
+                                    scale: *s,
+                                    out_scale,
+                                }
+                            } else {
+                                Kind::SumDec { scale: *s }
+                            }
+                        }
+                        t if t.is_integer() || t.is_null() => {
+                            if avg {
+                                Kind::AvgInt
+                            } else {
+                                Kind::SumInt
+                            }
+                        }
+                        other => {
+                            return Err(EngineError::Input(format!(
+                                "cannot {} values of type {other}",
+                                if avg { "average" } else { "sum" }
+                            )));
+                        }
+                    }
+                }
+                (AggFunc::Min, Some(_), _) => Kind::Min,
+                (AggFunc::Max, Some(_), _) => Kind::Max,
+                (f, None, _) => {
+                    return Err(EngineError::Input(format!("{f:?} needs an argument")));
+                }
+            };
+            let conv = match (kind, &arg_type) {
+                (Kind::Min | Kind::Max | Kind::CountDistinct, Some(t)) => {
+                    Some(RowConverter::new(vec![SortField::new(t.clone())])?)
+                }
+                _ => None,
+            };
+            let arg = match &call.arg {
+                Some(e) => Some(Eval::new(e, input_schema)?),
+                None => None,
+            };
+            specs.push(Spec {
+                kind,
+                arg_type: arg_type.clone(),
+                arg,
+                conv,
+                out_type,
+            });
+        }
+        let win = match &a.window {
+            None => None,
+            Some(w) => {
+                let DataType::Struct(fields) = schema.field(w.position).data_type().clone() else {
+                    return Err(EngineError::Input(
+                        "a window column must be a struct".into(),
+                    ));
+                };
+                Some(Win {
+                    kind: match w.kind {
+                        weir_sql::WindowFn::Tumble => WinKind::Tumble,
+                        weir_sql::WindowFn::Hop => WinKind::Hop,
+                        weir_sql::WindowFn::Session => WinKind::Session,
+                    },
+                    time: Eval::new(&w.time, input_schema)?,
+                    size: w.size,
+                    slide: w.slide,
+                    position: w.position,
+                    fields,
+                })
+            }
+        };
+        let updates = win.is_none() || a.emit == EmitMode::Updates;
+        let global = a.group.is_empty() && win.is_none();
+        let kinds = specs.iter().map(|s| s.kind).collect();
+        Ok(Self {
+            group,
+            group_conv,
+            specs,
+            kinds,
+            win,
+            updates,
+            append_input,
+            global,
+            lateness: a.lateness,
+            schema,
+            state: State {
+                watermark: i64::MIN,
+                ..State::default()
+            },
+        })
+    }
+
+    fn new_group(&self) -> Group {
+        Group {
+            rows: 0,
+            accs: self
+                .specs
+                .iter()
+                .map(|s| match s.kind {
+                    Kind::CountStar | Kind::Count => Acc::Count(0),
+                    Kind::CountDistinct => Acc::Distinct(HashMap::new()),
+                    Kind::SumInt | Kind::AvgInt | Kind::SumDec { .. } | Kind::AvgDec { .. } => {
+                        Acc::SumI { sum: 0, n: 0 }
+                    }
+                    Kind::SumFloat | Kind::AvgFloat => Acc::SumF { sum: 0.0, n: 0 },
+                    Kind::Min | Kind::Max if self.append_input => Acc::Best(None),
+                    Kind::Min | Kind::Max => Acc::Ordered(BTreeMap::new()),
+                })
+                .collect(),
+        }
+    }
+
+    /// The output values of a group, or `None` when it has no rows.
+    fn values(&self, g: Option<&Group>) -> Option<Vec<Val>> {
+        group_values(&self.kinds, self.global, g)
+    }
+
+    /// Builds output rows: (group key, window, values, weight).
+    fn build(&self, rows: Vec<OutRow>) -> Result<Vec<ChangeBatch>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = rows.len();
+        let parser = self.group_conv.parser();
+        let mut columns: Vec<ArrayRef> = if self.group.is_empty() {
+            Vec::new()
+        } else {
+            self.group_conv
+                .convert_rows(rows.iter().map(|r| parser.parse(&r.key)))?
+        };
+        if let Some(w) = &self.win {
+            let starts: TimestampNanosecondArray = rows.iter().map(|r| Some(r.window.0)).collect();
+            let ends: TimestampNanosecondArray = rows.iter().map(|r| Some(r.window.1)).collect();
+            let t = w.fields[0].data_type();
+            let s = StructArray::try_new(
+                w.fields.clone(),
+                vec![cast(&starts, t)?, cast(&ends, t)?],
+                None,
+            )?;
+            columns.insert(w.position, Arc::new(s));
+        }
+        for (i, spec) in self.specs.iter().enumerate() {
+            let col: ArrayRef = match spec.kind {
+                Kind::Min | Kind::Max | Kind::CountDistinct if spec.conv.is_some() => {
+                    let conv = spec.conv.as_ref().expect("checked");
+                    let p = conv.parser();
+                    let mut nulls = Vec::with_capacity(n);
+                    let t = spec.arg_type.as_ref().unwrap_or(&DataType::Null);
+                    let null_row = conv.convert_columns(&[arrow::array::new_null_array(t, 1)])?;
+                    let parsed: Vec<_> = rows
+                        .iter()
+                        .map(|r| match &r.values[i] {
+                            Val::B(Some(b)) => {
+                                nulls.push(true);
+                                p.parse(b)
+                            }
+                            _ => {
+                                nulls.push(false);
+                                null_row.row(0)
+                            }
+                        })
+                        .collect();
+                    if spec.kind == Kind::CountDistinct {
+                        Arc::new(Int64Array::from(
+                            rows.iter()
+                                .map(|r| match &r.values[i] {
+                                    Val::I(v) => *v,
+                                    _ => None,
+                                })
+                                .collect::<Vec<_>>(),
+                        ))
+                    } else {
+                        conv.convert_rows(parsed)?.remove(0)
+                    }
+                }
+                _ => match &rows[0].values[i] {
+                    Val::I(_) => Arc::new(Int64Array::from(
+                        rows.iter()
+                            .map(|r| match &r.values[i] {
+                                Val::I(v) => *v,
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>(),
+                    )),
+                    Val::F(_) => Arc::new(Float64Array::from(
+                        rows.iter()
+                            .map(|r| match &r.values[i] {
+                                Val::F(v) => *v,
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>(),
+                    )),
+                    Val::D(_) => {
+                        let scale = match spec.kind {
+                            Kind::SumDec { scale } => scale,
+                            Kind::AvgDec { out_scale, .. } => out_scale,
+                            _ => 0,
+                        };
+                        Arc::new(
+                            rows.iter()
+                                .map(|r| match &r.values[i] {
+                                    Val::D(v) => *v,
+                                    _ => None,
+                                })
+                                .collect::<Decimal128Array>()
+                                .with_precision_and_scale(38, scale)?,
+                        )
+                    }
+                    Val::B(_) => unreachable!("bytes only for MIN, MAX and COUNT(DISTINCT)"),
+                },
+            };
+            let col = if col.data_type() == &spec.out_type {
+                col
+            } else {
+                cast(&col, &spec.out_type)?
+            };
+            columns.push(col);
+        }
+        let data = batch(&self.schema, columns, n)?;
+        let weights = rows.iter().map(|r| r.weight).collect();
+        Ok(vec![ChangeBatch::new(data, weights)])
+    }
+
+    fn closed(&self, end: i64) -> bool {
+        self.state.watermark != i64::MIN
+            && end.saturating_add(self.lateness) <= self.state.watermark
+    }
+}
+
+/// The output values of a group, or `None` when it has no rows (a global aggregate
+/// always has its one row).
+fn group_values(kinds: &[Kind], global: bool, g: Option<&Group>) -> Option<Vec<Val>> {
+    let g = g?;
+    if g.rows <= 0 && !global {
+        return None;
+    }
+    Some(
+        g.accs
+            .iter()
+            .zip(kinds)
+            .map(|(acc, k)| value(acc, *k))
+            .collect(),
+    )
+}
+
+/// The windows a row at time `t` falls in, as starts.
+fn assign(kind: WinKind, size: i64, slide: i64, t: i64, out: &mut Vec<i64>) {
+    out.clear();
+    match kind {
+        WinKind::Tumble => out.push(t.div_euclid(size) * size),
+        WinKind::Hop => {
+            let mut s = t.div_euclid(slide) * slide;
+            while s > t.saturating_sub(size) {
+                out.push(s);
+                s -= slide;
+            }
+        }
+        WinKind::Session => out.push(t),
+    }
+}
+
+struct OutRow {
+    key: Vec<u8>,
+    window: (i64, i64),
+    values: Vec<Val>,
+    weight: i64,
+}
+
+fn value(acc: &Acc, kind: Kind) -> Val {
+    match (acc, kind) {
+        (Acc::Count(n), _) => Val::I(Some(*n)),
+        (Acc::Distinct(m), _) => Val::I(Some(m.len() as i64)),
+        (Acc::SumI { n: 0, .. }, Kind::SumDec { .. } | Kind::AvgDec { .. }) => Val::D(None),
+        (Acc::SumI { n: 0, .. }, Kind::AvgInt) => Val::F(None),
+        (Acc::SumI { n: 0, .. }, _) => Val::I(None),
+        (Acc::SumI { sum, .. }, Kind::SumDec { .. }) => Val::D(Some(*sum)),
+        (Acc::SumI { sum, n }, Kind::AvgDec { scale, out_scale }) => {
+            let factor = 10i128.pow(u32::try_from(out_scale - scale).unwrap_or(0));
+            Val::D(Some(sum.saturating_mul(factor) / i128::from(*n)))
+        }
+        (Acc::SumI { sum, n }, Kind::AvgInt) => Val::F(Some(*sum as f64 / *n as f64)),
+        (Acc::SumI { sum, .. }, _) => Val::I(Some(i64::try_from(*sum).unwrap_or(i64::MAX))),
+        (Acc::SumF { n: 0, .. }, _) => Val::F(None),
+        (Acc::SumF { sum, n }, Kind::AvgFloat) => Val::F(Some(sum / *n as f64)),
+        (Acc::SumF { sum, .. }, _) => Val::F(Some(*sum)),
+        (Acc::Ordered(m), Kind::Min) => Val::B(m.keys().next().cloned()),
+        (Acc::Ordered(m), _) => Val::B(m.keys().next_back().cloned()),
+        (Acc::Best(b), _) => Val::B(b.clone()),
+    }
+}
+
+/// One batch's argument values, ready for per-row updates.
+enum Prepared {
+    None,
+    Nulls(Option<arrow::buffer::NullBuffer>),
+    Int(Int64Array),
+    Dec(Decimal128Array),
+    Float(Float64Array),
+    Rows(Rows, Option<arrow::buffer::NullBuffer>),
+}
+
+fn prepare(spec: &Spec, data: &arrow::record_batch::RecordBatch) -> Result<Prepared> {
+    let Some(arg) = &spec.arg else {
+        return Ok(Prepared::None);
+    };
+    let a = arg.eval(data)?;
+    Ok(match spec.kind {
+        Kind::CountStar => Prepared::None,
+        Kind::Count => Prepared::Nulls(a.logical_nulls()),
+        Kind::SumInt | Kind::AvgInt => Prepared::Int(
+            cast(&a, &DataType::Int64)?
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("cast to Int64")
+                .clone(),
+        ),
+        Kind::SumDec { .. } | Kind::AvgDec { .. } => Prepared::Dec(
+            a.as_any()
+                .downcast_ref::<Decimal128Array>()
+                .expect("a decimal argument")
+                .clone(),
+        ),
+        Kind::SumFloat | Kind::AvgFloat => Prepared::Float(
+            cast(&a, &DataType::Float64)?
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .clone(),
+        ),
+        Kind::Min | Kind::Max | Kind::CountDistinct => {
+            let conv = spec.conv.as_ref().expect("a converter for ordered values");
+            Prepared::Rows(conv.convert_columns(&[a.clone()])?, a.logical_nulls())
+        }
+    })
+}
+
+fn update(acc: &mut Acc, kind: Kind, p: &Prepared, i: usize, w: i64) -> Result<()> {
+    let valid =
+        |nulls: &Option<arrow::buffer::NullBuffer>| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    match (acc, p) {
+        (Acc::Count(n), Prepared::None) => *n += w,
+        (Acc::Count(n), Prepared::Nulls(nulls)) => {
+            if valid(nulls) {
+                *n += w;
+            }
+        }
+        (Acc::SumI { sum, n }, Prepared::Int(a)) => {
+            if a.is_valid(i) {
+                *sum += i128::from(a.value(i)) * i128::from(w);
+                *n += w;
+            }
+        }
+        (Acc::SumI { sum, n }, Prepared::Dec(a)) => {
+            if a.is_valid(i) {
+                *sum = sum
+                    .checked_add(a.value(i).saturating_mul(i128::from(w)))
+                    .ok_or_else(|| EngineError::Overflow("a decimal SUM overflowed".into()))?;
+                *n += w;
+            }
+        }
+        (Acc::SumF { sum, n }, Prepared::Float(a)) => {
+            if a.is_valid(i) {
+                *sum += a.value(i) * w as f64;
+                *n += w;
+            }
+        }
+        (Acc::Ordered(m), Prepared::Rows(rows, nulls)) => {
+            if valid(nulls) {
+                let key = rows.row(i);
+                match m.get_mut(key.as_ref()) {
+                    Some(c) => {
+                        *c += w;
+                        if *c == 0 {
+                            m.remove(key.as_ref());
+                        }
+                    }
+                    None => {
+                        m.insert(key.as_ref().to_vec(), w);
+                    }
+                }
+            }
+        }
+        (Acc::Distinct(m), Prepared::Rows(rows, nulls)) => {
+            if valid(nulls) {
+                let key = rows.row(i);
+                match m.get_mut(key.as_ref()) {
+                    Some(c) => {
+                        *c += w;
+                        if *c == 0 {
+                            m.remove(key.as_ref());
+                        }
+                    }
+                    None => {
+                        m.insert(key.as_ref().to_vec(), w);
+                    }
+                }
+            }
+        }
+        (Acc::Best(best), Prepared::Rows(rows, nulls)) => {
+            if valid(nulls) {
+                let v = rows.row(i);
+                let better = match best {
+                    None => true,
+                    Some(b) => {
+                        if kind == Kind::Min {
+                            v.as_ref() < b.as_slice()
+                        } else {
+                            v.as_ref() > b.as_slice()
+                        }
+                    }
+                };
+                if better {
+                    *best = Some(v.as_ref().to_vec());
+                }
+            }
+        }
+        _ => {
+            return Err(EngineError::Input(
+                "aggregate state does not match its input".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn merge(into: &mut Acc, from: Acc, kind: Kind) {
+    match (into, from) {
+        (Acc::Count(a), Acc::Count(b)) => *a += b,
+        (Acc::SumI { sum, n }, Acc::SumI { sum: s2, n: n2 }) => {
+            *sum += s2;
+            *n += n2;
+        }
+        (Acc::SumF { sum, n }, Acc::SumF { sum: s2, n: n2 }) => {
+            *sum += s2;
+            *n += n2;
+        }
+        (Acc::Ordered(a), Acc::Ordered(b)) => {
+            for (k, c) in b {
+                *a.entry(k).or_insert(0) += c;
+            }
+            a.retain(|_, c| *c != 0);
+        }
+        (Acc::Distinct(a), Acc::Distinct(b)) => {
+            for (k, c) in b {
+                *a.entry(k).or_insert(0) += c;
+            }
+            a.retain(|_, c| *c != 0);
+        }
+        (Acc::Best(a), Acc::Best(b)) => {
+            if let Some(b) = b {
+                let better = match a {
+                    None => true,
+                    Some(x) => {
+                        if kind == Kind::Min {
+                            b < *x
+                        } else {
+                            b > *x
+                        }
+                    }
+                };
+                if better {
+                    *a = Some(b);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A window group touched in a batch: (window start, key) and its values before.
+type Touched = HashMap<(i64, Vec<u8>), (i64, Option<Vec<Val>>)>;
+
+impl Operator for AggregateOp {
+    fn process(&mut self, _port: usize, input: ChangeBatch) -> Result<Vec<ChangeBatch>> {
+        let data = &input.data;
+        let n = data.num_rows();
+        let mut out = Vec::new();
+        if !self.state.started && self.global {
+            self.state.started = true;
+            let g = self.new_group();
+            self.state.plain.insert(Vec::new(), g);
+            if let Some(v) = self.values(self.state.plain.get(&Vec::new())) {
+                out.push(OutRow {
+                    key: Vec::new(),
+                    window: (0, 0),
+                    values: v,
+                    weight: 1,
+                });
+            }
+        }
+        self.state.started = true;
+        if n == 0 {
+            return self.build(out);
+        }
+        let group_cols = self
+            .group
+            .iter()
+            .map(|g| g.eval(data))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = if self.group.is_empty() {
+            None
+        } else {
+            Some(self.group_conv.convert_columns(&group_cols)?)
+        };
+        let prepared = self
+            .specs
+            .iter()
+            .map(|s| prepare(s, data))
+            .collect::<Result<Vec<_>>>()?;
+        let kinds: Vec<Kind> = self.specs.iter().map(|s| s.kind).collect();
+        let key_of = |i: usize| -> &[u8] { keys.as_ref().map_or(&[], |k| k.row(i).data()) };
+        let mut touched: Touched = HashMap::new();
+
+        let win = self
+            .win
+            .as_ref()
+            .map(|w| (w.kind, w.time.clone(), w.size, w.slide));
+        match win {
+            None => {
+                for i in 0..n {
+                    let w = input.weight(i);
+                    if w == 0 {
+                        continue;
+                    }
+                    let key = key_of(i);
+                    if self.updates && !touched.contains_key(&(0, key.to_vec())) {
+                        let old = self.values(self.state.plain.get(key));
+                        touched.insert((0, key.to_vec()), (0, old));
+                    }
+                    if !self.state.plain.contains_key(key) {
+                        let g = self.new_group();
+                        self.state.plain.insert(key.to_vec(), g);
+                    }
+                    let g = self.state.plain.get_mut(key).expect("inserted above");
+                    g.rows += w;
+                    for ((acc, p), k) in g.accs.iter_mut().zip(&prepared).zip(&kinds) {
+                        update(acc, *k, p, i, w)?;
+                    }
+                    if g.rows == 0 && !self.global {
+                        self.state.plain.remove(key);
+                    }
+                }
+                for ((_, key), (_, old)) in touched {
+                    let new = self.values(self.state.plain.get(&key));
+                    push_change(&mut out, &key, (0, 0), old, new);
+                }
+            }
+            Some((kind, time, size, slide)) => {
+                let times = time_nanos(&time.eval(data)?)?;
+                let mut starts = Vec::new();
+                for i in 0..n {
+                    let w = input.weight(i);
+                    if w == 0 {
+                        continue;
+                    }
+                    if times.is_null(i) {
+                        self.state.late += 1;
+                        continue;
+                    }
+                    let t = times.value(i);
+                    let key = key_of(i);
+                    if kind == WinKind::Session {
+                        let end = t.saturating_add(size);
+                        if self.closed(end) {
+                            self.state.late += 1;
+                            continue;
+                        }
+                        self.session_add(key, t, end, &kinds, &prepared, i, w, &mut touched)?;
+                        continue;
+                    }
+                    assign(kind, size, slide, t, &mut starts);
+                    let mut any = false;
+                    for &s in &starts {
+                        let end = s.saturating_add(size);
+                        if self.closed(end) {
+                            continue;
+                        }
+                        any = true;
+                        let groups = self.state.windows.entry(s).or_default();
+                        if self.updates && !touched.contains_key(&(s, key.to_vec())) {
+                            let old = groups.get(key).map(|g| g.clone());
+                            let old = self.values(old.as_ref());
+                            touched.insert((s, key.to_vec()), (end, old));
+                        }
+                        let groups = self.state.windows.entry(s).or_default();
+                        if !groups.contains_key(key) {
+                            let g = new_group_for(&self.specs, self.append_input);
+                            groups.insert(key.to_vec(), g);
+                        }
+                        let g = groups.get_mut(key).expect("inserted above");
+                        g.rows += w;
+                        for ((acc, p), k) in g.accs.iter_mut().zip(&prepared).zip(&kinds) {
+                            update(acc, *k, p, i, w)?;
+                        }
+                        if g.rows == 0 {
+                            groups.remove(key);
+                        }
+                    }
+                    if !any {
+                        self.state.late += 1;
+                    }
+                }
+                if self.updates {
+                    for ((s, key), (end, old)) in touched {
+                        let new = if kind == WinKind::Session {
+                            self.state
+                                .sessions
+                                .get(&key)
+                                .and_then(|m| m.get(&s))
+                                .and_then(|(e, g)| Some((*e, self.values(Some(g))?)))
+                        } else {
+                            self.state
+                                .windows
+                                .get(&s)
+                                .and_then(|m| m.get(&key))
+                                .and_then(|g| Some((end, self.values(Some(g))?)))
+                        };
+                        if let Some(v) = old {
+                            out.push(OutRow {
+                                key: key.clone(),
+                                window: (s, end),
+                                values: v,
+                                weight: -1,
+                            });
+                        }
+                        if let Some((e, v)) = new {
+                            out.push(OutRow {
+                                key,
+                                window: (s, e),
+                                values: v,
+                                weight: 1,
+                            });
+                        }
+                    }
+                    cancel_pairs(&mut out);
+                }
+            }
+        }
+        self.build(out)
+    }
+
+    fn on_watermark(&mut self, watermarks: &[i64]) -> Result<Vec<ChangeBatch>> {
+        let wm = watermarks.iter().copied().min().unwrap_or(i64::MIN);
+        if wm <= self.state.watermark {
+            return Ok(Vec::new());
+        }
+        self.state.watermark = wm;
+        let Some(win) = &self.win else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        match win.kind {
+            WinKind::Tumble | WinKind::Hop => {
+                while let Some((&s, _)) = self.state.windows.first_key_value() {
+                    let end = s.saturating_add(win.size);
+                    if !self.closed(end) {
+                        break;
+                    }
+                    let groups = self.state.windows.remove(&s).expect("first key exists");
+                    if !self.updates {
+                        for (key, g) in groups {
+                            if let Some(v) = self.values(Some(&g)) {
+                                out.push(OutRow {
+                                    key,
+                                    window: (s, end),
+                                    values: v,
+                                    weight: 1,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            WinKind::Session => {
+                let mut emptied = Vec::new();
+                let lateness = self.lateness;
+                let updates = self.updates;
+                let mut closing = Vec::new();
+                for (key, sessions) in self.state.sessions.iter_mut() {
+                    sessions.retain(|s, (e, g)| {
+                        if e.saturating_add(lateness) <= wm {
+                            if !updates {
+                                closing.push((key.clone(), (*s, *e), g.clone()));
+                            }
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    if sessions.is_empty() {
+                        emptied.push(key.clone());
+                    }
+                }
+                for k in emptied {
+                    self.state.sessions.remove(&k);
+                }
+                for (key, window, g) in closing {
+                    if let Some(v) = self.values(Some(&g)) {
+                        out.push(OutRow {
+                            key,
+                            window,
+                            values: v,
+                            weight: 1,
+                        });
+                    }
+                }
+            }
+        }
+        self.build(out)
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>> {
+        encode(&self.state)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<()> {
+        self.state = decode(bytes)?;
+        Ok(())
+    }
+
+    fn state_size(&self) -> usize {
+        let group = |k: &Vec<u8>, g: &Group| {
+            k.len()
+                + 16
+                + g.accs
+                    .iter()
+                    .map(|a| match a {
+                        Acc::Ordered(m) => m.keys().map(|k| k.len() + 40).sum::<usize>() + 24,
+                        Acc::Distinct(m) => m.keys().map(|k| k.len() + 32).sum::<usize>() + 24,
+                        Acc::Best(b) => b.as_ref().map_or(0, Vec::len) + 24,
+                        _ => 24,
+                    })
+                    .sum::<usize>()
+        };
+        let s = &self.state;
+        s.plain.iter().map(|(k, g)| group(k, g)).sum::<usize>()
+            + s.windows
+                .values()
+                .flat_map(|m| m.iter().map(|(k, g)| group(k, g) + 8))
+                .sum::<usize>()
+            + s.sessions
+                .iter()
+                .flat_map(|(k, m)| m.values().map(move |(_, g)| group(k, g) + 16))
+                .sum::<usize>()
+    }
+
+    fn late_records(&self) -> u64 {
+        self.state.late
+    }
+}
+
+fn new_group_for(specs: &[Spec], append_input: bool) -> Group {
+    Group {
+        rows: 0,
+        accs: specs
+            .iter()
+            .map(|s| match s.kind {
+                Kind::CountStar | Kind::Count => Acc::Count(0),
+                Kind::CountDistinct => Acc::Distinct(HashMap::new()),
+                Kind::SumInt | Kind::AvgInt | Kind::SumDec { .. } | Kind::AvgDec { .. } => {
+                    Acc::SumI { sum: 0, n: 0 }
+                }
+                Kind::SumFloat | Kind::AvgFloat => Acc::SumF { sum: 0.0, n: 0 },
+                Kind::Min | Kind::Max if append_input => Acc::Best(None),
+                Kind::Min | Kind::Max => Acc::Ordered(BTreeMap::new()),
+            })
+            .collect(),
+    }
+}
+
+fn push_change(
+    out: &mut Vec<OutRow>,
+    key: &[u8],
+    window: (i64, i64),
+    old: Option<Vec<Val>>,
+    new: Option<Vec<Val>>,
+) {
+    if old == new {
+        return;
+    }
+    if let Some(v) = old {
+        out.push(OutRow {
+            key: key.to_vec(),
+            window,
+            values: v,
+            weight: -1,
+        });
+    }
+    if let Some(v) = new {
+        out.push(OutRow {
+            key: key.to_vec(),
+            window,
+            values: v,
+            weight: 1,
+        });
+    }
+}
+
+impl AggregateOp {
+    /// Adds a row at `t` to its group's sessions, merging every session it overlaps.
+    #[allow(clippy::too_many_arguments)]
+    fn session_add(
+        &mut self,
+        key: &[u8],
+        t: i64,
+        end: i64,
+        kinds: &[Kind],
+        prepared: &[Prepared],
+        i: usize,
+        w: i64,
+        touched: &mut Touched,
+    ) -> Result<()> {
+        let updates = self.updates;
+        let fresh = new_group_for(&self.specs, self.append_input);
+        let sessions = self.state.sessions.entry(key.to_vec()).or_default();
+        // Sessions [s, e) that overlap [t, end).
+        let overlapping: Vec<i64> = sessions
+            .range(..end)
+            .filter(|(_, (e, _))| *e > t)
+            .map(|(s, _)| *s)
+            .collect();
+        let mut start = t;
+        let mut stop = end;
+        let mut merged = fresh;
+        for s in overlapping {
+            let (e, g) = sessions.remove(&s).expect("listed above");
+            if updates && !touched.contains_key(&(s, key.to_vec())) {
+                touched.insert((s, key.to_vec()), (e, group_values(kinds, false, Some(&g))));
+            }
+            start = start.min(s);
+            stop = stop.max(e);
+            merged.rows += g.rows;
+            for ((a, b), k) in merged.accs.iter_mut().zip(g.accs).zip(kinds) {
+                merge(a, b, *k);
+            }
+        }
+        merged.rows += w;
+        for ((acc, p), k) in merged.accs.iter_mut().zip(prepared).zip(kinds) {
+            update(acc, *k, p, i, w)?;
+        }
+        if updates && !touched.contains_key(&(start, key.to_vec())) {
+            touched.insert((start, key.to_vec()), (stop, None));
+        }
+        if merged.rows != 0 {
+            sessions.insert(start, (stop, merged));
+        }
+        Ok(())
+    }
+}
+
+/// Drops a retraction and an insertion of the same row from one batch of output.
+fn cancel_pairs(out: &mut Vec<OutRow>) {
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].weight < 0
+            && let Some(j) = out.iter().position(|r| {
+                r.weight == -out[i].weight
+                    && r.key == out[i].key
+                    && r.window == out[i].window
+                    && r.values == out[i].values
+            })
+        {
+            let (a, b) = (i.max(j), i.min(j));
+            out.remove(a);
+            out.remove(b);
+            i = 0;
+            continue;
+        }
+        i += 1;
+    }
+}

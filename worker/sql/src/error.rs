@@ -1,0 +1,231 @@
+//! Compile errors that point at the SQL.
+
+use std::fmt;
+
+use datafusion::error::DataFusionError;
+
+/// SQL that cannot run as a stream, or does not type-check, with where and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct CompileError {
+    /// What is wrong.
+    pub message: String,
+    /// The 1-based line of the SQL the error points at, when known.
+    pub line: Option<u64>,
+    /// The 1-based column of the SQL the error points at, when known.
+    pub column: Option<u64>,
+    /// How to fix it, when there is a known way.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l}, column {c}: {}", self.message)?,
+            (Some(l), None) => write!(f, "line {l}: {}", self.message)?,
+            _ => f.write_str(&self.message)?,
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, " (hint: {hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl CompileError {
+    /// An error without a position.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            line: None,
+            column: None,
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Points the error at a position.
+    pub fn at_position(mut self, line: u64, column: u64) -> Self {
+        if line > 0 {
+            self.line = Some(line);
+            self.column = (column > 0).then_some(column);
+        }
+        self
+    }
+
+    /// Points the error at the first whole-word, case-insensitive occurrence of `needle`
+    /// in the SQL (outside string literals), if there is one.
+    pub fn near(mut self, sql: &str, needle: &str) -> Self {
+        if self.line.is_none()
+            && let Some((l, c)) = locate(sql, needle)
+        {
+            self = self.at_position(l, c);
+        }
+        self
+    }
+
+    /// Translates a DataFusion planning error, keeping its position when it has one.
+    pub(crate) fn from_datafusion(sql: &str, err: DataFusionError) -> Self {
+        let diagnostic = err.diagnostic().cloned();
+        let root = err.find_root();
+        let mut message = match root {
+            DataFusionError::SQL(e, _) => e.to_string(),
+            DataFusionError::Plan(m) | DataFusionError::Execution(m) => m.clone(),
+            DataFusionError::NotImplemented(m) => format!("not supported: {m}"),
+            DataFusionError::SchemaError(e, _) => e.to_string(),
+            other => other.to_string(),
+        };
+        message = tidy(&message);
+        let mut out = Self::new(message.clone());
+        if let Some(d) = diagnostic {
+            if let Some(span) = d.span {
+                out = out.at_position(span.start.line, span.start.column);
+            }
+            if let Some(help) = d.helps.first() {
+                out = out.hint(help.message.clone());
+            }
+        }
+        if out.line.is_none()
+            && let Some((l, c)) = parser_position(&message)
+        {
+            out.message = strip_parser_position(&message);
+            out = out.at_position(l, c);
+        }
+        if out.line.is_none() {
+            // Point at the first quoted name the message mentions.
+            for quoted in quoted_names(&message) {
+                let bare = quoted.rsplit('.').next().unwrap_or(&quoted).to_owned();
+                out = out.near(sql, &bare);
+                if out.line.is_some() {
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Drops DataFusion's internal prefixes so the message reads as ours.
+fn tidy(message: &str) -> String {
+    let mut m = message.trim().to_owned();
+    for prefix in [
+        "Error during planning: ",
+        "SQL error: ",
+        "Schema error: ",
+        "ParserError(\"",
+    ] {
+        if let Some(rest) = m.strip_prefix(prefix) {
+            m = rest.to_owned();
+        }
+    }
+    m.trim_end_matches("\")").to_owned()
+}
+
+/// sqlparser writes positions as `at Line: 1, Column: 15`.
+fn parser_position(message: &str) -> Option<(u64, u64)> {
+    let at = message.find("Line: ")?;
+    let rest = &message[at + 6..];
+    let line: u64 = rest.split(',').next()?.trim().parse().ok()?;
+    let col_at = rest.find("Column: ")?;
+    let col: u64 = rest[col_at + 8..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
+    Some((line, col))
+}
+
+fn strip_parser_position(message: &str) -> String {
+    match message.find(" at Line: ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+fn quoted_names(message: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for quote in ['\'', '"', '`'] {
+        let mut parts = message.split(quote);
+        parts.next();
+        while let (Some(inside), Some(_)) = (parts.next(), parts.next()) {
+            if !inside.is_empty() && inside.len() < 128 {
+                out.push(inside.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based (line, column) of the first whole-word, case-insensitive `needle` in
+/// `sql` outside single-quoted literals.
+pub fn locate(sql: &str, needle: &str) -> Option<(u64, u64)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let hay: Vec<char> = sql.chars().collect();
+    let pat: Vec<char> = needle.to_lowercase().chars().collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let (mut line, mut col) = (1u64, 1u64);
+    let mut in_literal = false;
+    for i in 0..hay.len() {
+        let c = hay[i];
+        if c == '\'' {
+            in_literal = !in_literal;
+        }
+        if !in_literal
+            && i + pat.len() <= hay.len()
+            && hay[i..i + pat.len()]
+                .iter()
+                .zip(&pat)
+                .all(|(a, b)| a.to_lowercase().eq(std::iter::once(*b)))
+            && (i == 0 || !word(hay[i - 1]) || !word(pat[0]))
+            && hay
+                .get(i + pat.len())
+                .is_none_or(|n| !word(*n) || !word(pat[pat.len() - 1]))
+        {
+            return Some((line, col));
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locate_finds_whole_words_outside_literals() {
+        let sql = "SELECT 'random' AS r,\n  random() FROM s";
+        assert_eq!(locate(sql, "random"), Some((2, 3)));
+        assert_eq!(locate(sql, "RANDOM"), Some((2, 3)));
+        assert_eq!(locate(sql, "rand"), None);
+        assert_eq!(locate(sql, "ORDER BY"), None);
+    }
+
+    #[test]
+    fn parser_positions_are_read() {
+        let m = "Expected: end of statement, found: x at Line: 2, Column: 15";
+        assert_eq!(parser_position(m), Some((2, 15)));
+        assert_eq!(
+            strip_parser_position(m),
+            "Expected: end of statement, found: x"
+        );
+    }
+
+    #[test]
+    fn display_names_the_position_and_hint() {
+        let e = CompileError::new("bad").at_position(3, 4).hint("do this");
+        assert_eq!(e.to_string(), "line 3, column 4: bad (hint: do this)");
+    }
+}

@@ -1,0 +1,362 @@
+//! The streaming plan: a tree of incremental operators over DataFusion expressions.
+//!
+//! Every node has an output schema (a DataFusion schema, so expressions of the parent
+//! resolve against it) and [`Props`] that say whether its output is append-only, what
+//! its key is, and which columns carry event time.
+
+use std::fmt::{self, Write as _};
+
+use datafusion::common::DFSchemaRef;
+use datafusion::logical_expr::Expr;
+
+use crate::StreamKind;
+use crate::windows::WindowFn;
+
+/// A node of the streaming plan.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// The operator.
+    pub op: Op,
+    /// The output schema.
+    pub schema: DFSchemaRef,
+    /// Properties of the output.
+    pub props: Props,
+}
+
+/// What a node's output looks like as a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Props {
+    /// Append-only or changelog.
+    pub kind: StreamKind,
+    /// Output columns that form a key: at most one live row per key value.
+    pub key: Option<Vec<usize>>,
+    /// Output columns that carry event time, and how far behind the node's watermark a
+    /// value may still arrive (in nanoseconds).
+    pub time_cols: Vec<TimeCol>,
+    /// A window struct column (from a windowed aggregate), its fields usable as times.
+    pub window_col: Option<WindowCol>,
+}
+
+/// A column holding event time: rows arriving when the node's watermark is `W` carry a
+/// value of at least `W - lag` (earlier ones are late).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeCol {
+    /// The column.
+    pub index: usize,
+    /// How far behind the watermark values may be, in nanoseconds.
+    pub lag: i64,
+}
+
+/// A window struct column and the lags of its start and end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowCol {
+    /// The column.
+    pub index: usize,
+    /// The lag of `window_start` (none for sessions, whose start is unbounded).
+    pub start_lag: Option<i64>,
+    /// The lag of `window_end`.
+    pub end_lag: i64,
+}
+
+impl Props {
+    /// An append-only stream with nothing else known.
+    pub fn append() -> Self {
+        Self {
+            kind: StreamKind::AppendOnly,
+            key: None,
+            time_cols: Vec::new(),
+            window_col: None,
+        }
+    }
+
+    /// The time column at `index`, if it is one.
+    pub fn time_col(&self, index: usize) -> Option<TimeCol> {
+        self.time_cols.iter().copied().find(|t| t.index == index)
+    }
+}
+
+/// A streaming operator.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Reads one input DataStream; `projection` picks its columns.
+    Source {
+        /// Index into the compiled Transform's inputs.
+        input: usize,
+        /// The input columns read, in output order.
+        projection: Vec<usize>,
+        /// The event-time column (an index into the input's columns), if declared.
+        event_time: Option<usize>,
+    },
+    /// Computes expressions of each change.
+    Project {
+        /// The input.
+        input: Box<Node>,
+        /// One expression per output column.
+        exprs: Vec<Expr>,
+    },
+    /// Keeps the changes whose row passes a predicate.
+    Filter {
+        /// The input.
+        input: Box<Node>,
+        /// A boolean expression.
+        predicate: Expr,
+    },
+    /// GROUP BY with aggregates, maintained under retractions, optionally per window.
+    Aggregate(Box<Aggregate>),
+    /// An equi-join maintaining the state each side needs.
+    Join(Box<Join>),
+    /// UNION ALL.
+    Union {
+        /// The inputs, with the same schema.
+        inputs: Vec<Node>,
+    },
+}
+
+/// A grouped aggregation.
+#[derive(Clone, Debug)]
+pub struct Aggregate {
+    /// The input.
+    pub input: Node,
+    /// The grouping expressions, without the window.
+    pub group: Vec<Expr>,
+    /// The aggregates, in output order after the group columns.
+    pub aggs: Vec<AggCall>,
+    /// The event-time window, if grouped by one.
+    pub window: Option<Window>,
+    /// When windowed results are emitted.
+    pub emit: crate::EmitMode,
+    /// Allowed lateness in nanoseconds.
+    pub lateness: i64,
+}
+
+/// An event-time window in a GROUP BY.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Tumble, hop or session.
+    pub kind: WindowFn,
+    /// The time expression over the input (an event-time column).
+    pub time: Expr,
+    /// Tumble and hop: the size; session: the gap (nanoseconds).
+    pub size: i64,
+    /// Hop: the slide (nanoseconds); otherwise equal to `size`.
+    pub slide: i64,
+    /// The window column's position among the output's group columns.
+    pub position: usize,
+}
+
+/// An aggregate function call.
+#[derive(Clone, Debug)]
+pub struct AggCall {
+    /// The function.
+    pub func: AggFunc,
+    /// Its argument (`None` for `COUNT(*)`).
+    pub arg: Option<Expr>,
+    /// `COUNT(DISTINCT x)`.
+    pub distinct: bool,
+}
+
+/// The aggregate functions maintained incrementally.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AggFunc {
+    /// COUNT
+    Count,
+    /// SUM
+    Sum,
+    /// AVG
+    Avg,
+    /// MIN
+    Min,
+    /// MAX
+    Max,
+}
+
+/// An equi-join (inner or left outer).
+#[derive(Clone, Debug)]
+pub struct Join {
+    /// The left input.
+    pub left: Node,
+    /// The right input.
+    pub right: Node,
+    /// Equality pairs (left expression, right expression).
+    pub on: Vec<(Expr, Expr)>,
+    /// A residual predicate over the joined row.
+    pub filter: Option<Expr>,
+    /// Left outer (true) or inner.
+    pub left_outer: bool,
+    /// How state is kept.
+    pub mode: JoinMode,
+}
+
+/// How a join keeps state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinMode {
+    /// Both sides kept in full; every change on either side joins the other.
+    Regular,
+    /// Stream to table: each event is joined with the table's current row and not
+    /// kept; table changes do not revisit past events. The output is append-only.
+    Lookup,
+    /// Stream to stream within a time bound: a right row at time `r` matches a left row
+    /// at time `l` only when `lo <= r - l <= hi`; rows are dropped once the watermark
+    /// makes further matches impossible.
+    Interval {
+        /// The left time column.
+        left_time: usize,
+        /// The right time column.
+        right_time: usize,
+        /// The lower bound of `r - l` (nanoseconds).
+        lo: i64,
+        /// The upper bound of `r - l` (nanoseconds).
+        hi: i64,
+        /// How far behind the left watermark left times may arrive (nanoseconds).
+        left_lag: i64,
+        /// How far behind the right watermark right times may arrive (nanoseconds).
+        right_lag: i64,
+    },
+}
+
+impl Node {
+    /// The node's children.
+    pub fn children(&self) -> Vec<&Node> {
+        match &self.op {
+            Op::Source { .. } => vec![],
+            Op::Project { input, .. } | Op::Filter { input, .. } => vec![input],
+            Op::Aggregate(a) => vec![&a.input],
+            Op::Join(j) => vec![&j.left, &j.right],
+            Op::Union { inputs } => inputs.iter().collect(),
+        }
+    }
+
+    /// An indented, readable rendering of the plan, one operator per line.
+    pub fn explain(&self, input_names: &[String]) -> String {
+        let mut out = String::new();
+        self.explain_into(input_names, 0, &mut out);
+        out
+    }
+
+    fn explain_into(&self, names: &[String], depth: usize, out: &mut String) {
+        let pad = "  ".repeat(depth);
+        let cols = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let kind = match (&self.props.kind, &self.props.key) {
+            (StreamKind::Changelog, Some(k)) => {
+                let names: Vec<_> = k
+                    .iter()
+                    .map(|i| self.schema.field(*i).name().clone())
+                    .collect();
+                format!("changelog key=[{}]", names.join(", "))
+            }
+            (k, _) => k.to_string(),
+        };
+        let line = match &self.op {
+            Op::Source { input, .. } => format!("Source: {}", names[*input]),
+            Op::Project { exprs, .. } => format!("Project: {}", join_exprs(exprs)),
+            Op::Filter { predicate, .. } => format!("Filter: {predicate}"),
+            Op::Aggregate(a) => {
+                let mut s = String::from("Aggregate");
+                if let Some(w) = &a.window {
+                    let _ = write!(s, " {}", DisplayWindow(w));
+                    let _ = write!(
+                        s,
+                        " emit={}",
+                        match a.emit {
+                            crate::EmitMode::OnWindowClose => "on-close",
+                            crate::EmitMode::Updates => "updates",
+                        }
+                    );
+                }
+                let _ = write!(
+                    s,
+                    ": group=[{}] aggs=[{}]",
+                    join_exprs(&a.group),
+                    a.aggs
+                        .iter()
+                        .map(|c| {
+                            let f = format!("{:?}", c.func).to_uppercase();
+                            match (&c.arg, c.distinct) {
+                                (None, _) => format!("{f}(*)"),
+                                (Some(a), true) => format!("{f}(DISTINCT {a})"),
+                                (Some(a), false) => format!("{f}({a})"),
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                s
+            }
+            Op::Join(j) => {
+                let mode = match j.mode {
+                    JoinMode::Regular => "Join".to_owned(),
+                    JoinMode::Lookup => "LookupJoin".to_owned(),
+                    JoinMode::Interval { lo, hi, .. } => {
+                        format!("IntervalJoin[{}..{}]", Dur(lo), Dur(hi))
+                    }
+                };
+                let on =
+                    j.on.iter()
+                        .map(|(l, r)| format!("{l} = {r}"))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                let filter = j
+                    .filter
+                    .as_ref()
+                    .map(|f| format!(" filter={f}"))
+                    .unwrap_or_default();
+                let ty = if j.left_outer { "left" } else { "inner" };
+                format!("{mode} ({ty}): on=[{on}]{filter}")
+            }
+            Op::Union { .. } => "UnionAll".to_owned(),
+        };
+        let _ = writeln!(out, "{pad}{line}  -> {kind} ({cols})");
+        for c in self.children() {
+            c.explain_into(names, depth + 1, out);
+        }
+    }
+}
+
+fn join_exprs(exprs: &[Expr]) -> String {
+    exprs
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct DisplayWindow<'a>(&'a Window);
+
+impl fmt::Display for DisplayWindow<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let w = self.0;
+        match w.kind {
+            WindowFn::Tumble => write!(f, "TUMBLE({}, {})", w.time, Dur(w.size)),
+            WindowFn::Hop => write!(f, "HOP({}, {}, {})", w.time, Dur(w.slide), Dur(w.size)),
+            WindowFn::Session => write!(f, "SESSION({}, {})", w.time, Dur(w.size)),
+        }
+    }
+}
+
+/// A duration in nanoseconds, printed readably.
+struct Dur(i64);
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        let units = [
+            (86_400_000_000_000, "d"),
+            (3_600_000_000_000, "h"),
+            (60_000_000_000, "m"),
+            (1_000_000_000, "s"),
+            (1_000_000, "ms"),
+        ];
+        for (size, unit) in units {
+            if n != 0 && n % size == 0 {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}ns")
+    }
+}
