@@ -75,7 +75,13 @@ pub fn compile(
             );
         }
     };
-    windows::rewrite_statement(&mut statement)?;
+    windows::rewrite_statement(&mut statement).map_err(|e| match e.hint.clone() {
+        Some(h) if h.starts_with("group by one of") => {
+            let second = e.message.rsplit(' ').next().unwrap_or("").to_owned();
+            e.near(sql, &second)
+        }
+        _ => e,
+    })?;
 
     let catalog = Catalog {
         state,
@@ -102,7 +108,15 @@ pub fn compile(
                 .hint(hint)
                 .near(sql, &last);
         }
-        CompileError::from_datafusion(sql, e)
+        let err = CompileError::from_datafusion(sql, e);
+        // Errors raised by the window functions name them.
+        match ["TUMBLE", "HOP", "SESSION"]
+            .into_iter()
+            .find(|w| err.message.starts_with(w))
+        {
+            Some(w) => err.near(sql, w),
+            None => err,
+        }
     })?;
     check_streamable(sql, &plan)?;
     let optimized = state
@@ -426,9 +440,28 @@ impl Lowerer<'_> {
                     .iter()
                     .map(|e| column_index(&input.schema, e))
                     .collect();
+                // A window column in the key is identified by either of its fields.
+                let window_field_of = |e: &Expr| match unalias(e) {
+                    Expr::ScalarFunction(ScalarFunction { func, args })
+                        if func.name() == "get_field" =>
+                    {
+                        column_index(&input.schema, &args[0])
+                    }
+                    _ => None,
+                };
                 props.key = input.props.key.as_ref().and_then(|k| {
                     k.iter()
-                        .map(|ki| positions.iter().position(|p| *p == Some(*ki)))
+                        .map(|ki| {
+                            positions.iter().position(|p| *p == Some(*ki)).or_else(|| {
+                                input
+                                    .props
+                                    .window_col
+                                    .filter(|w| w.index == *ki)
+                                    .and_then(|_| {
+                                        p.expr.iter().position(|e| window_field_of(e) == Some(*ki))
+                                    })
+                            })
+                        })
                         .collect()
                 });
                 for (i, e) in p.expr.iter().enumerate() {
@@ -619,9 +652,9 @@ impl Lowerer<'_> {
         let sizes = args[1..]
             .iter()
             .map(|e| match unalias(e) {
-                Expr::Literal(v, _) => {
-                    interval_nanos(v).map_err(|err| CompileError::from_datafusion(self.sql, err))
-                }
+                Expr::Literal(v, _) => interval_nanos(v).map_err(|err| {
+                    CompileError::from_datafusion(self.sql, err).near(self.sql, "INTERVAL")
+                }),
                 _ => Err(CompileError::new(format!(
                     "{name}'s sizes must be constant intervals such as INTERVAL '1' MINUTE"
                 ))
@@ -715,6 +748,9 @@ impl Lowerer<'_> {
     }
 
     fn lower_join(&self, j: &datafusion::logical_expr::Join) -> Result<Node> {
+        if j.null_equality == NullEquality::NullEqualsNull {
+            return Err(self.unsupported("INTERSECT and EXCEPT", "INTERSECT", "use a JOIN"));
+        }
         let left_outer = match j.join_type {
             JoinType::Inner => false,
             JoinType::Left => true,
@@ -740,9 +776,6 @@ impl Lowerer<'_> {
                 ));
             }
         };
-        if j.null_equality == NullEquality::NullEqualsNull {
-            return Err(self.unsupported("INTERSECT and EXCEPT", "INTERSECT", "use a JOIN"));
-        }
         let left = self.lower(&j.left)?;
         let right = self.lower(&j.right)?;
         let nl = left.schema.fields().len();

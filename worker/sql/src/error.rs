@@ -95,6 +95,12 @@ impl CompileError {
             out.message = strip_parser_position(&message);
             out = out.at_position(l, c);
         }
+        if out.line.is_none() && message.contains("found: EOF") {
+            // The SQL ended too early: point just past its last character.
+            let line = sql.lines().count().max(1) as u64;
+            let col = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
+            out = out.at_position(line, col);
+        }
         if out.line.is_none() {
             // Point at the first quoted name the message mentions.
             for quoted in quoted_names(&message) {
@@ -122,7 +128,8 @@ fn tidy(message: &str) -> String {
             m = rest.to_owned();
         }
     }
-    m.trim_end_matches("\")").to_owned()
+    // One line reads better in a status condition and a terminal.
+    m.trim_end_matches("\")").replace('\n', " ")
 }
 
 /// sqlparser writes positions as `at Line: 1, Column: 15`.

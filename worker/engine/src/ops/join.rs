@@ -12,7 +12,7 @@ use arrow::array::{ArrayRef, UInt32Array, new_null_array};
 use arrow::compute::{cast, take};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::row::{RowConverter, SortField};
 use datafusion::common::DFSchema;
 use datafusion::logical_expr::ExprSchemable;
 use hashbrown::HashMap;
@@ -125,7 +125,7 @@ impl JoinOp {
     }
 
     /// The join keys of a batch, and which rows have a NULL key (those never match).
-    fn keys(&self, port: usize, data: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
+    fn keys(&self, port: usize, data: &RecordBatch) -> Result<(Vec<Vec<u8>>, Vec<bool>)> {
         let mut cols = Vec::new();
         let mut null = vec![false; data.num_rows()];
         for (e, t) in self.sides[port].keys.iter().zip(&self.key_types) {
@@ -138,7 +138,17 @@ impl JoinOp {
             }
             cols.push(a);
         }
-        Ok((self.key_conv.convert_columns(&cols)?, null))
+        if cols.is_empty() {
+            // A cross join: every row has the same (empty) key.
+            return Ok((vec![Vec::new(); data.num_rows()], null));
+        }
+        let rows = self.key_conv.convert_columns(&cols)?;
+        Ok((
+            (0..data.num_rows())
+                .map(|i| rows.row(i).as_ref().to_vec())
+                .collect(),
+            null,
+        ))
     }
 
     /// Builds joined rows from left and right parts and applies the residual filter.
@@ -268,11 +278,11 @@ impl Operator for JoinOp {
             if lookup && port == 1 {
                 continue;
             }
-            let key = keys.row(i);
-            if let Some(entries) = self.state.sides[other].get(key.as_ref()) {
+            let key = &keys[i];
+            if let Some(entries) = self.state.sides[other].get(key) {
                 for (k, _) in entries.iter().enumerate() {
                     this_idx.push(i as u32);
-                    other_ref.push((key.as_ref().to_vec(), k));
+                    other_ref.push((key.clone(), k));
                 }
             }
         }
@@ -370,12 +380,10 @@ impl Operator for JoinOp {
                     time: time_of(i),
                     matches: if port == 0 { left_matches[i] } else { 0 },
                 };
-                let entries = self.state.sides[port]
-                    .entry(keys.row(i).as_ref().to_vec())
-                    .or_default();
+                let entries = self.state.sides[port].entry(keys[i].clone()).or_default();
                 add_entry(entries, entry);
                 if entries.is_empty() {
-                    self.state.sides[port].remove(keys.row(i).as_ref());
+                    self.state.sides[port].remove(&keys[i]);
                 }
             }
         }
