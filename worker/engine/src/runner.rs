@@ -312,7 +312,7 @@ pub fn render(schema: &SchemaRef, batch: &RecordBatch) -> Result<Vec<Vec<String>
                 .map(|(f, float)| {
                     let s = f.value(i).to_string();
                     if *float && let Ok(v) = s.parse::<f64>() {
-                        return round_float(v);
+                        return format_value(v);
                     }
                     s
                 })
@@ -321,7 +321,8 @@ pub fn render(schema: &SchemaRef, batch: &RecordBatch) -> Result<Vec<Vec<String>
         .collect())
 }
 
-fn round_float(v: f64) -> String {
+/// A float as the runner renders it: rounded to 9 significant digits.
+pub fn format_value(v: f64) -> String {
     if v == 0.0 || !v.is_finite() {
         return format!("{}", if v == 0.0 { 0.0 } else { v });
     }
