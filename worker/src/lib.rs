@@ -4,3 +4,5 @@
 //! changes, runs them through the compiled plan on `weir-engine`, and produces the results,
 //! committing input offsets, output records and state in one Kafka transaction. The crate
 //! also holds the `weir` developer CLI, which runs the same engine on a laptop.
+
+pub mod cli;

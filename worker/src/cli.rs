@@ -1,0 +1,223 @@
+//! The `weir` CLI's work: load DataStream and Transform YAML, compile Transforms with the
+//! same compiler the operator uses, and run their fixture tests with the same engine the
+//! workers use. No cluster, no Kafka.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use weir_crds::data_stream::CleanupPolicy;
+use weir_crds::{DataStream, Transform};
+use weir_engine::runner::{Record, run_test};
+use weir_engine::sql::{CompileOptions, CompiledTransform, StreamInput, StreamKind, compile};
+
+/// The resources found in some YAML files.
+#[derive(Default)]
+pub struct Resources {
+    /// DataStreams.
+    pub data_streams: Vec<DataStream>,
+    /// Transforms.
+    pub transforms: Vec<Transform>,
+}
+
+#[derive(Deserialize)]
+struct Kind {
+    kind: Option<String>,
+}
+
+/// Reads every YAML document in `files`; documents of other kinds are skipped.
+pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
+    let mut out = Resources::default();
+    for file in files {
+        let file = file.as_ref();
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc)
+                .with_context(|| format!("{}: document {} is not YAML", file.display(), i + 1))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind: Kind = serde_yaml::from_value(value.clone()).unwrap_or(Kind { kind: None });
+            let at = || format!("{}: document {}", file.display(), i + 1);
+            match kind.kind.as_deref() {
+                Some("DataStream") => out.data_streams.push(
+                    serde_yaml::from_value(value)
+                        .with_context(|| format!("{}: DataStream", at()))?,
+                ),
+                Some("Transform") => out.transforms.push(
+                    serde_yaml::from_value(value)
+                        .with_context(|| format!("{}: Transform", at()))?,
+                ),
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn namespace_of(meta: &kube_meta::ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+mod kube_meta {
+    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+}
+
+fn parse_duration_ms(s: &str) -> anyhow::Result<i64> {
+    let d = humantime::parse_duration(s).with_context(|| format!("{s:?} is not a duration"))?;
+    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A DataStream as the compiler sees it.
+pub fn stream_input(ds: &DataStream) -> anyhow::Result<StreamInput> {
+    let ns = namespace_of(&ds.metadata);
+    let name = ds.metadata.name.clone().unwrap_or_default();
+    let schema = ds
+        .spec
+        .schema
+        .to_arrow()
+        .with_context(|| format!("DataStream {ns}/{name}"))?;
+    let mut input =
+        StreamInput::new(ns, name, std::sync::Arc::new(schema)).with_key(ds.spec.key.clone());
+    if let Some(et) = &ds.spec.event_time {
+        let ooo = match &et.max_out_of_orderness {
+            Some(d) => parse_duration_ms(d)?,
+            None => 0,
+        };
+        input = input.with_event_time(&et.field, ooo);
+    }
+    if ds.spec.cleanup_policy == CleanupPolicy::Compact && !ds.spec.key.is_empty() {
+        input = input.as_table();
+    }
+    Ok(input)
+}
+
+/// Compiles a Transform against the DataStreams loaded with it.
+pub fn compile_transform(
+    tf: &Transform,
+    streams: &[StreamInput],
+) -> anyhow::Result<CompiledTransform> {
+    let ns = namespace_of(&tf.metadata);
+    let name = tf.metadata.name.clone().unwrap_or_default();
+    compile(&tf.spec.sql, streams, &CompileOptions::new(ns.clone()))
+        .map_err(|e| anyhow::anyhow!("Transform {ns}/{name}: spec.sql: {e}"))
+}
+
+fn inputs(res: &Resources) -> anyhow::Result<Vec<StreamInput>> {
+    res.data_streams.iter().map(stream_input).collect()
+}
+
+/// `weir test`: runs every Transform's fixture tests. Returns the report and whether all
+/// passed.
+pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
+    let res = load(files)?;
+    if res.transforms.is_empty() {
+        bail!("no Transform in the given files");
+    }
+    let streams = inputs(&res)?;
+    let mut report = String::new();
+    let (mut passed, mut failed) = (0, 0);
+    for tf in &res.transforms {
+        let id = format!(
+            "{}/{}",
+            namespace_of(&tf.metadata),
+            tf.metadata.name.clone().unwrap_or_default()
+        );
+        let compiled = match compile_transform(tf, &streams) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(report, "FAIL  {id}: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        let _ = writeln!(report, "{id}");
+        if tf.spec.tests.is_empty() {
+            let _ = writeln!(report, "      (no tests)");
+        }
+        for (i, t) in tf.spec.tests.iter().enumerate() {
+            let given: Vec<(String, Vec<Record>)> = t
+                .given
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            match run_test(&compiled, &t.name, &given, &t.expect) {
+                Ok(r) => {
+                    if r.passed() {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    let _ = writeln!(
+                        report,
+                        "  {}",
+                        r.to_string().trim_end().replace('\n', "\n  ")
+                    );
+                }
+                Err(e) => {
+                    failed += 1;
+                    let _ = writeln!(report, "  FAIL  {}: spec.tests[{i}]: {e}", t.name);
+                }
+            }
+        }
+    }
+    let _ = writeln!(report, "\n{passed} passed, {failed} failed");
+    Ok((report, failed == 0))
+}
+
+/// `weir explain`: the compiled plan of every Transform.
+pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
+    let res = load(files)?;
+    if res.transforms.is_empty() {
+        bail!("no Transform in the given files");
+    }
+    let streams = inputs(&res)?;
+    let mut out = String::new();
+    for tf in &res.transforms {
+        let c = compile_transform(tf, &streams)?;
+        let id = format!(
+            "{}/{}",
+            namespace_of(&tf.metadata),
+            tf.metadata.name.clone().unwrap_or_default()
+        );
+        let _ = writeln!(out, "Transform {id}");
+        let _ = writeln!(out, "fingerprint: {}", c.fingerprint);
+        let kind = match c.output_kind {
+            StreamKind::AppendOnly => "append-only".to_owned(),
+            StreamKind::Changelog => format!("changelog keyed by [{}]", c.output_key.join(", ")),
+        };
+        let _ = writeln!(out, "output: {kind}");
+        if let Some(et) = &c.output_event_time {
+            let _ = writeln!(out, "output event time: {et}");
+        }
+        let _ = writeln!(out, "columns:");
+        for (f, l) in c.output_schema.fields().iter().zip(&c.lineage) {
+            let from: Vec<String> = l
+                .sources
+                .iter()
+                .map(|(s, col)| format!("{s}.{col}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} {}{}  <- {}",
+                f.name(),
+                f.data_type(),
+                if f.is_nullable() { "" } else { " not null" },
+                if from.is_empty() {
+                    "(computed)".to_owned()
+                } else {
+                    from.join(", ")
+                }
+            );
+        }
+        let _ = writeln!(out, "plan:");
+        for line in c.explain.lines() {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    Ok(out)
+}

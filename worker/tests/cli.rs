@@ -1,0 +1,84 @@
+//! The `weir` CLI on the shipped example: `weir test` passes, a broken expectation fails
+//! with a readable diff, and `weir explain` shows the plan and lineage.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn weir(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("weir runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const STREAM: &str = "manifests/examples/page-views.yaml";
+const TRANSFORM: &str = "manifests/examples/transforms/views-per-page.yaml";
+
+#[test]
+fn the_example_transform_passes_its_tests() {
+    let (code, out, err) = weir(&["test", STREAM, TRANSFORM]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("ok    counts one minute"), "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_diff() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, text.replace("views: 2 }", "views: 3 }")).expect("write");
+    let (code, out, _) = weir(&["test", STREAM, broken.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL  counts one minute"), "{out}");
+    assert!(out.contains("- {url: /a, window_start: 2026-01-01T00:00:00Z, window_end: 2026-01-01T00:01:00Z, views: 3}"), "{out}");
+    assert!(out.contains("+ {url: /a, window_start: 2026-01-01T00:00:00Z, window_end: 2026-01-01T00:01:00Z, views: 2}"), "{out}");
+}
+
+#[test]
+fn bad_sql_names_the_resource_and_the_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        text.replace("COUNT(*) AS views", "COUNT(*) AS views, referrer"),
+    )
+    .expect("write");
+    let (code, out, _) = weir(&["test", STREAM, broken.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("analytics/views-per-page: spec.sql: line 1, column"),
+        "{out}"
+    );
+    assert!(out.contains("referrer"), "{out}");
+}
+
+#[test]
+fn explain_shows_kind_lineage_and_plan() {
+    let (code, out, err) = weir(&["explain", STREAM, TRANSFORM]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("output: append-only"), "{out}");
+    assert!(out.contains("url Utf8  <- web/page-views.url"), "{out}");
+    assert!(
+        out.contains("Aggregate TUMBLE(web.page_views.ts, 1m) emit=on-close"),
+        "{out}"
+    );
+}
+
+#[test]
+fn no_transform_is_an_error() {
+    let (code, _, err) = weir(&["test", STREAM]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no Transform"), "{err}");
+}
