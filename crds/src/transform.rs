@@ -103,6 +103,41 @@ pub struct TransformSpec {
     /// CPU and memory for each worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// When event-time windows emit, and how late a record may still arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<WindowPolicy>,
+}
+
+/// When event-time windows (`TUMBLE`, `HOP`, `SESSION` in GROUP BY) emit their rows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowPolicy {
+    /// `onClose` (default): each window's row is emitted once, when the watermark passes
+    /// the window's end plus `allowedLateness`; the output is append-only. `updates`:
+    /// rows are emitted as records arrive and revised as more do; the output is a
+    /// changelog keyed by the group and the window.
+    #[serde(default)]
+    pub emit: WindowEmit,
+    /// How long after the watermark passes a window's end the window still accepts
+    /// records, such as `30s`. Records later than that are dropped and counted.
+    /// Defaults to `0s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub allowed_lateness: Option<String>,
+}
+
+/// When windows emit.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum WindowEmit {
+    /// Once per window, when it closes.
+    #[default]
+    OnClose,
+    /// As records arrive, revising earlier rows.
+    Updates,
 }
 
 fn default_parallelism() -> i32 {

@@ -8,9 +8,12 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 use weir_crds::data_stream::CleanupPolicy;
+use weir_crds::transform::WindowEmit;
 use weir_crds::{DataStream, Transform};
 use weir_engine::runner::{Record, run_test};
-use weir_engine::sql::{CompileOptions, CompiledTransform, StreamInput, StreamKind, compile};
+use weir_engine::sql::{
+    CompileOptions, CompiledTransform, EmitMode, StreamInput, StreamKind, compile,
+};
 
 /// The resources found in some YAML files.
 #[derive(Default)]
@@ -103,8 +106,25 @@ pub fn compile_transform(
 ) -> anyhow::Result<CompiledTransform> {
     let ns = namespace_of(&tf.metadata);
     let name = tf.metadata.name.clone().unwrap_or_default();
-    compile(&tf.spec.sql, streams, &CompileOptions::new(ns.clone()))
+    let options = compile_options(tf)
+        .map_err(|e| anyhow::anyhow!("Transform {ns}/{name}: spec.windows: {e:#}"))?;
+    compile(&tf.spec.sql, streams, &options)
         .map_err(|e| anyhow::anyhow!("Transform {ns}/{name}: spec.sql: {e}"))
+}
+
+/// The compile options a Transform's spec asks for.
+pub fn compile_options(tf: &Transform) -> anyhow::Result<CompileOptions> {
+    let mut options = CompileOptions::new(namespace_of(&tf.metadata));
+    if let Some(w) = &tf.spec.windows {
+        options.emit = match w.emit {
+            WindowEmit::OnClose => EmitMode::OnWindowClose,
+            WindowEmit::Updates => EmitMode::Updates,
+        };
+        if let Some(l) = &w.allowed_lateness {
+            options.allowed_lateness_ms = parse_duration_ms(l).context("allowedLateness")?;
+        }
+    }
+    Ok(options)
 }
 
 fn inputs(res: &Resources) -> anyhow::Result<Vec<StreamInput>> {

@@ -82,3 +82,45 @@ fn no_transform_is_an_error() {
     assert_eq!(code, 2);
     assert!(err.contains("no Transform"), "{err}");
 }
+
+#[test]
+fn the_window_policy_sets_emit_mode_and_lateness() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
+    let updates = dir.path().join("updates.yaml");
+    std::fs::write(
+        &updates,
+        text.replace(
+            "  parallelism: 2\n",
+            "  parallelism: 2\n  windows: { emit: updates, allowedLateness: 30s }\n",
+        ),
+    )
+    .expect("write");
+    let path = updates.to_str().expect("utf-8 path");
+    let (code, out, err) = weir(&["explain", STREAM, path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("output: changelog keyed by [url, window_start]"),
+        "{out}"
+    );
+    assert!(out.contains("emit=updates"), "{out}");
+    // Final state of an updating window is the same count as emit-on-close gives.
+    let (code, out, _) = weir(&["test", STREAM, path]);
+    assert_eq!(code, 0, "{out}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        text.replace(
+            "  parallelism: 2\n",
+            "  parallelism: 2\n  windows: { allowedLateness: soon }\n",
+        ),
+    )
+    .expect("write");
+    let (code, out, err) = weir(&["explain", STREAM, bad.to_str().expect("utf-8 path")]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("analytics/views-per-page: spec.windows: allowedLateness"),
+        "{err}"
+    );
+}

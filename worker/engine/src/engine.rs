@@ -33,7 +33,10 @@ pub struct Engine {
     input_schemas: Vec<SchemaRef>,
     output_schema: SchemaRef,
     fingerprint: String,
-    pending: Vec<ChangeBatch>,
+    /// Whether operators have emitted what they hold before any input (a global
+    /// aggregate's first row). Part of the snapshot, so that row is emitted exactly once
+    /// across a restore.
+    primed: bool,
 }
 
 /// What an engine holds and has dropped.
@@ -49,6 +52,7 @@ pub struct EngineStats {
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
     fingerprint: String,
+    primed: bool,
     input_watermarks: Vec<i64>,
     nodes: Vec<(Vec<u8>, i64, Vec<i64>)>,
 }
@@ -72,16 +76,26 @@ impl Engine {
             input_schemas: compiled.inputs.iter().map(|i| i.schema.clone()).collect(),
             output_schema: compiled.output_schema.clone(),
             fingerprint: compiled.fingerprint.clone(),
-            pending: Vec::new(),
+            primed: false,
         };
         engine.add(&compiled.plan, None, compiled)?;
-        // Let operators emit what they hold before any input (a global COUNT is 0).
-        for input in 0..compiled.inputs.len() {
-            let empty = ChangeBatch::empty(engine.input_schemas[input].clone());
-            let out = engine.push(input, empty)?;
-            engine.pending.extend(out);
-        }
         Ok(engine)
+    }
+
+    /// On the first call, lets operators emit what they hold before any input (a global
+    /// COUNT is 0 over no rows).
+    fn prime(&mut self, out: &mut Vec<ChangeBatch>) -> Result<()> {
+        if self.primed {
+            return Ok(());
+        }
+        self.primed = true;
+        for input in 0..self.sources.len() {
+            let empty = ChangeBatch::empty(self.input_schemas[input].clone());
+            for s in self.sources[input].clone() {
+                self.deliver(s, 0, empty.clone(), out)?;
+            }
+        }
+        Ok(())
     }
 
     fn add(
@@ -162,7 +176,8 @@ impl Engine {
             .get(input)
             .ok_or_else(|| EngineError::Input(format!("there is no input {input}")))?
             .clone();
-        let mut out = std::mem::take(&mut self.pending);
+        let mut out = Vec::new();
+        self.prime(&mut out)?;
         for s in sources {
             self.deliver(s, 0, changes.clone(), &mut out)?;
         }
@@ -183,10 +198,11 @@ impl Engine {
     /// Moves input `input`'s watermark forward to `watermark` (nanoseconds); it never
     /// moves back. Returns the output's changes this completes.
     pub fn advance_watermark(&mut self, input: usize, watermark: i64) -> Result<Vec<ChangeBatch>> {
-        let mut out = std::mem::take(&mut self.pending);
         if input >= self.input_watermarks.len() {
             return Err(EngineError::Input(format!("there is no input {input}")));
         }
+        let mut out = Vec::new();
+        self.prime(&mut out)?;
         if watermark > self.input_watermarks[input] {
             self.input_watermarks[input] = watermark;
             for s in self.sources[input].clone() {
@@ -203,6 +219,7 @@ impl Engine {
     /// The end of input: every watermark moves to the end of time and every window closes.
     pub fn finish(&mut self) -> Result<Vec<ChangeBatch>> {
         let mut out = Vec::new();
+        self.prime(&mut out)?;
         for i in 0..self.input_watermarks.len() {
             out.extend(self.advance_watermark(i, i64::MAX)?);
         }
@@ -265,6 +282,7 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         postcard::to_stdvec(&Snapshot {
             fingerprint: self.fingerprint.clone(),
+            primed: self.primed,
             input_watermarks: self.input_watermarks.clone(),
             nodes,
         })
@@ -288,7 +306,7 @@ impl Engine {
             n.port_watermarks = ports;
         }
         self.input_watermarks = snap.input_watermarks;
-        self.pending.clear();
+        self.primed = snap.primed;
         Ok(())
     }
 

@@ -19,7 +19,10 @@
 //! let mut engine = Engine::new(&compiled).unwrap();
 //! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
 //! let out = engine.push(0, weir_engine::ChangeBatch::inserts(batch)).unwrap();
-//! assert_eq!(out.len(), 1); // one insert: total = 6
+//! // A global SUM has its one row from the start (NULL over no input); the push retracts
+//! // it and inserts the new total, so the output's rows sum to a single row: 6.
+//! let rows = weir_engine::runner::consolidate(&engine.output_schema(), &out).unwrap();
+//! assert_eq!(rows, vec![(vec!["6".to_owned()], 1)]);
 //! ```
 
 pub use weir_sql as sql;

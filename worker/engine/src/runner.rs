@@ -182,16 +182,42 @@ pub fn decode_records(
     Ok((batch, weights))
 }
 
+/// A multiset of rendered rows: each row's values as strings, and its multiplicity.
+pub type Rows = Vec<(Vec<String>, i64)>;
+
 /// Runs `given` through a fresh engine, one record at a time as the module describes,
 /// and returns the output's final multiset of rows (all columns) with the late count.
 pub fn run_records(
     compiled: &CompiledTransform,
     given: &[(String, Vec<Record>)],
-) -> Result<(Vec<(Vec<String>, i64)>, u64), RunError> {
+) -> Result<(Rows, u64), RunError> {
+    run(compiled, given, false)
+}
+
+/// Like [`run_records`], but after every record the engine's state is snapshotted and
+/// restored into a fresh engine, as a worker does across a restart. The result must be
+/// the same as [`run_records`] gives.
+pub fn run_records_restoring(
+    compiled: &CompiledTransform,
+    given: &[(String, Vec<Record>)],
+) -> Result<(Rows, u64), RunError> {
+    run(compiled, given, true)
+}
+
+fn run(
+    compiled: &CompiledTransform,
+    given: &[(String, Vec<Record>)],
+    restore_each: bool,
+) -> Result<(Rows, u64), RunError> {
     let mut engine = Engine::new(compiled)?;
     let mut outputs = Vec::new();
     let mut newest: Option<i64> = None;
     for (input, (batch, weights)) in arrival_order(compiled, given)? {
+        if restore_each {
+            let snapshot = engine.snapshot()?;
+            engine = Engine::new(compiled)?;
+            engine.restore(&snapshot)?;
+        }
         outputs.extend(engine.push(input, ChangeBatch::new(batch.clone(), weights))?);
         if let Some(t) = engine.watermark_of(input, &batch)? {
             // watermark_of subtracts this input's out-of-orderness; add it back to get the
@@ -275,10 +301,7 @@ fn arrival_order(
 }
 
 /// Sums change batches into a multiset of rows, each row rendered as display strings.
-pub fn consolidate(
-    schema: &SchemaRef,
-    batches: &[ChangeBatch],
-) -> Result<Vec<(Vec<String>, i64)>, RunError> {
+pub fn consolidate(schema: &SchemaRef, batches: &[ChangeBatch]) -> Result<Rows, RunError> {
     let mut sums: BTreeMap<Vec<String>, i64> = BTreeMap::new();
     for b in batches {
         let rows = render(schema, &b.data)?;

@@ -126,7 +126,7 @@ fn incremental(
     let mut engine = Engine::new(&compiled).expect("engine");
     let mut out = Vec::new();
     let mut pushes = 0;
-    let mut maybe_restore = |engine: &mut Engine, pushes: &mut usize| {
+    let maybe_restore = |engine: &mut Engine, pushes: &mut usize| {
         *pushes += 1;
         if *pushes == restore_at {
             let snap = engine.snapshot().expect("snapshot");
@@ -290,6 +290,36 @@ const QUERIES: &[(&str, &str)] = &[
         "SELECT CAST(window_start AS BIGINT) AS ws, MAX(v) AS hi FROM t GROUP BY HOP(ts, INTERVAL '5' SECOND, INTERVAL '10' SECOND)",
         "SELECT w.s, MAX(v) FROM t JOIN (SELECT DISTINCT (ts / 5000) * 5000 AS s FROM t UNION SELECT DISTINCT (ts / 5000) * 5000 - 5000 FROM t) w ON t.ts >= w.s AND t.ts < w.s + 10000 GROUP BY w.s",
     ),
+    (
+        "SELECT k, CAST(window_start AS BIGINT) AS ws, CAST(window_end AS BIGINT) AS we, COUNT(*) AS n, SUM(v) AS total FROM t GROUP BY k, SESSION(ts, INTERVAL '3' SECOND)",
+        "WITH x AS (SELECT k, v, ts, CASE WHEN ts - LAG(ts) OVER (PARTITION BY k ORDER BY ts) < 3000 THEN 0 ELSE 1 END AS fresh FROM t), \
+         y AS (SELECT k, v, ts, SUM(fresh) OVER (PARTITION BY k ORDER BY ts ROWS UNBOUNDED PRECEDING) AS sid FROM x) \
+         SELECT k, MIN(ts), MAX(ts) + 3000, COUNT(*), SUM(v) FROM y GROUP BY k, sid",
+    ),
+    (
+        "SELECT a.k, a.v AS av, b.v AS bv FROM t a JOIN t b ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + INTERVAL '2' SECOND",
+        "SELECT a.k, a.v, b.v FROM t a JOIN t b ON a.k = b.k AND b.ts BETWEEN a.ts AND a.ts + 2000",
+    ),
+    (
+        "SELECT a.k, a.v AS av, b.s AS bs FROM t a LEFT JOIN t b ON a.k = b.k AND b.ts BETWEEN a.ts - INTERVAL '1' SECOND AND a.ts + INTERVAL '1' SECOND AND b.v > a.v",
+        "SELECT a.k, a.v, b.s FROM t a LEFT JOIN t b ON a.k = b.k AND b.ts BETWEEN a.ts - 1000 AND a.ts + 1000 AND b.v > a.v",
+    ),
+    (
+        "SELECT a.id, b.id AS other FROM u a LEFT JOIN u b ON a.g = b.g AND a.id <> b.id",
+        "SELECT a.id, b.id FROM u a LEFT JOIN u b ON a.g = b.g AND a.id <> b.id",
+    ),
+    (
+        "SELECT g, COUNT(DISTINCT x) AS d, MIN(id) AS lo FROM u GROUP BY g HAVING MAX(x) > 0",
+        "SELECT g, COUNT(DISTINCT x), MIN(id) FROM u GROUP BY g HAVING MAX(x) > 0",
+    ),
+    (
+        "WITH c AS (SELECT k, COUNT(*) AS n FROM t GROUP BY k) SELECT c.k, c.n, u.x FROM c JOIN u ON c.k = u.id",
+        "WITH c AS (SELECT k, COUNT(*) AS n FROM t GROUP BY k) SELECT c.k, c.n, u.x FROM c JOIN u ON c.k = u.id",
+    ),
+    (
+        "SELECT k, MAX(v) AS hi, MIN(s) AS lo FROM (SELECT k, v, s FROM t WHERE s IS NOT NULL UNION ALL SELECT id, x, 'u' FROM u) q GROUP BY k",
+        "SELECT k, MAX(v), MIN(s) FROM (SELECT k, v, s FROM t WHERE s IS NOT NULL UNION ALL SELECT id, x, 'u' FROM u) GROUP BY k",
+    ),
 ];
 
 fn check(
@@ -307,7 +337,7 @@ fn check(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 320, failure_persistence: None, .. ProptestConfig::default() })]
 
     #[test]
     fn incremental_equals_sqlite_batch(

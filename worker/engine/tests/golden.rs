@@ -1,6 +1,8 @@
 //! SQL golden files: every case in `tests/golden/*.slt` compiles its SQL, runs its
 //! input through the engine with the fixture-test semantics, and compares the output
-//! (or the compile error) with the expected block.
+//! (or the compile error) with the expected block. Each case also runs with its state
+//! snapshotted and restored into a fresh engine before every record, and must give the
+//! same output.
 //!
 //! File format, line by line:
 //!
@@ -27,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use weir_engine::runner::{Record, describe_rows, run_records};
+use weir_engine::runner::{Record, describe_rows, run_records, run_records_restoring};
 use weir_engine::sql::{CompileOptions, EmitMode, StreamInput, compile};
 
 struct Case {
@@ -270,7 +272,26 @@ fn actual(case: &Case) -> Vec<String> {
             format!("changelog key=[{}]", compiled.output_key.join(", "))
         }
     };
-    match run_records(&compiled, &given) {
+    let straight = run_records(&compiled, &given);
+    // The same case across a snapshot and restore into a fresh engine before every
+    // record must give the same output, as a worker does across restarts.
+    let restored = run_records_restoring(&compiled, &given);
+    match (&straight, &restored) {
+        (Ok(a), Ok(b)) if a != b => {
+            return vec![
+                "error".into(),
+                format!("a snapshot and restore changed the output: {a:?} became {b:?}"),
+            ];
+        }
+        (Ok(_), Err(e)) => {
+            return vec![
+                "error".into(),
+                format!("a snapshot and restore failed: {e}"),
+            ];
+        }
+        _ => {}
+    }
+    match straight {
         Ok((rows, late)) => {
             let mut out = vec![if late > 0 {
                 format!("expect {kind} late={late}")

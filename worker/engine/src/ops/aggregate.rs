@@ -493,7 +493,10 @@ fn prepare(spec: &Spec, data: &arrow::record_batch::RecordBatch) -> Result<Prepa
         ),
         Kind::Min | Kind::Max | Kind::CountDistinct => {
             let conv = spec.conv.as_ref().expect("a converter for ordered values");
-            Prepared::Rows(conv.convert_columns(&[a.clone()])?, a.logical_nulls())
+            Prepared::Rows(
+                conv.convert_columns(std::slice::from_ref(&a))?,
+                a.logical_nulls(),
+            )
         }
     })
 }
@@ -610,21 +613,19 @@ fn merge(into: &mut Acc, from: Acc, kind: Kind) {
             }
             a.retain(|_, c| *c != 0);
         }
-        (Acc::Best(a), Acc::Best(b)) => {
-            if let Some(b) = b {
-                let better = match a {
-                    None => true,
-                    Some(x) => {
-                        if kind == Kind::Min {
-                            b < *x
-                        } else {
-                            b > *x
-                        }
+        (Acc::Best(a), Acc::Best(Some(b))) => {
+            let better = match a {
+                None => true,
+                Some(x) => {
+                    if kind == Kind::Min {
+                        b < *x
+                    } else {
+                        b > *x
                     }
-                };
-                if better {
-                    *a = Some(b);
                 }
+            };
+            if better {
+                *a = Some(b);
             }
         }
         _ => {}
@@ -742,7 +743,7 @@ impl Operator for AggregateOp {
                         any = true;
                         let groups = self.state.windows.entry(s).or_default();
                         if self.updates && !touched.contains_key(&(s, key.to_vec())) {
-                            let old = groups.get(key).map(|g| g.clone());
+                            let old = groups.get(key).cloned();
                             let old = self.values(old.as_ref());
                             touched.insert((s, key.to_vec()), (end, old));
                         }
@@ -1012,24 +1013,38 @@ impl AggregateOp {
     }
 }
 
+/// A group key and its window, borrowed from an output row.
+type GroupWindow<'a> = (&'a [u8], (i64, i64));
+
 /// Drops a retraction and an insertion of the same row from one batch of output.
+///
+/// Rows are matched by (key, window) through a hash map, so a batch that touches many
+/// groups stays linear.
 fn cancel_pairs(out: &mut Vec<OutRow>) {
-    let mut i = 0;
-    while i < out.len() {
-        if out[i].weight < 0
-            && let Some(j) = out.iter().position(|r| {
-                r.weight == -out[i].weight
-                    && r.key == out[i].key
-                    && r.window == out[i].window
-                    && r.values == out[i].values
-            })
-        {
-            let (a, b) = (i.max(j), i.min(j));
-            out.remove(a);
-            out.remove(b);
-            i = 0;
-            continue;
+    let drop = {
+        let mut by_group: HashMap<GroupWindow<'_>, Vec<usize>> = HashMap::new();
+        for (i, r) in out.iter().enumerate() {
+            by_group.entry((&r.key, r.window)).or_default().push(i);
         }
-        i += 1;
+        let mut drop = vec![false; out.len()];
+        for rows in by_group.values().filter(|v| v.len() > 1) {
+            for &i in rows {
+                if drop[i] || out[i].weight >= 0 {
+                    continue;
+                }
+                let twin = rows.iter().copied().find(|&j| {
+                    !drop[j] && out[j].weight == -out[i].weight && out[j].values == out[i].values
+                });
+                if let Some(j) = twin {
+                    drop[i] = true;
+                    drop[j] = true;
+                }
+            }
+        }
+        drop
+    };
+    if drop.contains(&true) {
+        let mut keep = drop.iter().map(|d| !d);
+        out.retain(|_| keep.next().unwrap_or(true));
     }
 }

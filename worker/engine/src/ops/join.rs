@@ -227,16 +227,23 @@ fn take_all(data: &RecordBatch, idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
         .collect()
 }
 
+/// Adds a change to one key's entries. An insert is appended (identical rows may sit in
+/// separate entries); a retraction cancels an entry of the same row and time, so
+/// inserts stay constant time however many rows share a key.
 fn add_entry(entries: &mut Vec<Entry>, e: Entry) {
-    if let Some(x) = entries
-        .iter_mut()
-        .find(|x| x.row == e.row && x.time == e.time)
+    if e.weight < 0
+        && let Some(i) = entries
+            .iter()
+            .position(|x| x.weight > 0 && x.row == e.row && x.time == e.time)
     {
+        let x = &mut entries[i];
         x.weight += e.weight;
-    } else {
-        entries.push(e);
+        if x.weight == 0 {
+            entries.swap_remove(i);
+        }
+        return;
     }
-    entries.retain(|x| x.weight != 0);
+    entries.push(e);
 }
 
 impl Operator for JoinOp {
