@@ -125,6 +125,7 @@ impl Engine {
                     input_schema: def.schema.clone(),
                     name: def.sql_name(),
                     upsert,
+                    append_only: def.kind == weir_sql::StreamKind::AppendOnly,
                 })
             }
             Op::Project { input, exprs } => {
@@ -167,9 +168,10 @@ impl Engine {
     /// Applies changes to input `input` (an index into the compiled inputs) and returns
     /// the output's changes.
     ///
-    /// For an append-only input every row is an event (weights other than +1 insert or
-    /// retract copies). For a keyed changelog input (a table), weight +1 upserts the row
-    /// for its key and −1 deletes the key.
+    /// For an append-only input every row is an event: a weight `n` inserts `n` copies,
+    /// and a negative weight is an error. For a keyed changelog input (a table), weight +1
+    /// upserts the row for its key and −1 deletes the key; for a changelog without a key,
+    /// weights insert and retract copies of the row.
     pub fn push(&mut self, input: usize, changes: ChangeBatch) -> Result<Vec<ChangeBatch>> {
         let sources = self
             .sources

@@ -35,7 +35,7 @@ impl CompileError {
     /// An error without a position.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
-            message: message.into(),
+            message: crate::plan::readable(&message.into()),
             line: None,
             column: None,
             hint: None,

@@ -311,7 +311,12 @@ impl Node {
             }
             Op::Union { .. } => "UnionAll".to_owned(),
         };
-        let _ = writeln!(out, "{pad}{line}  -> {kind} ({cols})");
+        let _ = writeln!(
+            out,
+            "{pad}{}  -> {kind} ({})",
+            readable(&line),
+            readable(&cols)
+        );
         for c in self.children() {
             c.explain_into(names, depth + 1, out);
         }
@@ -358,5 +363,64 @@ impl fmt::Display for Dur {
             }
         }
         write!(f, "{n}ns")
+    }
+}
+
+/// Rewrites DataFusion's debug rendering of interval literals
+/// (`IntervalMonthDayNano("IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }")`)
+/// as `INTERVAL '1m'`, so plans and errors read like the SQL that was written.
+pub fn readable(text: &str) -> String {
+    const OPEN: &str = "IntervalMonthDayNano(\"IntervalMonthDayNano { ";
+    const CLOSE: &str = " }\")";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(OPEN) {
+        let body = &rest[at + OPEN.len()..];
+        let Some(end) = body.find(CLOSE) else { break };
+        let mut parts = [0i64; 3];
+        let mut ok = true;
+        for (i, field) in body[..end].split(", ").enumerate() {
+            match (i, field.split_once(": ")) {
+                (0..=2, Some((_, v))) => match v.parse() {
+                    Ok(n) => parts[i] = n,
+                    Err(_) => ok = false,
+                },
+                _ => ok = false,
+            }
+        }
+        out.push_str(&rest[..at]);
+        if ok {
+            let [months, days, nanos] = parts;
+            let mut pieces = Vec::new();
+            if months != 0 {
+                pieces.push(format!("{months} months"));
+            }
+            if days != 0 {
+                pieces.push(format!("{days}d"));
+            }
+            if nanos != 0 || pieces.is_empty() {
+                pieces.push(Dur(nanos).to_string());
+            }
+            let _ = write!(out, "INTERVAL '{}'", pieces.join(" "));
+        } else {
+            out.push_str(&rest[at..at + OPEN.len() + end + CLOSE.len()]);
+        }
+        rest = &body[end + CLOSE.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable;
+
+    #[test]
+    fn interval_literals_read_like_sql() {
+        let s = "tumble(ts,IntervalMonthDayNano(\"IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }\")) x";
+        assert_eq!(readable(s), "tumble(ts,INTERVAL '1m') x");
+        let s = "a + IntervalMonthDayNano(\"IntervalMonthDayNano { months: 1, days: 2, nanoseconds: 0 }\")";
+        assert_eq!(readable(s), "a + INTERVAL '1 months 2d'");
+        assert_eq!(readable("no intervals"), "no intervals");
     }
 }

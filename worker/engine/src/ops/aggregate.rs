@@ -70,6 +70,21 @@ struct Group {
     accs: Vec<Acc>,
 }
 
+impl Group {
+    /// Whether every change to the group has been cancelled out, so dropping it loses
+    /// nothing (a count of zero alone is not enough: a retraction may precede its insert).
+    fn is_empty(&self) -> bool {
+        self.rows == 0
+            && self.accs.iter().all(|a| match a {
+                Acc::Count(n) => *n == 0,
+                Acc::SumI { n, .. } | Acc::SumF { n, .. } => *n == 0,
+                Acc::Ordered(m) => m.is_empty(),
+                Acc::Distinct(m) => m.is_empty(),
+                Acc::Best(_) => true,
+            })
+    }
+}
+
 /// An aggregate's output value, cheap to keep for retracting later.
 #[derive(Clone, Debug, PartialEq)]
 enum Val {
@@ -674,41 +689,20 @@ impl Operator for AggregateOp {
             .collect::<Result<Vec<_>>>()?;
         let kinds: Vec<Kind> = self.specs.iter().map(|s| s.kind).collect();
         let key_of = |i: usize| -> &[u8] { keys.as_ref().map_or(&[], |k| k.row(i).data()) };
-        let mut touched: Touched = HashMap::new();
-
         let win = self
             .win
             .as_ref()
             .map(|w| (w.kind, w.time.clone(), w.size, w.slide));
+        // (row, window start) pairs to apply; plain groups use start 0.
+        let mut pairs: Vec<(u32, i64)> = Vec::with_capacity(n);
+        let mut touched: Touched = HashMap::new();
         match win {
             None => {
-                for i in 0..n {
-                    let w = input.weight(i);
-                    if w == 0 {
-                        continue;
-                    }
-                    let key = key_of(i);
-                    if self.updates && !touched.contains_key(&(0, key.to_vec())) {
-                        let old = self.values(self.state.plain.get(key));
-                        touched.insert((0, key.to_vec()), (0, old));
-                    }
-                    if !self.state.plain.contains_key(key) {
-                        let g = self.new_group();
-                        self.state.plain.insert(key.to_vec(), g);
-                    }
-                    let g = self.state.plain.get_mut(key).expect("inserted above");
-                    g.rows += w;
-                    for ((acc, p), k) in g.accs.iter_mut().zip(&prepared).zip(&kinds) {
-                        update(acc, *k, p, i, w)?;
-                    }
-                    if g.rows == 0 && !self.global {
-                        self.state.plain.remove(key);
-                    }
-                }
-                for ((_, key), (_, old)) in touched {
-                    let new = self.values(self.state.plain.get(&key));
-                    push_change(&mut out, &key, (0, 0), old, new);
-                }
+                pairs.extend(
+                    (0..n)
+                        .filter(|i| input.weight(*i) != 0)
+                        .map(|i| (i as u32, 0)),
+                );
             }
             Some((kind, time, size, slide)) => {
                 let times = time_nanos(&time.eval(data)?)?;
@@ -723,83 +717,131 @@ impl Operator for AggregateOp {
                         continue;
                     }
                     let t = times.value(i);
-                    let key = key_of(i);
                     if kind == WinKind::Session {
                         let end = t.saturating_add(size);
                         if self.closed(end) {
                             self.state.late += 1;
                             continue;
                         }
+                        let key = key_of(i);
                         self.session_add(key, t, end, &kinds, &prepared, i, w, &mut touched)?;
                         continue;
                     }
                     assign(kind, size, slide, t, &mut starts);
-                    let mut any = false;
+                    let before = pairs.len();
                     for &s in &starts {
-                        let end = s.saturating_add(size);
-                        if self.closed(end) {
-                            continue;
-                        }
-                        any = true;
-                        let groups = self.state.windows.entry(s).or_default();
-                        if self.updates && !touched.contains_key(&(s, key.to_vec())) {
-                            let old = groups.get(key).cloned();
-                            let old = self.values(old.as_ref());
-                            touched.insert((s, key.to_vec()), (end, old));
-                        }
-                        let groups = self.state.windows.entry(s).or_default();
-                        if !groups.contains_key(key) {
-                            let g = new_group_for(&self.specs, self.append_input);
-                            groups.insert(key.to_vec(), g);
-                        }
-                        let g = groups.get_mut(key).expect("inserted above");
-                        g.rows += w;
-                        for ((acc, p), k) in g.accs.iter_mut().zip(&prepared).zip(&kinds) {
-                            update(acc, *k, p, i, w)?;
-                        }
-                        if g.rows == 0 {
-                            groups.remove(key);
+                        if !self.closed(s.saturating_add(size)) {
+                            pairs.push((i as u32, s));
                         }
                     }
-                    if !any {
+                    if pairs.len() == before {
                         self.state.late += 1;
                     }
                 }
-                if self.updates {
-                    for ((s, key), (end, old)) in touched {
-                        let new = if kind == WinKind::Session {
-                            self.state
-                                .sessions
-                                .get(&key)
-                                .and_then(|m| m.get(&s))
-                                .and_then(|(e, g)| Some((*e, self.values(Some(g))?)))
-                        } else {
-                            self.state
-                                .windows
-                                .get(&s)
-                                .and_then(|m| m.get(&key))
-                                .and_then(|g| Some((end, self.values(Some(g))?)))
-                        };
-                        if let Some(v) = old {
-                            out.push(OutRow {
-                                key: key.clone(),
-                                window: (s, end),
-                                values: v,
-                                weight: -1,
-                            });
-                        }
-                        if let Some((e, v)) = new {
-                            out.push(OutRow {
-                                key,
-                                window: (s, e),
-                                values: v,
-                                weight: 1,
-                            });
-                        }
-                    }
-                    cancel_pairs(&mut out);
+            }
+        }
+
+        // Group the pairs by (window start, key) so each group's state is looked up once
+        // per batch, and its rows are applied in input order.
+        let mut local: HashMap<(i64, &[u8]), u32> = HashMap::new();
+        let mut heads: Vec<(i64, u32)> = Vec::new();
+        let mut ids: Vec<u32> = Vec::with_capacity(pairs.len());
+        for &(row, s) in &pairs {
+            let id = *local.entry((s, key_of(row as usize))).or_insert_with(|| {
+                heads.push((s, row));
+                (heads.len() - 1) as u32
+            });
+            ids.push(id);
+        }
+        drop(local);
+        let mut offsets = vec![0u32; heads.len() + 1];
+        for id in &ids {
+            offsets[*id as usize + 1] += 1;
+        }
+        for g in 0..heads.len() {
+            offsets[g + 1] += offsets[g];
+        }
+        let mut order = vec![0u32; ids.len()];
+        let mut fill = offsets.clone();
+        for (p, id) in ids.iter().enumerate() {
+            order[fill[*id as usize] as usize] = pairs[p].0;
+            fill[*id as usize] += 1;
+        }
+
+        let size = self.win.as_ref().map_or(0, |w| w.size);
+        let windowed = self.win.is_some();
+        let (updates, global, append_input) = (self.updates, self.global, self.append_input);
+        for (g, &(s, head)) in heads.iter().enumerate() {
+            let key = key_of(head as usize);
+            let groups = if windowed {
+                self.state.windows.entry(s).or_default()
+            } else {
+                &mut self.state.plain
+            };
+            let old = if updates {
+                group_values(&kinds, global, groups.get(key))
+            } else {
+                None
+            };
+            let group = groups
+                .entry_ref(key)
+                .or_insert_with(|| new_group_for(&self.specs, append_input));
+            for &i in &order[offsets[g] as usize..offsets[g + 1] as usize] {
+                let i = i as usize;
+                let w = input.weight(i);
+                group.rows += w;
+                for ((acc, p), k) in group.accs.iter_mut().zip(&prepared).zip(&kinds) {
+                    update(acc, *k, p, i, w)?;
                 }
             }
+            let new = if updates {
+                group_values(&kinds, global, Some(group))
+            } else {
+                None
+            };
+            if group.is_empty() && !global {
+                groups.remove(key);
+            }
+            if updates {
+                let window = if windowed {
+                    (s, s.saturating_add(size))
+                } else {
+                    (0, 0)
+                };
+                push_change(&mut out, key, window, old, new);
+            }
+        }
+
+        // Sessions touched in this batch: retract what they were, insert what they are.
+        for ((s, key), (end, old)) in touched {
+            if !updates {
+                break;
+            }
+            let new = self
+                .state
+                .sessions
+                .get(&key)
+                .and_then(|m| m.get(&s))
+                .and_then(|(e, g)| Some((*e, group_values(&kinds, false, Some(g))?)));
+            if let Some(v) = old {
+                out.push(OutRow {
+                    key: key.clone(),
+                    window: (s, end),
+                    values: v,
+                    weight: -1,
+                });
+            }
+            if let Some((e, v)) = new {
+                out.push(OutRow {
+                    key,
+                    window: (s, e),
+                    values: v,
+                    weight: 1,
+                });
+            }
+        }
+        if updates && windowed {
+            cancel_pairs(&mut out);
         }
         self.build(out)
     }
@@ -1006,7 +1048,7 @@ impl AggregateOp {
         if updates && !touched.contains_key(&(start, key.to_vec())) {
             touched.insert((start, key.to_vec()), (stop, None));
         }
-        if merged.rows != 0 {
+        if !merged.is_empty() {
             sessions.insert(start, (stop, merged));
         }
         Ok(())

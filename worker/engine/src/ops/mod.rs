@@ -87,6 +87,9 @@ pub(crate) struct Source {
     pub input_schema: SchemaRef,
     pub name: String,
     pub upsert: Option<Upsert>,
+    /// Events only: a retraction is refused (aggregates over events keep only what
+    /// inserts need, such as the best value for MIN and MAX).
+    pub append_only: bool,
 }
 
 /// The current row per key of a table input.
@@ -166,6 +169,16 @@ impl Operator for Source {
                 self.name,
                 describe(&got),
                 describe(&self.input_schema)
+            )));
+        }
+        if self.append_only
+            && let Some(w) = &input.weights
+            && w.values().iter().any(|w| *w < 0)
+        {
+            return Err(EngineError::Input(format!(
+                "a retraction on {}, an append-only DataStream: only a changelog (table) \
+                 input can retract rows",
+                self.name
             )));
         }
         let input = match &mut self.upsert {
