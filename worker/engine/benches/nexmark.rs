@@ -347,7 +347,10 @@ fn main() {
     // WEIR_NEXMARK_QUERIES=q5,q7 runs only those.
     let only = std::env::var("WEIR_NEXMARK_QUERIES").ok();
     for (name, weir_sql, df_sql) in QUERIES {
-        if only.as_ref().is_some_and(|o| !o.split(',').any(|q| q == *name)) {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|q| q == *name))
+        {
             continue;
         }
         // Best of three, to damp a noisy machine.

@@ -37,6 +37,9 @@ struct Entry {
 #[derive(Default, Serialize, Deserialize)]
 struct State {
     sides: [HashMap<Vec<u8>, Vec<Entry>>; 2],
+    /// Interval joins: per side, the keys holding a row at each event time, so a
+    /// watermark visits only the keys whose oldest rows it may expire.
+    by_time: [std::collections::BTreeMap<i64, Vec<Vec<u8>>>; 2],
     watermarks: [i64; 2],
     late: u64,
 }
@@ -125,7 +128,7 @@ impl JoinOp {
     }
 
     /// The join keys of a batch, and which rows have a NULL key (those never match).
-    fn keys(&self, port: usize, data: &RecordBatch) -> Result<(Vec<Vec<u8>>, Vec<bool>)> {
+    fn keys(&self, port: usize, data: &RecordBatch) -> Result<(Keys, Vec<bool>)> {
         let mut cols = Vec::new();
         let mut null = vec![false; data.num_rows()];
         for (e, t) in self.sides[port].keys.iter().zip(&self.key_types) {
@@ -140,15 +143,9 @@ impl JoinOp {
         }
         if cols.is_empty() {
             // A cross join: every row has the same (empty) key.
-            return Ok((vec![Vec::new(); data.num_rows()], null));
+            return Ok((Keys(None), null));
         }
-        let rows = self.key_conv.convert_columns(&cols)?;
-        Ok((
-            (0..data.num_rows())
-                .map(|i| rows.row(i).as_ref().to_vec())
-                .collect(),
-            null,
-        ))
+        Ok((Keys(Some(self.key_conv.convert_columns(&cols)?)), null))
     }
 
     /// Builds joined rows from left and right parts and applies the residual filter.
@@ -205,6 +202,15 @@ impl JoinOp {
     }
 }
 
+/// A batch's join keys in Arrow's row format (none for a cross join: one empty key).
+struct Keys(Option<arrow::row::Rows>);
+
+impl Keys {
+    fn get(&self, i: usize) -> &[u8] {
+        self.0.as_ref().map_or(&[], |r| r.row(i).data())
+    }
+}
+
 fn filtered(data: &RecordBatch, pass: &[bool], weights: Vec<i64>) -> Result<Option<ChangeBatch>> {
     let idx: Vec<u32> = pass
         .iter()
@@ -225,6 +231,39 @@ fn take_all(data: &RecordBatch, idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
         .iter()
         .map(|c| take(c, idx, None).map_err(Into::into))
         .collect()
+}
+
+/// Drops side `port`'s rows whose time `expired` says can match nothing more, visiting
+/// only the keys that hold such rows; `dropped` sees each row dropped.
+fn expire(
+    state: &mut State,
+    port: usize,
+    expired: impl Fn(i64) -> bool,
+    mut dropped: impl FnMut(&Entry),
+) {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    while let Some(entry) = state.by_time[port].first_entry() {
+        if !expired(*entry.key()) {
+            break;
+        }
+        keys.extend(entry.remove());
+    }
+    let keys: hashbrown::HashSet<Vec<u8>> = keys.into_iter().collect();
+    for key in keys {
+        let Some(entries) = state.sides[port].get_mut(&key) else {
+            continue;
+        };
+        entries.retain(|e| {
+            let gone = expired(e.time);
+            if gone {
+                dropped(e);
+            }
+            !gone
+        });
+        if entries.is_empty() {
+            state.sides[port].remove(&key);
+        }
+    }
 }
 
 /// Adds a change to one key's entries. An insert is appended (identical rows may sit in
@@ -285,11 +324,11 @@ impl Operator for JoinOp {
             if lookup && port == 1 {
                 continue;
             }
-            let key = &keys[i];
+            let key = keys.get(i);
             if let Some(entries) = self.state.sides[other].get(key) {
                 for (k, _) in entries.iter().enumerate() {
                     this_idx.push(i as u32);
-                    other_ref.push((key.clone(), k));
+                    other_ref.push((key.to_vec(), k));
                 }
             }
         }
@@ -387,10 +426,16 @@ impl Operator for JoinOp {
                     time: time_of(i),
                     matches: if port == 0 { left_matches[i] } else { 0 },
                 };
-                let entries = self.state.sides[port].entry(keys[i].clone()).or_default();
+                if interval && entry.weight > 0 {
+                    self.state.by_time[port]
+                        .entry(entry.time)
+                        .or_default()
+                        .push(keys.get(i).to_vec());
+                }
+                let entries = self.state.sides[port].entry_ref(keys.get(i)).or_default();
                 add_entry(entries, entry);
                 if entries.is_empty() {
-                    self.state.sides[port].remove(&keys[i]);
+                    self.state.sides[port].remove(keys.get(i));
                 }
             }
         }
@@ -408,19 +453,15 @@ impl Operator for JoinOp {
         // l + hi < wr - lag_r.
         if wr != i64::MIN {
             let bound = wr.saturating_sub(self.sides[1].lag);
+            let expired = |t: i64| t.saturating_add(hi) < bound;
             let mut pad_rows = Vec::new();
             let mut pad_w = Vec::new();
             let outer = self.left_outer;
-            self.state.sides[0].retain(|_, entries| {
-                entries.retain(|e| {
-                    let expired = e.time.saturating_add(hi) < bound;
-                    if expired && outer && e.matches == 0 {
-                        pad_rows.push(e.row.clone());
-                        pad_w.push(e.weight);
-                    }
-                    !expired
-                });
-                !entries.is_empty()
+            expire(&mut self.state, 0, expired, |e| {
+                if outer && e.matches == 0 {
+                    pad_rows.push(e.row.clone());
+                    pad_w.push(e.weight);
+                }
             });
             if !pad_rows.is_empty() {
                 let parser = self.sides[0].conv.parser();
@@ -432,12 +473,11 @@ impl Operator for JoinOp {
                 }
             }
         }
+        // A right row at r can still match left rows at l >= wl - lag_l; it is done once
+        // r - lo < wl - lag_l.
         if wl != i64::MIN {
             let bound = wl.saturating_sub(self.sides[0].lag);
-            self.state.sides[1].retain(|_, entries| {
-                entries.retain(|e| e.time.saturating_sub(lo) >= bound);
-                !entries.is_empty()
-            });
+            expire(&mut self.state, 1, |t| t.saturating_sub(lo) < bound, |_| {});
         }
         Ok(out)
     }
