@@ -268,6 +268,18 @@ fn arrival_order(
         })?;
         let def = &compiled.inputs[input];
         let (batch, weights) = decode_records(&def.schema, records, &format!("given.{name}"))?;
+        if def.kind == weir_sql::StreamKind::AppendOnly
+            && let Some(i) = weights.iter().position(|w| *w < 0)
+        {
+            return Err(RunError::BadRecord {
+                path: format!("given.{name}[{i}].{DELETE_FIELD}"),
+                message: format!(
+                    "{} is an append-only DataStream: only a table's records can delete \
+                     their key",
+                    def.sql_name()
+                ),
+            });
+        }
         let times: Vec<Option<i64>> = match &def.event_time {
             Some(et) => {
                 let col = def.schema.index_of(&et.field).map_err(EngineError::from)?;
