@@ -1,5 +1,6 @@
 //! Fuzzing the compiler with generated SQL: arbitrary text, and token soups built from
-//! SQL keywords, names, operators, window calls and literals. Compiling never panics;
+//! SQL keywords, names, operators, window calls and literals, and well-formed queries over
+//! random expression trees. Compiling never panics;
 //! every failure is a `CompileError` with a message.
 
 use std::sync::Arc;
@@ -129,8 +130,82 @@ fn near_valid() -> impl Strategy<Value = String> {
         "ORDER BY k",
         "GROUP BY SESSION(ts, INTERVAL '1' SECOND), k",
     ]);
-    (select, from, clause, soup())
+    // Noise half the time, so most queries get past the parser into planning and
+    // lowering, where a panic would hide.
+    let noise = prop_oneof![Just(String::new()), soup()];
+    (select, from, clause, noise)
         .prop_map(|(s, f, c, noise)| format!("SELECT {s} FROM {f} {c} {noise}"))
+}
+
+/// Random expression trees over the stream's columns: operators, functions, CASE, CAST.
+fn expr() -> impl Strategy<Value = String> {
+    let leaf = prop::sample::select(vec![
+        "k",
+        "v",
+        "d",
+        "ts",
+        "1",
+        "0",
+        "-3",
+        "2.5",
+        "'x'",
+        "NULL",
+        "TRUE",
+        "INTERVAL '1' MINUTE",
+    ])
+    .prop_map(str::to_owned);
+    leaf.prop_recursive(4, 24, 3, |inner| {
+        let op = prop::sample::select(vec![
+            "+", "-", "*", "/", "%", "=", "<>", "<", ">=", "AND", "OR", "||",
+        ]);
+        let func = prop::sample::select(vec![
+            "abs",
+            "upper",
+            "lower",
+            "length",
+            "round",
+            "date_trunc('hour', ",
+            "coalesce",
+            "nullif",
+            "concat",
+        ]);
+        let ty = prop::sample::select(vec![
+            "BIGINT",
+            "VARCHAR",
+            "DOUBLE",
+            "TIMESTAMP",
+            "DECIMAL(10,2)",
+        ]);
+        prop_oneof![
+            (inner.clone(), op, inner.clone()).prop_map(|(a, o, b)| format!("({a} {o} {b})")),
+            (func, inner.clone(), inner.clone()).prop_map(|(f, a, b)| match f {
+                "coalesce" | "nullif" | "concat" => format!("{f}({a}, {b})"),
+                "date_trunc('hour', " => format!("{f}{a})"),
+                _ => format!("{f}({a})"),
+            }),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(c, a, b)| format!("CASE WHEN {c} THEN {a} ELSE {b} END")),
+            (inner.clone(), ty).prop_map(|(a, t)| format!("CAST({a} AS {t})")),
+            inner.clone().prop_map(|a| format!("{a} IS NULL")),
+            inner.prop_map(|a| format!("NOT ({a} IS NULL)")),
+        ]
+    })
+}
+
+/// Well-formed queries built from random expressions.
+fn generated_query() -> impl Strategy<Value = String> {
+    (expr(), expr(), expr(), 0..4usize).prop_map(|(a, b, c, shape)| match shape {
+        0 => format!("SELECT {a} AS x, {b} AS y FROM s WHERE ({c}) IS NOT NULL"),
+        1 => format!(
+            "SELECT {a} AS g, COUNT(*) AS n, SUM(s.v) AS t FROM s GROUP BY {a} \
+             HAVING MAX({b}) IS NOT NULL"
+        ),
+        2 => format!(
+            "SELECT window_start, {a} AS g, MAX({b}) AS m FROM s \
+             GROUP BY {a}, TUMBLE(ts, INTERVAL '1' MINUTE)"
+        ),
+        _ => format!("SELECT s.k, {a} AS x FROM s JOIN t ON s.k = t.k AND ({b}) IS NOT NULL"),
+    })
 }
 
 proptest! {
@@ -143,6 +218,13 @@ proptest! {
 
     #[test]
     fn token_soup_never_panics(sql in soup()) {
+        if let Err(e) = compile(&sql, &inputs(), &CompileOptions::new("ns")) {
+            prop_assert!(!e.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn generated_expressions_never_panic(sql in generated_query()) {
         if let Err(e) = compile(&sql, &inputs(), &CompileOptions::new("ns")) {
             prop_assert!(!e.message.is_empty());
         }

@@ -270,23 +270,7 @@ impl AggregateOp {
     }
 
     fn new_group(&self) -> Group {
-        Group {
-            rows: 0,
-            accs: self
-                .specs
-                .iter()
-                .map(|s| match s.kind {
-                    Kind::CountStar | Kind::Count => Acc::Count(0),
-                    Kind::CountDistinct => Acc::Distinct(HashMap::new()),
-                    Kind::SumInt | Kind::AvgInt | Kind::SumDec { .. } | Kind::AvgDec { .. } => {
-                        Acc::SumI { sum: 0, n: 0 }
-                    }
-                    Kind::SumFloat | Kind::AvgFloat => Acc::SumF { sum: 0.0, n: 0 },
-                    Kind::Min | Kind::Max if self.append_input => Acc::Best(None),
-                    Kind::Min | Kind::Max => Acc::Ordered(BTreeMap::new()),
-                })
-                .collect(),
-        }
+        new_group_for(&self.specs, self.append_input)
     }
 
     /// The output values of a group, or `None` when it has no rows.
