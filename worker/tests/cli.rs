@@ -24,6 +24,16 @@ fn weir(args: &[&str]) -> (i32, String, String) {
 const STREAM: &str = "manifests/examples/page-views.yaml";
 const TRANSFORM: &str = "manifests/examples/transforms/views-per-page.yaml";
 
+/// The example Transform with `from` replaced by `to`, written into `dir` as `name`;
+/// its path.
+fn variant(dir: &tempfile::TempDir, name: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
+    assert!(text.contains(from), "the example has no {from:?}");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text.replace(from, to)).expect("write");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
 #[test]
 fn the_example_transform_passes_its_tests() {
     let (code, out, err) = weir(&["test", STREAM, TRANSFORM]);
@@ -35,10 +45,8 @@ fn the_example_transform_passes_its_tests() {
 #[test]
 fn a_wrong_expectation_fails_with_a_diff() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
-    let broken = dir.path().join("broken.yaml");
-    std::fs::write(&broken, text.replace("views: 2 }", "views: 3 }")).expect("write");
-    let (code, out, _) = weir(&["test", STREAM, broken.to_str().expect("utf-8 path")]);
+    let broken = variant(&dir, "broken.yaml", "views: 2 }", "views: 3 }");
+    let (code, out, _) = weir(&["test", STREAM, &broken]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL  counts one minute"), "{out}");
     assert!(out.contains("- {url: /a, window_start: 2026-01-01T00:00:00Z, window_end: 2026-01-01T00:01:00Z, views: 3}"), "{out}");
@@ -48,14 +56,13 @@ fn a_wrong_expectation_fails_with_a_diff() {
 #[test]
 fn bad_sql_names_the_resource_and_the_position() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
-    let broken = dir.path().join("broken.yaml");
-    std::fs::write(
-        &broken,
-        text.replace("COUNT(*) AS views", "COUNT(*) AS views, referrer"),
-    )
-    .expect("write");
-    let (code, out, _) = weir(&["test", STREAM, broken.to_str().expect("utf-8 path")]);
+    let broken = variant(
+        &dir,
+        "broken.yaml",
+        "COUNT(*) AS views",
+        "COUNT(*) AS views, referrer",
+    );
+    let (code, out, _) = weir(&["test", STREAM, &broken]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("analytics/views-per-page: spec.sql: line 1, column"),
@@ -86,38 +93,30 @@ fn no_transform_is_an_error() {
 #[test]
 fn the_window_policy_sets_emit_mode_and_lateness() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = std::fs::read_to_string(root().join(TRANSFORM)).expect("example");
-    let updates = dir.path().join("updates.yaml");
-    std::fs::write(
-        &updates,
-        text.replace(
-            "  parallelism: 2\n",
-            "  parallelism: 2\n  windows: { emit: updates, allowedLateness: 30s }\n",
-        ),
-    )
-    .expect("write");
-    let path = updates.to_str().expect("utf-8 path");
-    let (code, out, err) = weir(&["explain", STREAM, path]);
+    let path = variant(
+        &dir,
+        "updates.yaml",
+        "  parallelism: 2\n",
+        "  parallelism: 2\n  windows: { emit: updates, allowedLateness: 30s }\n",
+    );
+    let (code, out, err) = weir(&["explain", STREAM, &path]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("output: changelog keyed by [url, window_start]"),
         "{out}"
     );
-    assert!(out.contains("emit=updates"), "{out}");
-    // Final state of an updating window is the same count as emit-on-close gives.
-    let (code, out, _) = weir(&["test", STREAM, path]);
+    assert!(out.contains("emit=updates lateness=30s"), "{out}");
+    // The final state of an updating window is the count emit-on-close gives.
+    let (code, out, _) = weir(&["test", STREAM, &path]);
     assert_eq!(code, 0, "{out}");
 
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        text.replace(
-            "  parallelism: 2\n",
-            "  parallelism: 2\n  windows: { allowedLateness: soon }\n",
-        ),
-    )
-    .expect("write");
-    let (code, out, err) = weir(&["explain", STREAM, bad.to_str().expect("utf-8 path")]);
+    let bad = variant(
+        &dir,
+        "bad.yaml",
+        "  parallelism: 2\n",
+        "  parallelism: 2\n  windows: { allowedLateness: soon }\n",
+    );
+    let (code, out, err) = weir(&["explain", STREAM, &bad]);
     assert_ne!(code, 0, "{out}");
     assert!(
         err.contains("analytics/views-per-page: spec.windows: allowedLateness"),

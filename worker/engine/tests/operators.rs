@@ -219,3 +219,28 @@ proptest! {
         check("SELECT e.k, f.v AS fv FROM e LEFT JOIN f ON e.k = f.k AND f.ts BETWEEN e.ts - INTERVAL '2' SECOND AND e.ts + INTERVAL '3' SECOND", &s)?;
     }
 }
+
+#[test]
+fn a_retraction_on_an_event_stream_is_refused() {
+    let c = compiled("SELECT k, MIN(v) AS lo FROM e GROUP BY k");
+    let mut engine = Engine::new(&c).expect("engine");
+    let e = c
+        .inputs
+        .iter()
+        .position(|x| x.name == "e")
+        .expect("reads e");
+    let err = engine
+        .push(e, batch(&c.inputs[e].schema, &[(1, Some(3), 0)], -1))
+        .expect_err("a retraction on an append-only stream");
+    let message = err.to_string();
+    assert!(
+        message.contains("ns.e") && message.contains("append-only"),
+        "{message}"
+    );
+    // Inserts still work after the refusal.
+    let out = engine
+        .push(e, batch(&c.inputs[e].schema, &[(1, Some(3), 0)], 1))
+        .expect("insert");
+    let rows = consolidate(&engine.output_schema(), &out).expect("consolidate");
+    assert_eq!(rows, vec![(vec!["1".to_owned(), "3".to_owned()], 1)]);
+}

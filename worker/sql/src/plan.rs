@@ -268,6 +268,9 @@ impl Node {
                             crate::EmitMode::Updates => "updates",
                         }
                     );
+                    if a.lateness > 0 {
+                        let _ = write!(s, " lateness={}", Dur(a.lateness));
+                    }
                 }
                 let _ = write!(
                     s,
