@@ -125,6 +125,12 @@ pub struct WindowPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub allowed_lateness: Option<String>,
+    /// How long an input partition may stay silent before it stops holding event time
+    /// back, such as `30s` (the default). A partition that is idle again counts as soon
+    /// as it has records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub idle_timeout: Option<String>,
 }
 
 /// When windows emit.

@@ -31,6 +31,7 @@ pub mod operator;
 pub mod process;
 pub mod records;
 pub mod tools;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 

@@ -153,7 +153,7 @@ impl Operator {
 }
 
 /// A minimal HTTP/1.0 GET on loopback: `(status, body)`, or `None` if nothing answered.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

@@ -7,7 +7,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::{Error, Result};
@@ -21,6 +21,8 @@ pub struct Record {
     pub value: Option<Vec<u8>>,
     /// The partition it was read from (or is to be written to, if set).
     pub partition: Option<i32>,
+    /// Its headers, in order (read only; produce ignores them).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Record {
@@ -30,7 +32,16 @@ impl Record {
             key: Some(key.into().into_bytes()),
             value: Some(value.into().into_bytes()),
             partition: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The header `name` as UTF-8 text, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 
     /// The value as UTF-8 text (empty for a tombstone).
@@ -55,12 +66,25 @@ pub fn client_config(bootstrap: &str) -> ClientConfig {
 
 /// Creates a topic and waits until the broker reports it.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    create_topic_with(bootstrap, topic, partitions, &[]).await
+}
+
+/// Creates a topic with topic configs (such as `cleanup.policy=compact`).
+pub async fn create_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    configs: &[(&str, &str)],
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(bootstrap)
         .create()
         .map_err(|e| Error::Kafka(format!("creating an admin client: {e}")))?;
     let results = admin
         .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &[configs.iter().fold(
+                NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+                |t, (k, v)| t.set(k, v),
+            )],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
         )
         .await
@@ -142,8 +166,57 @@ pub async fn consume(
                 key: m.key().map(<[u8]>::to_vec),
                 value: m.payload().map(<[u8]>::to_vec),
                 partition: Some(m.partition()),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
         }
     }
     Ok(out)
+}
+
+/// Whether some transaction on `topic` is still open: the last stable offset of a
+/// partition lags its high watermark.
+pub fn open_transactions(bootstrap: &str, topic: &str, partitions: i32) -> Result<bool> {
+    use rdkafka::consumer::BaseConsumer;
+    let high = |isolation: &str| -> Result<Vec<i64>> {
+        let c: BaseConsumer = client_config(bootstrap)
+            .set("group.id", format!("weir-test-{}", uuid::Uuid::new_v4()))
+            .set("isolation.level", isolation)
+            .create()
+            .map_err(|e| Error::Kafka(format!("creating a consumer: {e}")))?;
+        (0..partitions)
+            .map(|p| {
+                c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .map(|(_, h)| h)
+                    .map_err(|e| Error::Kafka(format!("watermarks of {topic}/{p}: {e}")))
+            })
+            .collect()
+    };
+    Ok(high("read_committed")? != high("read_uncommitted")?)
+}
+
+/// Reads all of `topic` (`read_committed`): reads for `window` at a time, until two
+/// reads in a row see the same number of records.
+pub async fn consume_all(bootstrap: &str, topic: &str, window: Duration) -> Result<Vec<Record>> {
+    let mut last = None;
+    loop {
+        let got = consume(
+            bootstrap,
+            topic,
+            usize::MAX,
+            Isolation::ReadCommitted,
+            window,
+        )
+        .await?;
+        if last == Some(got.len()) {
+            return Ok(got);
+        }
+        last = Some(got.len());
+    }
 }

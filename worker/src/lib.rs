@@ -1,8 +1,22 @@
 //! weir-worker is Weir's data plane.
 //!
-//! A worker consumes a Transform's input topics, decodes records into Arrow batches of
-//! changes, runs them through the compiled plan on `weir-engine`, and produces the results,
-//! committing input offsets, output records and state in one Kafka transaction. The crate
-//! also holds the `weir` developer CLI, which runs the same engine on a laptop.
+//! `weir-worker run` consumes a Transform's input topics, decodes JSON records into Arrow
+//! batches of changes ([`codec`]), runs them through the compiled plan on `weir-engine`
+//! with one engine per input partition, and produces the results. With exactly-once
+//! delivery (the default) the output records, the dead letters ([`dead_letter`]), each
+//! task's changed state entries ([`changelog`]) and the consumed offsets commit in one
+//! Kafka transaction ([`pipeline`]). `/metrics`, `/healthz` and `/readyz` are served by
+//! [`http`].
+//!
+//! The crate also holds the `weir` developer CLI ([`cli`]), which runs the same compiler
+//! and engine on a laptop.
 
+pub mod changelog;
 pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod dead_letter;
+pub mod http;
+pub mod metrics;
+pub mod pipeline;
+pub mod transform;

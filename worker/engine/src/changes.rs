@@ -75,6 +75,14 @@ impl ChangeBatch {
         }
     }
 
+    /// `len` rows from `offset`, with their weights.
+    pub fn slice(&self, offset: usize, len: usize) -> Self {
+        Self {
+            data: self.data.slice(offset, len),
+            weights: self.weights.as_ref().map(|w| w.slice(offset, len)),
+        }
+    }
+
     /// The rows where `mask` is true, with their weights.
     pub fn filter(&self, mask: &BooleanArray) -> Result<Self> {
         let data = filter_record_batch(&self.data, mask)?;

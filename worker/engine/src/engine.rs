@@ -37,6 +37,29 @@ pub struct Engine {
     /// aggregate's first row). Part of the snapshot, so that row is emitted exactly once
     /// across a restore.
     primed: bool,
+    /// The encoded [`Meta`] last handed out by [`Engine::take_state_changes`].
+    meta_sent: Option<Vec<u8>>,
+    /// While entries are applied: whether the meta entry was among them.
+    meta_applied: bool,
+    /// While entries are applied: how many operator entries were.
+    entries_applied: usize,
+}
+
+/// A state entry: a key, and its value or `None` when the entry is gone (a tombstone).
+/// Keys are unique within one engine; the changelog keeps the last value per key.
+pub type StateEntry = (Vec<u8>, Option<Vec<u8>>);
+
+/// The key of the engine's own entry (plan, watermarks); operator entries start with
+/// their node's index, which is always smaller.
+const META_KEY: [u8; 2] = [0xFF, 0xFF];
+
+/// The engine's own state entry: what is not any one operator's.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct Meta {
+    fingerprint: String,
+    primed: bool,
+    input_watermarks: Vec<i64>,
+    nodes: Vec<(i64, Vec<i64>)>,
 }
 
 /// What an engine holds and has dropped.
@@ -77,6 +100,9 @@ impl Engine {
             output_schema: compiled.output_schema.clone(),
             fingerprint: compiled.fingerprint.clone(),
             primed: false,
+            meta_sent: None,
+            meta_applied: false,
+            entries_applied: 0,
         };
         engine.add(&compiled.plan, None, compiled)?;
         Ok(engine)
@@ -309,6 +335,113 @@ impl Engine {
         }
         self.input_watermarks = snap.input_watermarks;
         self.primed = snap.primed;
+        self.meta_sent = None;
+        Ok(())
+    }
+
+    /// The state entries changed since the last call (all of them, on the first call):
+    /// what a commit writes to the changelog. Applying every entry ever returned, in
+    /// order, to a fresh engine with [`Engine::apply_state_entry`] and then calling
+    /// [`Engine::finish_restore`] rebuilds this engine's state. The cost is in proportion
+    /// to what changed, not to the whole state.
+    pub fn take_state_changes(&mut self) -> Result<Vec<StateEntry>> {
+        if self.nodes.len() >= usize::from(u16::MAX) {
+            return Err(EngineError::Snapshot(
+                "too many operators for state keys".into(),
+            ));
+        }
+        let mut out = Vec::new();
+        let mut op_entries = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            n.op.take_state_changes(&mut op_entries)?;
+            let prefix = (i as u16).to_be_bytes();
+            out.extend(op_entries.drain(..).map(|(k, v)| {
+                let mut key = Vec::with_capacity(2 + k.len());
+                key.extend_from_slice(&prefix);
+                key.extend_from_slice(&k);
+                (key, v)
+            }));
+        }
+        let meta = crate::ops::state::encode(&self.meta())?;
+        if self.meta_sent.as_ref() != Some(&meta) {
+            out.push((META_KEY.to_vec(), Some(meta.clone())));
+            self.meta_sent = Some(meta);
+        }
+        Ok(out)
+    }
+
+    fn meta(&self) -> Meta {
+        Meta {
+            fingerprint: self.fingerprint.clone(),
+            primed: self.primed,
+            input_watermarks: self.input_watermarks.clone(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| (n.watermark, n.port_watermarks.clone()))
+                .collect(),
+        }
+    }
+
+    /// Applies one entry from [`Engine::take_state_changes`] to an engine being
+    /// restored; a later entry with the same key replaces an earlier one. Call
+    /// [`Engine::finish_restore`] once every entry is applied.
+    pub fn apply_state_entry(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if key == META_KEY {
+            let Some(value) = value else {
+                return Err(EngineError::Snapshot(
+                    "the engine's state entry was deleted".into(),
+                ));
+            };
+            let meta: Meta = crate::ops::state::decode(value)?;
+            if meta.fingerprint != self.fingerprint || meta.nodes.len() != self.nodes.len() {
+                return Err(EngineError::Snapshot(format!(
+                    "the state was written by plan {} and cannot restore plan {}",
+                    short(&meta.fingerprint),
+                    short(&self.fingerprint)
+                )));
+            }
+            self.primed = meta.primed;
+            self.input_watermarks = meta.input_watermarks;
+            for (n, (wm, ports)) in self.nodes.iter_mut().zip(meta.nodes) {
+                n.watermark = wm;
+                n.port_watermarks = ports;
+            }
+            self.meta_applied = true;
+            return Ok(());
+        }
+        let node = key
+            .get(..2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .and_then(|i| self.nodes.get_mut(i))
+            .ok_or_else(|| {
+                EngineError::Snapshot(format!(
+                    "a state entry with key {key:02x?} names no operator of plan {}",
+                    short(&self.fingerprint)
+                ))
+            })?;
+        node.op.apply_state_entry(&key[2..], value)?;
+        self.entries_applied += 1;
+        Ok(())
+    }
+
+    /// Every entry is applied: checks the state is whole and rebuilds derived indexes.
+    pub fn finish_restore(&mut self) -> Result<()> {
+        if self.entries_applied > 0 && !self.meta_applied {
+            return Err(EngineError::Snapshot(format!(
+                "{} operator state entries but not the engine's own: the state is incomplete",
+                self.entries_applied
+            )));
+        }
+        for n in &mut self.nodes {
+            n.op.finish_restore()?;
+        }
+        self.meta_sent = self
+            .meta_applied
+            .then(|| crate::ops::state::encode(&self.meta()))
+            .transpose()?;
+        self.meta_applied = false;
+        self.entries_applied = 0;
         Ok(())
     }
 

@@ -34,7 +34,7 @@ mod ops;
 pub mod runner;
 
 pub use changes::{ChangeBatch, concat};
-pub use engine::{Engine, EngineStats};
+pub use engine::{Engine, EngineStats, StateEntry};
 
 /// Something went wrong while running changes through the engine.
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,8 @@
 //! a changelog output), on the columns the expected rows name.
 //!
 //! A record of a table (a keyed changelog) upserts its key; a record with
-//! `"_delete": true` deletes the key its key fields name.
+//! `"_delete": true` deletes the key its key fields name (its other fields may be left
+//! out).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -158,6 +159,20 @@ pub fn decode_records(
         weights.push(if delete { -1 } else { 1 });
         rows.push(r);
     }
+    // A delete names only its key, so when there are deletes the batch has every column
+    // nullable; the engine reads a delete's key alone.
+    let deletes = weights.iter().any(|w| *w < 0);
+    let out_schema = if deletes {
+        Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone().with_nullable(true))
+                .collect::<Vec<Field>>(),
+        ))
+    } else {
+        schema.clone()
+    };
     // Decode one record at a time so an error names its record.
     let mut batches = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
@@ -165,7 +180,8 @@ pub fn decode_records(
             path: format!("{path}[{i}]"),
             message,
         };
-        let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        let record_schema = if weights[i] < 0 { &out_schema } else { schema };
+        let mut decoder = arrow::json::ReaderBuilder::new(record_schema.clone())
             .build_decoder()
             .map_err(|e| err(e.to_string()))?;
         decoder
@@ -175,10 +191,12 @@ pub fn decode_records(
             .flush()
             .map_err(|e| err(e.to_string()))?
             .ok_or_else(|| err("the record is empty".into()))?;
+        let batch = RecordBatch::try_new(out_schema.clone(), batch.columns().to_vec())
+            .map_err(|e| RunError::Engine(e.into()))?;
         batches.push(batch);
     }
-    let batch =
-        arrow::compute::concat_batches(schema, &batches).map_err(|e| RunError::Engine(e.into()))?;
+    let batch = arrow::compute::concat_batches(&out_schema, &batches)
+        .map_err(|e| RunError::Engine(e.into()))?;
     Ok((batch, weights))
 }
 
@@ -191,7 +209,7 @@ pub fn run_records(
     compiled: &CompiledTransform,
     given: &[(String, Vec<Record>)],
 ) -> Result<(Rows, u64), RunError> {
-    run(compiled, given, false)
+    run(compiled, given, Restore::Never)
 }
 
 /// Like [`run_records`], but after every record the engine's state is snapshotted and
@@ -201,22 +219,57 @@ pub fn run_records_restoring(
     compiled: &CompiledTransform,
     given: &[(String, Vec<Record>)],
 ) -> Result<(Rows, u64), RunError> {
-    run(compiled, given, true)
+    run(compiled, given, Restore::Snapshot)
+}
+
+/// Like [`run_records`], but after every record the engine is rebuilt in a fresh engine
+/// from the state entries it handed out so far, compacted as a Kafka changelog is (the
+/// last value per key, deleted entries gone), as a worker restores a task. The result
+/// must be the same as [`run_records`] gives.
+pub fn run_records_from_changelog(
+    compiled: &CompiledTransform,
+    given: &[(String, Vec<Record>)],
+) -> Result<(Rows, u64), RunError> {
+    run(compiled, given, Restore::Changelog)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Restore {
+    Never,
+    Snapshot,
+    Changelog,
 }
 
 fn run(
     compiled: &CompiledTransform,
     given: &[(String, Vec<Record>)],
-    restore_each: bool,
+    restore: Restore,
 ) -> Result<(Rows, u64), RunError> {
     let mut engine = Engine::new(compiled)?;
     let mut outputs = Vec::new();
     let mut newest: Option<i64> = None;
+    let mut changelog: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for (input, (batch, weights)) in arrival_order(compiled, given)? {
-        if restore_each {
-            let snapshot = engine.snapshot()?;
-            engine = Engine::new(compiled)?;
-            engine.restore(&snapshot)?;
+        match restore {
+            Restore::Never => {}
+            Restore::Snapshot => {
+                let snapshot = engine.snapshot()?;
+                engine = Engine::new(compiled)?;
+                engine.restore(&snapshot)?;
+            }
+            Restore::Changelog => {
+                for (k, v) in engine.take_state_changes()? {
+                    match v {
+                        Some(v) => changelog.insert(k, v),
+                        None => changelog.remove(&k),
+                    };
+                }
+                engine = Engine::new(compiled)?;
+                for (k, v) in &changelog {
+                    engine.apply_state_entry(k, Some(v))?;
+                }
+                engine.finish_restore()?;
+            }
         }
         outputs.extend(engine.push(input, ChangeBatch::new(batch.clone(), weights))?);
         if let Some(t) = engine.watermark_of(input, &batch)? {

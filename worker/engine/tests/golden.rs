@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use weir_engine::runner::{Record, describe_rows, run_records, run_records_restoring};
+use weir_engine::runner::{
+    Record, describe_rows, run_records, run_records_from_changelog, run_records_restoring,
+};
 use weir_engine::sql::{CompileOptions, EmitMode, StreamInput, compile};
 
 struct Case {
@@ -276,20 +278,24 @@ fn actual(case: &Case) -> Vec<String> {
     // The same case across a snapshot and restore into a fresh engine before every
     // record must give the same output, as a worker does across restarts.
     let restored = run_records_restoring(&compiled, &given);
-    match (&straight, &restored) {
-        (Ok(a), Ok(b)) if a != b => {
-            return vec![
-                "error".into(),
-                format!("a snapshot and restore changed the output: {a:?} became {b:?}"),
-            ];
+    // And rebuilt from the changelog entries it emitted, as a worker restores a task.
+    let rebuilt = run_records_from_changelog(&compiled, &given);
+    for (how, other) in [
+        ("a snapshot and restore", &restored),
+        ("a rebuild from the changelog", &rebuilt),
+    ] {
+        match (&straight, other) {
+            (Ok(a), Ok(b)) if a != b => {
+                return vec![
+                    "error".into(),
+                    format!("{how} changed the output: {a:?} became {b:?}"),
+                ];
+            }
+            (Ok(_), Err(e)) => {
+                return vec!["error".into(), format!("{how} failed: {e}")];
+            }
+            _ => {}
         }
-        (Ok(_), Err(e)) => {
-            return vec![
-                "error".into(),
-                format!("a snapshot and restore failed: {e}"),
-            ];
-        }
-        _ => {}
     }
     match straight {
         Ok((rows, late)) => {

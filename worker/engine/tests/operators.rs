@@ -244,3 +244,80 @@ fn a_retraction_on_an_event_stream_is_refused() {
     let rows = consolidate(&engine.output_schema(), &out).expect("consolidate");
     assert_eq!(rows, vec![(vec!["1".to_owned(), "3".to_owned()], 1)]);
 }
+
+/// A commit writes what changed, not the whole state: after 1,000 groups exist, one more
+/// record changes one group's entry (and the engine's small meta entry), whatever the
+/// size of the rest.
+#[test]
+fn state_changes_are_in_proportion_to_what_changed() {
+    for sql in [
+        "SELECT k, COUNT(*) AS n, SUM(v) AS s FROM e GROUP BY k",
+        "SELECT k, window_start, MAX(v) AS m FROM e GROUP BY k, TUMBLE(ts, INTERVAL '1' HOUR)",
+        "SELECT e.k, tb.v FROM e JOIN tb ON e.k = tb.id",
+    ] {
+        let c = compiled(sql);
+        let mut engine = Engine::new(&c).unwrap();
+        let input = |name: &str| c.inputs.iter().position(|i| i.name == name);
+        let (port, schema) = match input("tb") {
+            Some(i) => (i, c.inputs[i].schema.clone()),
+            None => (
+                input("e").unwrap(),
+                c.inputs[input("e").unwrap()].schema.clone(),
+            ),
+        };
+        let rows: Vec<(i64, Option<i64>, i64)> = (0..1000).map(|k| (k, Some(k), 1000)).collect();
+        engine.push(port, batch(&schema, &rows, 1)).unwrap();
+        let first = engine.take_state_changes().unwrap();
+        assert!(
+            first.len() >= 1000,
+            "{sql}: every new entry is written: {}",
+            first.len()
+        );
+        assert!(
+            engine.take_state_changes().unwrap().is_empty(),
+            "{sql}: nothing changed"
+        );
+        engine
+            .push(port, batch(&schema, &[(7, Some(8), 2000)], 1))
+            .unwrap();
+        let second = engine.take_state_changes().unwrap();
+        assert!(
+            !second.is_empty() && second.len() <= 3,
+            "{sql}: one record changes one entry, not {}",
+            second.len()
+        );
+        // Rebuilt from the entries, the engine answers the next record the same way.
+        let mut rebuilt = Engine::new(&c).unwrap();
+        for (k, v) in first.iter().chain(&second) {
+            rebuilt.apply_state_entry(k, v.as_deref()).unwrap();
+        }
+        rebuilt.finish_restore().unwrap();
+        let next = batch(&schema, &[(7, Some(1), 3000)], 1);
+        let a = consolidate(
+            &engine.output_schema(),
+            &engine.push(port, next.clone()).unwrap(),
+        )
+        .unwrap();
+        let b = consolidate(&rebuilt.output_schema(), &rebuilt.push(port, next).unwrap()).unwrap();
+        assert_eq!(a, b, "{sql}");
+    }
+}
+
+/// An engine refuses state written by another plan, naming both.
+#[test]
+fn state_from_another_plan_is_refused() {
+    let a = compiled("SELECT k, COUNT(*) AS n FROM e GROUP BY k");
+    let b = compiled("SELECT k, SUM(v) AS n FROM e GROUP BY k");
+    let mut engine = Engine::new(&a).unwrap();
+    let schema = a.inputs[0].schema.clone();
+    engine
+        .push(0, batch(&schema, &[(1, Some(1), 1)], 1))
+        .unwrap();
+    let entries = engine.take_state_changes().unwrap();
+    let mut other = Engine::new(&b).unwrap();
+    let err = entries
+        .iter()
+        .try_for_each(|(k, v)| other.apply_state_entry(k, v.as_deref()))
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot restore plan"), "{err}");
+}

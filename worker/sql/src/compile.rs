@@ -11,7 +11,6 @@ use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::{Between, BinaryExpr, Expr, LogicalPlan, Operator, Volatility};
 use datafusion::sql::planner::{ParserOptions, SqlToRel};
-use sha2::{Digest, Sha256};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
@@ -164,7 +163,7 @@ pub fn compile(
         .collect();
     let sql_names: Vec<String> = inputs.iter().map(StreamInput::sql_name).collect();
     let explain = root.explain(&sql_names);
-    let fingerprint = fingerprint(&explain, &inputs, options);
+    let fingerprint = crate::fingerprint::fingerprint(sql, &inputs, options);
     Ok(CompiledTransform {
         sql: sql.to_owned(),
         output_schema,
@@ -178,26 +177,6 @@ pub fn compile(
         explain,
         fingerprint,
     })
-}
-
-fn fingerprint(explain: &str, inputs: &[StreamInput], options: &CompileOptions) -> String {
-    let mut h = Sha256::new();
-    h.update(explain.as_bytes());
-    for i in inputs {
-        h.update(
-            format!(
-                "\n{}|{:?}|{:?}|{:?}|{:?}",
-                i.id(),
-                i.schema.fields(),
-                i.kind,
-                i.key,
-                i.event_time
-            )
-            .as_bytes(),
-        );
-    }
-    h.update(format!("\n{:?}|{}", options.emit, options.allowed_lateness_ms).as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Refuses what cannot run on an unbounded stream, before the optimizer folds it away.

@@ -35,6 +35,8 @@ pub use datafusion;
 mod catalog;
 mod compile;
 mod error;
+pub mod fingerprint;
+pub mod partitioning;
 pub mod plan;
 mod windows;
 
@@ -197,7 +199,8 @@ pub struct CompiledTransform {
     pub options: CompileOptions,
     /// A readable plan, for `weir explain` and the Transform's status.
     pub explain: String,
-    /// A stable fingerprint of the plan and the input schemas (hex SHA-256).
+    /// A canonical fingerprint of the SQL, the input schemas and the options (hex
+    /// SHA-256; see [`fingerprint`]).
     pub fingerprint: String,
 }
 

@@ -23,7 +23,9 @@ use weir_sql::datafusion::logical_expr::ExprSchemable;
 use weir_sql::plan::{AggFunc, Aggregate};
 use weir_sql::{EmitMode, StreamKind};
 
-use super::state::{decode, encode};
+use super::state::{
+    Dirty, Entry as StateEntry, decode, encode, time_key, time_of_key, unknown_key,
+};
 use super::{Operator, arrow_schema, batch};
 use crate::changes::time_nanos;
 use crate::exprs::Eval;
@@ -137,6 +139,25 @@ pub(crate) struct AggregateOp {
     lateness: i64,
     schema: SchemaRef,
     state: State,
+    dirty: Dirty,
+}
+
+/// State entry keys: a tag byte, then what identifies the entry.
+const PLAIN: u8 = 0;
+/// `[WINDOW][start][group key]`.
+const WINDOW: u8 = 1;
+/// `[SESSIONS][group key]`: every session of one group key.
+const SESSIONS: u8 = 2;
+/// The watermark and counters.
+const SCALARS: u8 = 3;
+
+fn tagged(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    k.push(tag);
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
 }
 
 impl AggregateOp {
@@ -266,6 +287,7 @@ impl AggregateOp {
                 watermark: i64::MIN,
                 ..State::default()
             },
+            dirty: Dirty::default(),
         })
     }
 
@@ -643,6 +665,7 @@ impl Operator for AggregateOp {
             self.state.started = true;
             let g = self.new_group();
             self.state.plain.insert(Vec::new(), g);
+            self.dirty.mark(vec![PLAIN]);
             if let Some(v) = self.values(self.state.plain.get(&Vec::new())) {
                 out.push(OutRow {
                     key: Vec::new(),
@@ -758,8 +781,10 @@ impl Operator for AggregateOp {
         for (g, &(s, head)) in heads.iter().enumerate() {
             let key = key_of(head as usize);
             let groups = if windowed {
+                self.dirty.mark(tagged(WINDOW, &[&time_key(s), key]));
                 self.state.windows.entry(s).or_default()
             } else {
+                self.dirty.mark(tagged(PLAIN, &[key]));
                 &mut self.state.plain
             };
             let old = if updates {
@@ -848,6 +873,9 @@ impl Operator for AggregateOp {
                         break;
                     }
                     let groups = self.state.windows.remove(&s).expect("first key exists");
+                    for key in groups.keys() {
+                        self.dirty.mark(tagged(WINDOW, &[&time_key(s), key]));
+                    }
                     if !self.updates {
                         for (key, g) in groups {
                             if let Some(v) = self.values(Some(&g)) {
@@ -867,7 +895,9 @@ impl Operator for AggregateOp {
                 let lateness = self.lateness;
                 let updates = self.updates;
                 let mut closing = Vec::new();
+                let dirty = &mut self.dirty;
                 for (key, sessions) in self.state.sessions.iter_mut() {
+                    let before = sessions.len();
                     sessions.retain(|s, (e, g)| {
                         if e.saturating_add(lateness) <= wm {
                             if !updates {
@@ -878,6 +908,9 @@ impl Operator for AggregateOp {
                             true
                         }
                     });
+                    if sessions.len() != before {
+                        dirty.mark(tagged(SESSIONS, &[key]));
+                    }
                     if sessions.is_empty() {
                         emptied.push(key.clone());
                     }
@@ -906,6 +939,86 @@ impl Operator for AggregateOp {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         self.state = decode(bytes)?;
+        self.dirty.clear(None);
+        Ok(())
+    }
+
+    fn take_state_changes(&mut self, out: &mut Vec<StateEntry>) -> Result<()> {
+        let state = &self.state;
+        self.dirty.take(
+            |k| match k.split_first() {
+                Some((&PLAIN, key)) => state.plain.get(key).map(encode).transpose(),
+                Some((&WINDOW, rest)) => {
+                    let start = time_of_key(rest)?;
+                    state
+                        .windows
+                        .get(&start)
+                        .and_then(|m| m.get(&rest[8..]))
+                        .map(encode)
+                        .transpose()
+                }
+                Some((&SESSIONS, key)) => state
+                    .sessions
+                    .get(key)
+                    .filter(|m| !m.is_empty())
+                    .map(encode)
+                    .transpose(),
+                _ => Err(unknown_key("aggregate", k)),
+            },
+            out,
+        )?;
+        let scalars = encode(&(state.watermark, state.late, state.started))?;
+        self.dirty.take_scalars(&[SCALARS], scalars, out);
+        Ok(())
+    }
+
+    fn apply_state_entry(&mut self, k: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let state = &mut self.state;
+        match (k.split_first(), value) {
+            (Some((&PLAIN, key)), Some(v)) => {
+                state.plain.insert(key.to_vec(), decode(v)?);
+            }
+            (Some((&PLAIN, key)), None) => {
+                state.plain.remove(key);
+            }
+            (Some((&WINDOW, rest)), v) => {
+                let start = time_of_key(rest)?;
+                let key = &rest[8..];
+                match v {
+                    Some(v) => {
+                        state
+                            .windows
+                            .entry(start)
+                            .or_default()
+                            .insert(key.to_vec(), decode(v)?);
+                    }
+                    None => {
+                        if let Some(m) = state.windows.get_mut(&start) {
+                            m.remove(key);
+                            if m.is_empty() {
+                                state.windows.remove(&start);
+                            }
+                        }
+                    }
+                }
+            }
+            (Some((&SESSIONS, key)), Some(v)) => {
+                state.sessions.insert(key.to_vec(), decode(v)?);
+            }
+            (Some((&SESSIONS, key)), None) => {
+                state.sessions.remove(key);
+            }
+            (Some((&SCALARS, [])), Some(v)) => {
+                (state.watermark, state.late, state.started) = decode(v)?;
+            }
+            _ => return Err(unknown_key("aggregate", k)),
+        }
+        Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<()> {
+        let scalars = encode(&(self.state.watermark, self.state.late, self.state.started))?;
+        self.dirty.clear(Some(scalars));
         Ok(())
     }
 
@@ -1003,6 +1116,7 @@ impl AggregateOp {
     ) -> Result<()> {
         let updates = self.updates;
         let fresh = new_group_for(&self.specs, self.append_input);
+        self.dirty.mark(tagged(SESSIONS, &[key]));
         let sessions = self.state.sessions.entry(key.to_vec()).or_default();
         // Sessions [s, e) that overlap [t, end).
         let overlapping: Vec<i64> = sessions

@@ -19,7 +19,7 @@ use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 use weir_sql::plan::{Join, JoinMode};
 
-use super::state::{decode, encode};
+use super::state::{Dirty, Entry as StateEntry, decode, encode, unknown_key};
 use super::{Operator, arrow_schema, batch};
 use crate::changes::time_nanos;
 use crate::exprs::Eval;
@@ -61,7 +61,12 @@ pub(crate) struct JoinOp {
     mode: JoinMode,
     schema: SchemaRef,
     state: State,
+    dirty: Dirty,
 }
+
+/// The state entry key of the watermarks and counters; a side's entries are keyed
+/// `[port][join key]`.
+const SCALARS: u8 = 9;
 
 fn side(
     node: &weir_sql::plan::Node,
@@ -124,6 +129,7 @@ impl JoinOp {
                 watermarks: [i64::MIN, i64::MIN],
                 ..State::default()
             },
+            dirty: Dirty::default(),
         })
     }
 
@@ -237,6 +243,7 @@ fn take_all(data: &RecordBatch, idx: &UInt32Array) -> Result<Vec<ArrayRef>> {
 /// only the keys that hold such rows; `dropped` sees each row dropped.
 fn expire(
     state: &mut State,
+    dirty: &mut Dirty,
     port: usize,
     expired: impl Fn(i64) -> bool,
     mut dropped: impl FnMut(&Entry),
@@ -253,6 +260,7 @@ fn expire(
         let Some(entries) = state.sides[port].get_mut(&key) else {
             continue;
         };
+        dirty.mark(side_key(port, &key));
         entries.retain(|e| {
             let gone = expired(e.time);
             if gone {
@@ -264,6 +272,14 @@ fn expire(
             state.sides[port].remove(&key);
         }
     }
+}
+
+/// The state entry key of one side's entries for a join key.
+fn side_key(port: usize, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(port as u8);
+    k.extend_from_slice(key);
+    k
 }
 
 /// Adds a change to one key's entries. An insert is appended (identical rows may sit in
@@ -388,6 +404,7 @@ impl Operator for JoinOp {
             let mut pad_rows = Vec::new();
             let mut pad_w = Vec::new();
             for ((k, e), d) in &entry_deltas {
+                self.dirty.mark(side_key(0, k));
                 let entry = &mut self.state.sides[0].get_mut(k).expect("matched")[*e];
                 let before = entry.matches;
                 entry.matches += d;
@@ -410,6 +427,7 @@ impl Operator for JoinOp {
             }
         } else if port == 1 {
             for ((k, e), d) in &entry_deltas {
+                self.dirty.mark(side_key(0, k));
                 self.state.sides[0].get_mut(k).expect("matched")[*e].matches += d;
             }
         }
@@ -432,6 +450,7 @@ impl Operator for JoinOp {
                         .or_default()
                         .push(keys.get(i).to_vec());
                 }
+                self.dirty.mark(side_key(port, keys.get(i)));
                 let entries = self.state.sides[port].entry_ref(keys.get(i)).or_default();
                 add_entry(entries, entry);
                 if entries.is_empty() {
@@ -457,7 +476,7 @@ impl Operator for JoinOp {
             let mut pad_rows = Vec::new();
             let mut pad_w = Vec::new();
             let outer = self.left_outer;
-            expire(&mut self.state, 0, expired, |e| {
+            expire(&mut self.state, &mut self.dirty, 0, expired, |e| {
                 if outer && e.matches == 0 {
                     pad_rows.push(e.row.clone());
                     pad_w.push(e.weight);
@@ -477,7 +496,13 @@ impl Operator for JoinOp {
         // r - lo < wl - lag_l.
         if wl != i64::MIN {
             let bound = wl.saturating_sub(self.sides[0].lag);
-            expire(&mut self.state, 1, |t| t.saturating_sub(lo) < bound, |_| {});
+            expire(
+                &mut self.state,
+                &mut self.dirty,
+                1,
+                |t| t.saturating_sub(lo) < bound,
+                |_| {},
+            );
         }
         Ok(out)
     }
@@ -488,6 +513,59 @@ impl Operator for JoinOp {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         self.state = decode(bytes)?;
+        self.dirty.clear(None);
+        Ok(())
+    }
+
+    fn take_state_changes(&mut self, out: &mut Vec<StateEntry>) -> Result<()> {
+        let sides = &self.state.sides;
+        self.dirty.take(
+            |k| match k.split_first() {
+                Some((&p, key)) if p < 2 => sides[p as usize]
+                    .get(key)
+                    .filter(|e| !e.is_empty())
+                    .map(encode)
+                    .transpose(),
+                _ => Err(unknown_key("join", k)),
+            },
+            out,
+        )?;
+        let scalars = encode(&(self.state.watermarks, self.state.late))?;
+        self.dirty.take_scalars(&[SCALARS], scalars, out);
+        Ok(())
+    }
+
+    fn apply_state_entry(&mut self, k: &[u8], value: Option<&[u8]>) -> Result<()> {
+        match (k.split_first(), value) {
+            (Some((&p, key)), Some(v)) if p < 2 => {
+                self.state.sides[p as usize].insert(key.to_vec(), decode(v)?);
+            }
+            (Some((&p, key)), None) if p < 2 => {
+                self.state.sides[p as usize].remove(key);
+            }
+            (Some((&SCALARS, [])), Some(v)) => {
+                (self.state.watermarks, self.state.late) = decode(v)?;
+            }
+            _ => return Err(unknown_key("join", k)),
+        }
+        Ok(())
+    }
+
+    fn finish_restore(&mut self) -> Result<()> {
+        // The time index is derived: every kept insert, by event time.
+        if self.interval().is_some() {
+            for port in 0..2 {
+                let mut by_time = std::collections::BTreeMap::<i64, Vec<Vec<u8>>>::new();
+                for (key, entries) in &self.state.sides[port] {
+                    for e in entries.iter().filter(|e| e.weight > 0) {
+                        by_time.entry(e.time).or_default().push(key.clone());
+                    }
+                }
+                self.state.by_time[port] = by_time;
+            }
+        }
+        let scalars = encode(&(self.state.watermarks, self.state.late))?;
+        self.dirty.clear(Some(scalars));
         Ok(())
     }
 

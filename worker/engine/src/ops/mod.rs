@@ -13,7 +13,7 @@ use crate::{ChangeBatch, EngineError, Result};
 
 pub(crate) mod aggregate;
 pub(crate) mod join;
-mod state;
+pub(crate) mod state;
 
 /// One incremental operator. `port` numbers its inputs (a join has two, a union many).
 pub(crate) trait Operator: Send {
@@ -33,6 +33,24 @@ pub(crate) trait Operator: Send {
 
     /// Replaces the operator's state with a snapshot.
     fn restore(&mut self, _bytes: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Appends the state entries changed since the last call: keyed records, `None` for
+    /// an entry that is gone. Applying them in order to a fresh operator with
+    /// [`Operator::apply_state_entry`] rebuilds the state.
+    fn take_state_changes(&mut self, _out: &mut Vec<state::Entry>) -> Result<()> {
+        Ok(())
+    }
+
+    /// Applies one entry written by [`Operator::take_state_changes`]; a later entry with
+    /// the same key replaces an earlier one.
+    fn apply_state_entry(&mut self, key: &[u8], _value: Option<&[u8]>) -> Result<()> {
+        Err(state::unknown_key("stateless operator", key))
+    }
+
+    /// Every entry is applied: rebuild indexes derived from the state.
+    fn finish_restore(&mut self) -> Result<()> {
         Ok(())
     }
 
@@ -98,6 +116,7 @@ pub(crate) struct Upsert {
     key_conv: arrow::row::RowConverter,
     row_conv: arrow::row::RowConverter,
     rows: hashbrown::HashMap<Vec<u8>, Vec<u8>>,
+    dirty: state::Dirty,
 }
 
 impl Upsert {
@@ -109,6 +128,7 @@ impl Upsert {
             row_conv: RowConverter::new((0..schema.fields().len()).map(field).collect())?,
             key_cols,
             rows: hashbrown::HashMap::new(),
+            dirty: state::Dirty::default(),
         })
     }
 
@@ -126,6 +146,9 @@ impl Upsert {
         for i in 0..data.num_rows() {
             let key = keys.row(i).as_ref().to_vec();
             let w = input.weight(i);
+            if w != 0 {
+                self.dirty.mark(key.clone());
+            }
             if w > 0 {
                 let new = rows.row(i).as_ref().to_vec();
                 match self.rows.insert(key, new.clone()) {
@@ -207,7 +230,28 @@ impl Operator for Source {
     fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(u) = &mut self.upsert {
             u.rows = state::decode(bytes)?;
+            u.dirty.clear(None);
         }
+        Ok(())
+    }
+
+    fn take_state_changes(&mut self, out: &mut Vec<state::Entry>) -> Result<()> {
+        let Some(u) = &mut self.upsert else {
+            return Ok(());
+        };
+        // A table's rows are its only state; the key is the table's key in row format.
+        let rows = &u.rows;
+        u.dirty.take(|k| Ok(rows.get(k).cloned()), out)
+    }
+
+    fn apply_state_entry(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let Some(u) = &mut self.upsert else {
+            return Err(state::unknown_key("source of an event stream", key));
+        };
+        match value {
+            Some(v) => u.rows.insert(key.to_vec(), v.to_vec()),
+            None => u.rows.remove(key),
+        };
         Ok(())
     }
 

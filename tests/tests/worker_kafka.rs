@@ -1,0 +1,595 @@
+//! `weir-worker` on the real broker: records flow from input topics through the engine
+//! into the output topic, exactly once, through crashes, frozen workers and rescaling,
+//! with bad records in the dead-letter topic.
+//!
+//! Every scenario is checked by an outside verifier: it reads the output topic
+//! `read_committed` and compares it with the same SQL over the whole input computed by
+//! the engine in batch (`weir_engine::runner`), and checks that no transaction is left
+//! open. The scenarios share one broker and run side by side, each in its own topics.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use weir_engine::runner::{Record as Row, Rows, render, run_records};
+use weir_engine::sql::StreamKind;
+use weir_tests::Kafka;
+use weir_tests::records::{self, Record};
+use weir_tests::worker::Worker;
+use weir_worker::transform::Job;
+
+/// One broker for the whole file.
+async fn broker() -> &'static Kafka {
+    static KAFKA: tokio::sync::OnceCell<(Kafka, PathBuf)> = tokio::sync::OnceCell::const_new();
+    &KAFKA
+        .get_or_init(|| async {
+            let dir = tempfile::Builder::new()
+                .prefix("weir-worker-kafka-")
+                .tempdir()
+                .expect("a temp dir")
+                .keep();
+            weir_tests::process::remove_when_owner_exits(&dir);
+            let kafka = Kafka::start(&dir.join("kafka"))
+                .await
+                .expect("starting Kafka");
+            (kafka, dir)
+        })
+        .await
+        .0
+}
+
+/// A scenario's namespace, files and topics.
+struct Scenario {
+    ns: String,
+    dir: tempfile::TempDir,
+    files: Vec<PathBuf>,
+    job: Job,
+    partitions: i32,
+    bootstrap: String,
+}
+
+const CLICKS: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: clicks, namespace: NS }
+spec:
+  description: Clicks.
+  owner: web@example.com
+  partitions: PARTS
+  key: [user_id]
+  eventTime: { field: ts, maxOutOfOrderness: 1s }
+  schema:
+    fields:
+      - { name: user_id, type: string, nullable: false }
+      - { name: url, type: string }
+      - { name: n, type: bigint, nullable: false }
+      - { name: ts, type: timestamp, nullable: false }
+"#;
+
+impl Scenario {
+    /// Writes the DataStream `clicks` and a Transform with `sql` (and extra spec lines),
+    /// and creates every topic the worker needs.
+    async fn new(ns: &str, partitions: i32, sql: &str, spec: &str) -> Self {
+        let bootstrap = broker().await.bootstrap_servers();
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let transform = format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: Transform
+metadata: {{ name: t, namespace: {ns} }}
+spec:
+  description: Under test.
+  owner: data@example.com
+  output: {{ name: out }}
+  sql: "{sql}"
+{spec}
+"#
+        );
+        let text = CLICKS
+            .replace("NS", ns)
+            .replace("PARTS", &partitions.to_string())
+            + "---"
+            + &transform;
+        let file = dir.path().join("transform.yaml");
+        std::fs::write(&file, text).expect("writing the YAML");
+        let job = Job::load(&[&file], None).expect("the Transform compiles");
+        for (topic, compact) in [
+            (format!("{ns}.clicks"), false),
+            (
+                format!("{ns}.out"),
+                job.compiled.output_kind == StreamKind::Changelog,
+            ),
+            (format!("{ns}.t.dead-letters"), false),
+            (format!("{ns}.t.changelog"), true),
+        ] {
+            let configs: &[(&str, &str)] = if compact {
+                &[("cleanup.policy", "compact")]
+            } else {
+                &[]
+            };
+            records::create_topic_with(&bootstrap, &topic, partitions, configs)
+                .await
+                .expect("creating a topic");
+        }
+        Self {
+            ns: ns.to_owned(),
+            files: vec![file],
+            dir,
+            job,
+            partitions,
+            bootstrap,
+        }
+    }
+
+    fn worker(&self, name: &str, env: &[(&str, String)]) -> Worker {
+        Worker::start(self.dir.path(), &self.bootstrap, &self.files, name, env)
+            .expect("starting a worker")
+    }
+
+    fn topic(&self, name: &str) -> String {
+        format!("{}.{name}", self.ns)
+    }
+
+    async fn produce(&self, records: &[Record]) {
+        records::produce(&self.bootstrap, &self.topic("clicks"), records)
+            .await
+            .expect("producing");
+    }
+
+    /// The output's rows as the verifier reads them: every record of an append-only
+    /// output, or the last row per key of a changelog.
+    async fn output(&self) -> Rows {
+        let read =
+            records::consume_all(&self.bootstrap, &self.topic("out"), Duration::from_secs(4))
+                .await
+                .expect("reading the output");
+        let schema = self.job.compiled.output_schema.clone();
+        let values: Vec<Vec<u8>> = match self.job.compiled.output_kind {
+            StreamKind::AppendOnly => read.into_iter().filter_map(|r| r.value).collect(),
+            StreamKind::Changelog => {
+                let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+                for r in read {
+                    last.insert(r.key.expect("changelog records have keys"), r.value);
+                }
+                last.into_values().flatten().collect()
+            }
+        };
+        let mut rows: BTreeMap<Vec<String>, i64> = BTreeMap::new();
+        for v in values {
+            let mut d = arrow::json::ReaderBuilder::new(schema.clone())
+                .build_decoder()
+                .unwrap();
+            d.decode(&v).unwrap();
+            let batch = d.flush().unwrap().unwrap();
+            for r in render(&schema, &batch).unwrap() {
+                *rows.entry(r).or_default() += 1;
+            }
+        }
+        rows.into_iter().collect()
+    }
+
+    /// The same SQL over every good record, computed by the engine in batch.
+    fn oracle(&self, good: &[Row]) -> Rows {
+        let given = vec![(format!("{}.clicks", self.ns), good.to_vec())];
+        let (rows, _) = run_records(&self.job.compiled, &given).expect("the oracle runs");
+        rows
+    }
+
+    /// Waits until the output equals `expected`, or fails with what differs.
+    async fn await_output(&self, expected: &Rows, timeout: Duration, workers: &[&Worker]) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.output().await;
+            if &got == expected {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let logs: Vec<String> = workers.iter().map(|w| w.log_tail(20)).collect();
+                panic!(
+                    "the output never matched the oracle:\n{}\nworker logs:\n{}",
+                    diff(expected, &got),
+                    logs.join("\n---\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    fn assert_no_open_transactions(&self) {
+        for t in ["out", "t.changelog", "t.dead-letters"] {
+            assert!(
+                !records::open_transactions(&self.bootstrap, &self.topic(t), self.partitions)
+                    .unwrap(),
+                "a transaction on {} is still open",
+                self.topic(t)
+            );
+        }
+    }
+}
+
+fn diff(expected: &Rows, got: &Rows) -> String {
+    let e: BTreeMap<_, _> = expected.iter().cloned().collect();
+    let g: BTreeMap<_, _> = got.iter().cloned().collect();
+    let mut out = Vec::new();
+    for (row, n) in &e {
+        if g.get(row) != Some(n) {
+            out.push(format!(
+                "  expected {row:?} ×{n}, got ×{}",
+                g.get(row).unwrap_or(&0)
+            ));
+        }
+    }
+    for (row, n) in &g {
+        if !e.contains_key(row) {
+            out.push(format!("  unexpected {row:?} ×{n}"));
+        }
+    }
+    out.truncate(20);
+    format!(
+        "{} expected rows, {} read; first differences:\n{}",
+        expected.len(),
+        got.len(),
+        out.join("\n")
+    )
+}
+
+/// `count` good click records over `users` users, one second apart from `start`.
+fn clicks(start: usize, count: usize, users: usize) -> (Vec<Record>, Vec<Row>) {
+    let base = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    let mut records = Vec::with_capacity(count);
+    let mut rows = Vec::with_capacity(count);
+    for i in start..start + count {
+        let user = format!("u{}", i % users);
+        let row: Row = serde_json::from_value(serde_json::json!({
+            "user_id": user,
+            "url": format!("/p{}", i % 7),
+            "n": i as i64,
+            "ts": base + (i as i64) * 1000,
+        }))
+        .unwrap();
+        records.push(Record::new(
+            serde_json::json!({ "user_id": user }).to_string(),
+            serde_json::Value::Object(row.clone()).to_string(),
+        ));
+        rows.push(row);
+    }
+    (records, rows)
+}
+
+/// A number in `range`, from the clock: enough randomness to vary crash timing.
+fn pick(range: std::ops::Range<u64>) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::from(d.subsec_nanos()));
+    range.start + nanos % (range.end - range.start)
+}
+
+fn fast() -> Vec<(&'static str, String)> {
+    vec![("WEIR_COMMIT_INTERVAL", "50ms".to_owned())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_at_parallelism_3_writes_every_good_record_once_and_dead_letters_the_rest() {
+    let s = Scenario::new(
+        "filter3",
+        3,
+        "SELECT user_id, url, n * 2 AS n2 FROM clicks WHERE n % 3 <> 0",
+        "",
+    )
+    .await;
+    let (mut good, mut rows) = clicks(0, 3000, 50);
+    // Poison of every kind, spread through the input.
+    let poison = [
+        (
+            "syntax",
+            r#"{"user_id":"u1","n":"#.to_owned(),
+            "json_syntax",
+        ),
+        (
+            "type",
+            r#"{"user_id":"u1","n":"three","ts":0}"#.to_owned(),
+            "type_mismatch",
+        ),
+        (
+            "missing",
+            r#"{"user_id":"u1","ts":0}"#.to_owned(),
+            "missing_field",
+        ),
+        (
+            "large",
+            format!(
+                r#"{{"user_id":"u1","n":1,"ts":0,"pad":"{}"}}"#,
+                "x".repeat(2000)
+            ),
+            "too_large",
+        ),
+        (
+            "time",
+            r#"{"user_id":"u1","n":1,"ts":"2300-01-01T00:00:00Z"}"#.to_owned(),
+            "time_out_of_range",
+        ),
+    ];
+    let mut expected_dead = Vec::new();
+    for (i, (what, value, class)) in poison.iter().enumerate() {
+        for copy in 0..6 {
+            let at = (i * 6 + copy) * 97 % good.len();
+            let key = format!("{{\"user_id\":\"p{what}{copy}\"}}");
+            good.insert(at, Record::new(key.clone(), value.clone()));
+            expected_dead.push((key, *class));
+        }
+    }
+    s.produce(&good).await;
+    let env = [fast(), vec![("WEIR_MAX_RECORD_BYTES", "1024".to_owned())]].concat();
+    let mut workers: Vec<Worker> = (0..3).map(|i| s.worker(&format!("w{i}"), &env)).collect();
+    for w in &mut workers {
+        w.wait_ready(Duration::from_secs(60)).await.unwrap();
+    }
+    let expected = s.oracle(&rows);
+    s.await_output(
+        &expected,
+        Duration::from_secs(90),
+        &workers.iter().collect::<Vec<_>>(),
+    )
+    .await;
+
+    let dead = records::consume_all(
+        &s.bootstrap,
+        &s.topic("t.dead-letters"),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    let mut got: Vec<(String, String)> = dead
+        .iter()
+        .map(|r| {
+            (
+                r.key_str(),
+                r.header("weir.error.class").unwrap_or_default(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = expected_dead
+        .iter()
+        .map(|(k, c)| (k.clone(), (*c).to_owned()))
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every poison record is a dead letter, once, with its class"
+    );
+    for r in &dead {
+        assert_eq!(r.header("weir.error.stage").as_deref(), Some("decode"));
+        assert_eq!(r.header("weir.source.topic"), Some(s.topic("clicks")));
+        assert!(r.header("weir.source.offset").is_some());
+        assert_eq!(r.header("weir.transform"), Some(format!("{}/t", s.ns)));
+        assert_eq!(
+            r.header("weir.plan"),
+            Some(s.job.compiled.fingerprint.clone())
+        );
+        assert!(r.value.is_some(), "the original value is kept");
+    }
+    for w in &mut workers {
+        assert!(
+            w.is_running(),
+            "a poison record never stops a worker:\n{}",
+            w.log_tail(20)
+        );
+        w.stop();
+        assert_eq!(
+            w.exit_code(),
+            Some(0),
+            "a stopped worker exits cleanly:\n{}",
+            w.log_tail(20)
+        );
+    }
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregate_survives_workers_killed_every_few_seconds_exactly_once() {
+    let s = Scenario::new(
+        "killed",
+        3,
+        "SELECT user_id, COUNT(*) AS c, SUM(n) AS total FROM clicks GROUP BY user_id",
+        "",
+    )
+    .await;
+    let total = 60_000;
+    let (all, rows) = clicks(0, total, 500);
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| s.worker(&format!("w{i}"), &fast()))
+        .collect();
+    let chunks: Vec<Vec<Record>> = all.chunks(2000).map(<[Record]>::to_vec).collect();
+    let bootstrap = s.bootstrap.clone();
+    let topic = s.topic("clicks");
+    let producer = tokio::spawn(async move {
+        for c in chunks {
+            records::produce(&bootstrap, &topic, &c).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut kills = 0;
+    while !producer.is_finished() || kills < 4 {
+        tokio::time::sleep(Duration::from_millis(pick(2000..4000))).await;
+        let i = pick(0..workers.len() as u64) as usize;
+        workers[i].crash();
+        kills += 1;
+        workers[i] = s.worker(&format!("w{i}"), &fast());
+    }
+    producer.await.unwrap();
+    let expected = s.oracle(&rows);
+    let refs: Vec<&Worker> = workers.iter().collect();
+    s.await_output(&expected, Duration::from_secs(120), &refs)
+        .await;
+    for w in &mut workers {
+        w.stop();
+    }
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tumbling_window_keeps_its_state_while_scaling_1_to_3_to_1() {
+    let s = Scenario::new(
+        "scaled",
+        3,
+        "SELECT user_id, window_start, COUNT(*) AS c, MAX(n) AS top FROM clicks \
+         GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        "",
+    )
+    .await;
+    let (all, rows) = clicks(0, 9000, 30);
+    let mut first = s.worker("w0", &fast());
+    first.wait_ready(Duration::from_secs(60)).await.unwrap();
+    s.produce(&all[..3000]).await;
+    let mut more: Vec<Worker> = (1..3)
+        .map(|i| s.worker(&format!("w{i}"), &fast()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.produce(&all[3000..6000]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for w in &mut more {
+        w.stop();
+    }
+    s.produce(&all[6000..]).await;
+    // The last minute closes only when later records arrive; the oracle closes every
+    // window at the end of input, so compare the windows a watermark has passed.
+    let mut expected = s.oracle(&rows);
+    let last_start = "2026-01-01T02:29:00";
+    expected.retain(|(r, _)| !r[1].starts_with(last_start));
+    s.await_output(&expected, Duration::from_secs(90), &[&first])
+        .await;
+    first.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_loses_nothing_when_workers_are_killed() {
+    let s = Scenario::new(
+        "alo",
+        3,
+        "SELECT user_id, n FROM clicks WHERE n % 2 = 0",
+        "  deliveryGuarantee: atLeastOnce",
+    )
+    .await;
+    let (all, rows) = clicks(0, 20_000, 100);
+    let mut workers: Vec<Worker> = (0..2)
+        .map(|i| s.worker(&format!("w{i}"), &fast()))
+        .collect();
+    for chunk in all.chunks(5000) {
+        s.produce(chunk).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        workers[0].crash();
+        workers[0] = s.worker("w0", &fast());
+    }
+    let expected: BTreeMap<Vec<String>, i64> = s.oracle(&rows).into_iter().collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let got: BTreeMap<Vec<String>, i64> = s.output().await.into_iter().collect();
+        let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} rows never arrived:\n{}",
+            expected.len(),
+            workers[1].log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for w in &mut workers {
+        w.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_worker_that_lost_its_partitions_cannot_commit_duplicates() {
+    let s = Scenario::new("zombie", 3, "SELECT user_id, n FROM clicks", "").await;
+    let (all, rows) = clicks(0, 12_000, 60);
+    let mut a = s.worker("wa", &fast());
+    let mut b = s.worker("wb", &fast());
+    a.wait_ready(Duration::from_secs(60)).await.unwrap();
+    b.wait_ready(Duration::from_secs(60)).await.unwrap();
+    s.produce(&all[..4000]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Frozen past the 6 s session timeout, b takes its partitions over.
+    a.freeze();
+    s.produce(&all[4000..8000]).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    a.thaw();
+    s.produce(&all[8000..]).await;
+    let expected = s.oracle(&rows);
+    s.await_output(&expected, Duration::from_secs(90), &[&a, &b])
+        .await;
+    a.stop();
+    b.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_to_start_when_the_changelog_lost_its_state() {
+    let s = Scenario::new(
+        "lost",
+        1,
+        "SELECT user_id, COUNT(*) AS c FROM clicks GROUP BY user_id",
+        "",
+    )
+    .await;
+    let (all, rows) = clicks(0, 500, 10);
+    s.produce(&all).await;
+    let mut w = s.worker("w0", &fast());
+    s.await_output(&s.oracle(&rows), Duration::from_secs(60), &[&w])
+        .await;
+    w.stop();
+    // The changelog is deleted and created again, empty.
+    let admin: rdkafka::admin::AdminClient<_> =
+        records::client_config(&s.bootstrap).create().unwrap();
+    admin
+        .delete_topics(
+            &[&s.topic("t.changelog")],
+            &rdkafka::admin::AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let mut created = false;
+    for _ in 0..50 {
+        if records::create_topic_with(
+            &s.bootstrap,
+            &s.topic("t.changelog"),
+            1,
+            &[("cleanup.policy", "compact")],
+        )
+        .await
+        .is_ok()
+        {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(created, "recreating the changelog");
+    let mut w = s.worker("w0", &fast());
+    let code = w.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "the worker refuses to start:\n{}",
+        w.log_tail(20)
+    );
+    assert!(
+        w.log_tail(5).contains("deleted or truncated"),
+        "the refusal says why:\n{}",
+        w.log_tail(5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refuses_a_plan_it_was_not_deployed_for_in_one_line() {
+    let s = Scenario::new("planned", 1, "SELECT user_id FROM clicks", "").await;
+    let mut w = s.worker("w0", &[("WEIR_PLAN_FINGERPRINT", "0".repeat(64))]);
+    assert_eq!(w.wait_exit(Duration::from_secs(30)).await, Some(1));
+    let last = w.log_tail(1);
+    assert!(last.contains("refusing to start"), "{last}");
+    assert!(last.contains(&s.job.compiled.fingerprint), "{last}");
+}

@@ -1,0 +1,244 @@
+//! The plan fingerprint: a canonical hash of what a compiled Transform computes.
+//!
+//! It hashes what the user wrote, not what DataFusion made of it, so it is the same in
+//! every process and across patch upgrades of DataFusion and Arrow:
+//!
+//! - the SQL as tokens (whitespace and comments dropped, unquoted words lowercased, as
+//!   SQL treats them), so reformatting a query keeps its fingerprint;
+//! - each input DataStream the SQL reads: its id, kind, key, event time and every field's
+//!   name, nullability and type, spelled by [`type_name`] (never Arrow's `Debug`);
+//! - the compile options (emit mode, allowed lateness).
+//!
+//! Every part is written with its length first, so no two different inputs hash the
+//! same bytes. [`VERSION`] names the encoding; changing the encoding means a new version.
+
+use std::fmt::Write as _;
+
+use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
+use sha2::{Digest, Sha256};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::{CompileOptions, EmitMode, StreamInput, StreamKind};
+
+/// The encoding's version, hashed first.
+pub const VERSION: &str = "weir-plan-fingerprint/1";
+
+/// The fingerprint of SQL compiled against `inputs` (the streams it reads, in plan order)
+/// with `options`, as 64 hex digits.
+pub fn fingerprint(sql: &str, inputs: &[StreamInput], options: &CompileOptions) -> String {
+    let mut h = Hasher(Sha256::new());
+    h.part(VERSION);
+    h.part(&canonical_sql(sql));
+    h.part(&inputs.len().to_string());
+    for i in inputs {
+        h.part(&i.namespace);
+        h.part(&i.name);
+        h.part(match i.kind {
+            StreamKind::AppendOnly => "append-only",
+            StreamKind::Changelog => "changelog",
+        });
+        h.part(&i.key.join(","));
+        match &i.event_time {
+            Some(et) => h.part(&format!("{}@{}", et.field, et.max_out_of_orderness_ms)),
+            None => h.part(""),
+        }
+        h.part(&i.schema.fields().len().to_string());
+        for f in i.schema.fields() {
+            h.part(&field_name(f));
+        }
+    }
+    h.part(match options.emit {
+        EmitMode::OnWindowClose => "on-close",
+        EmitMode::Updates => "updates",
+    });
+    h.part(&options.allowed_lateness_ms.to_string());
+    h.0.finalize().iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+struct Hasher(Sha256);
+
+impl Hasher {
+    fn part(&mut self, s: &str) {
+        self.0.update((s.len() as u64).to_be_bytes());
+        self.0.update(s.as_bytes());
+    }
+}
+
+/// The SQL's tokens, one space apart: whitespace and comments dropped, unquoted words
+/// lowercased. SQL that does not tokenize is kept as written (it will not compile).
+fn canonical_sql(sql: &str) -> String {
+    let Ok(tokens) = Tokenizer::new(&GenericDialect, sql).tokenize() else {
+        return sql.to_owned();
+    };
+    let mut out = String::with_capacity(sql.len());
+    for t in tokens {
+        let text = match t {
+            Token::Whitespace(_) => continue,
+            Token::Word(w) if w.quote_style.is_none() => w.value.to_lowercase(),
+            other => other.to_string(),
+        };
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&text);
+    }
+    // A trailing semicolon does not change the query.
+    out.strip_suffix(" ;").map(str::to_owned).unwrap_or(out)
+}
+
+fn field_name(f: &Field) -> String {
+    format!(
+        "{}:{}{}",
+        f.name(),
+        type_name(f.data_type()),
+        if f.is_nullable() { "" } else { " not null" }
+    )
+}
+
+/// A type's canonical spelling, independent of Arrow's `Debug` and `Display`.
+pub fn type_name(t: &DataType) -> String {
+    let unit = |u: &TimeUnit| match u {
+        TimeUnit::Second => "s",
+        TimeUnit::Millisecond => "ms",
+        TimeUnit::Microsecond => "us",
+        TimeUnit::Nanosecond => "ns",
+    };
+    match t {
+        DataType::Null => "null".into(),
+        DataType::Boolean => "bool".into(),
+        DataType::Int8 => "i8".into(),
+        DataType::Int16 => "i16".into(),
+        DataType::Int32 => "i32".into(),
+        DataType::Int64 => "i64".into(),
+        DataType::UInt8 => "u8".into(),
+        DataType::UInt16 => "u16".into(),
+        DataType::UInt32 => "u32".into(),
+        DataType::UInt64 => "u64".into(),
+        DataType::Float16 => "f16".into(),
+        DataType::Float32 => "f32".into(),
+        DataType::Float64 => "f64".into(),
+        DataType::Utf8 => "string".into(),
+        DataType::LargeUtf8 => "large-string".into(),
+        DataType::Utf8View => "string-view".into(),
+        DataType::Binary => "bytes".into(),
+        DataType::LargeBinary => "large-bytes".into(),
+        DataType::BinaryView => "bytes-view".into(),
+        DataType::FixedSizeBinary(n) => format!("bytes[{n}]"),
+        DataType::Date32 => "date32".into(),
+        DataType::Date64 => "date64".into(),
+        DataType::Time32(u) | DataType::Time64(u) => format!("time({})", unit(u)),
+        DataType::Timestamp(u, tz) => match tz {
+            Some(tz) => format!("timestamp({},{tz})", unit(u)),
+            None => format!("timestamp({})", unit(u)),
+        },
+        DataType::Duration(u) => format!("duration({})", unit(u)),
+        DataType::Interval(u) => match u {
+            IntervalUnit::YearMonth => "interval(ym)".into(),
+            IntervalUnit::DayTime => "interval(dt)".into(),
+            IntervalUnit::MonthDayNano => "interval(mdn)".into(),
+        },
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => format!("decimal({p},{s})"),
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => {
+            format!("list<{}>", field_name(f))
+        }
+        DataType::FixedSizeList(f, n) => format!("list[{n}]<{}>", field_name(f)),
+        DataType::Struct(fields) => format!(
+            "struct<{}>",
+            fields
+                .iter()
+                .map(|f| field_name(f))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        DataType::Map(f, sorted) => {
+            format!("map{}<{}>", if *sorted { "+" } else { "" }, field_name(f))
+        }
+        DataType::Dictionary(k, v) => format!("dict<{},{}>", type_name(k), type_name(v)),
+        // Types a DataStream schema cannot declare: Arrow's rendering is good enough.
+        other => format!("other:{other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::datatypes::Schema;
+
+    use super::*;
+
+    fn input() -> StreamInput {
+        StreamInput::new(
+            "web",
+            "page-views",
+            Arc::new(Schema::new(vec![
+                Field::new("url", DataType::Utf8, true),
+                Field::new(
+                    "ts",
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    false,
+                ),
+            ])),
+        )
+        .with_event_time("ts", 5000)
+        .with_key(["url"])
+    }
+
+    const SQL: &str = "SELECT url, COUNT(*) AS n FROM web.page_views GROUP BY url";
+
+    #[test]
+    fn the_fingerprint_is_pinned_so_upgrades_cannot_change_it_silently() {
+        // If this changes, every running Transform's state is refused: bump VERSION and
+        // say so in the release notes instead of editing this value.
+        assert_eq!(
+            fingerprint(SQL, &[input()], &CompileOptions::new("analytics")),
+            "937d2ac78621904bc912d9cc241650f48d6a65bf8b392ff1e05863bb4bf84e56"
+        );
+    }
+
+    #[test]
+    fn reformatting_the_sql_keeps_the_fingerprint() {
+        let o = CompileOptions::new("analytics");
+        let a = fingerprint(SQL, &[input()], &o);
+        let b = fingerprint(
+            "select url,\n  count(*) as N -- per page\nFROM web.page_views\n/* all */ GROUP BY url;",
+            &[input()],
+            &o,
+        );
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn any_change_to_what_is_computed_changes_the_fingerprint() {
+        let o = CompileOptions::new("analytics");
+        let base = fingerprint(SQL, &[input()], &o);
+        let changed_sql = fingerprint(&SQL.replace("COUNT(*)", "COUNT(url)"), &[input()], &o);
+        let quoted = fingerprint(&SQL.replace("AS n", "AS \"N\""), &[input()], &o);
+        let nullable = {
+            let mut i = input();
+            i.schema = Arc::new(Schema::new(vec![
+                Field::new("url", DataType::Utf8, false),
+                i.schema.field(1).clone(),
+            ]));
+            fingerprint(SQL, &[i], &o)
+        };
+        let ooo = fingerprint(SQL, &[input().with_event_time("ts", 1)], &o);
+        let table = fingerprint(SQL, &[input().as_table()], &o);
+        let mut late = o.clone();
+        late.allowed_lateness_ms = 1;
+        let lateness = fingerprint(SQL, &[input()], &late);
+        let all = [base, changed_sql, quoted, nullable, ooo, table, lateness];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `weir-worker run`'s configuration: flags, each also read from the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for log collectors).
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Runs one Transform between Kafka topics.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunConfig {
+    /// YAML files with the Transform and the DataStreams it reads and writes (the
+    /// operator mounts them from a ConfigMap).
+    #[arg(required = true, env = "WEIR_FILES", value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+
+    /// Which Transform to run, as `namespace/name`, when the files hold several.
+    #[arg(long, env = "WEIR_TRANSFORM")]
+    pub transform: Option<String>,
+
+    /// The plan fingerprint the worker must compile to; it refuses to start otherwise.
+    #[arg(long, env = "WEIR_PLAN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+
+    /// Kafka bootstrap servers, `host:port[,host:port…]`.
+    #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap_servers: String,
+
+    /// Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    #[arg(
+        long,
+        env = "WEIR_KAFKA_SECURITY_PROTOCOL",
+        default_value = "PLAINTEXT"
+    )]
+    pub security_protocol: String,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[arg(long, env = "WEIR_KAFKA_SASL_MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long, env = "WEIR_KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password (prefer --sasl-password-file).
+    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
+    /// A file holding the SASL password (such as a mounted Secret key).
+    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD_FILE")]
+    pub sasl_password_file: Option<PathBuf>,
+
+    /// A PEM file with the CA that signed the brokers' certificates.
+    #[arg(long, env = "WEIR_KAFKA_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// A PEM client certificate, for mutual TLS.
+    #[arg(long, env = "WEIR_KAFKA_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// The PEM key of --tls-cert-file.
+    #[arg(long, env = "WEIR_KAFKA_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// This worker's name, unique among the Transform's workers and kept across restarts
+    /// (the pod name, from the downward API). It names the transactional producer, so a
+    /// restarted worker fences its previous incarnation at once.
+    #[arg(long, env = "POD_NAME")]
+    pub worker_name: String,
+
+    /// The consumer group; defaults to `weir.<namespace>.<transform>`.
+    #[arg(long, env = "WEIR_GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// The changelog topic (compacted, one partition per input partition); defaults to
+    /// `<namespace>.<transform>.changelog`. Only stateful plans use it.
+    #[arg(long, env = "WEIR_CHANGELOG_TOPIC")]
+    pub changelog_topic: Option<String>,
+
+    /// The dead-letter topic; defaults to `<namespace>.<transform>.dead-letters`.
+    #[arg(long, env = "WEIR_DEAD_LETTER_TOPIC")]
+    pub dead_letter_topic: Option<String>,
+
+    /// The longest time between commits.
+    #[arg(long, env = "WEIR_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
+
+    /// The most records in one commit.
+    #[arg(long, env = "WEIR_COMMIT_RECORDS", default_value_t = 10_000)]
+    pub commit_records: usize,
+
+    /// The Kafka transaction timeout: how long a crashed worker's open transaction can
+    /// hold back readers before the broker aborts it.
+    #[arg(long, env = "WEIR_TRANSACTION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub transaction_timeout: Duration,
+
+    /// The consumer group session timeout: how long a silent worker keeps its partitions.
+    #[arg(long, env = "WEIR_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+
+    /// Records larger than this (key and value) are set aside as `too_large`.
+    #[arg(long, env = "WEIR_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
+    pub max_record_bytes: usize,
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+impl RunConfig {
+    /// The librdkafka settings every client of the worker shares.
+    pub fn kafka_settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut s = BTreeMap::new();
+        s.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
+        s.insert("security.protocol".into(), self.security_protocol.clone());
+        s.insert(
+            "client.id".into(),
+            format!("weir-worker-{}", self.worker_name),
+        );
+        if let Some(m) = &self.sasl_mechanism {
+            s.insert("sasl.mechanism".into(), m.clone());
+        }
+        if let Some(u) = &self.sasl_username {
+            s.insert("sasl.username".into(), u.clone());
+        }
+        let password = match (&self.sasl_password, &self.sasl_password_file) {
+            (_, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--sasl-password-file {}", f.display()))?
+                    .trim_end()
+                    .to_owned(),
+            ),
+            (Some(p), None) => Some(p.clone()),
+            (None, None) => None,
+        };
+        if let Some(p) = password {
+            s.insert("sasl.password".into(), p);
+        }
+        for (key, file) in [
+            ("ssl.ca.location", &self.tls_ca_file),
+            ("ssl.certificate.location", &self.tls_cert_file),
+            ("ssl.key.location", &self.tls_key_file),
+        ] {
+            if let Some(f) = file {
+                anyhow::ensure!(f.is_file(), "{key}: {} is not a file", f.display());
+                s.insert(key.into(), f.display().to_string());
+            }
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,205 @@
+//! The worker's Prometheus metrics, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of a topic partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+/// Labels of a topic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The topic.
+    pub topic: String,
+}
+
+/// Labels of a dead letter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    /// Where it failed: decode, engine, expectation.
+    pub stage: String,
+    /// The error class.
+    pub class: String,
+    /// What happened to it: deadLetter or drop.
+    pub policy: String,
+}
+
+/// Labels of a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: String,
+}
+
+/// Labels of a task (one input partition number).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The task: the partition number of its inputs.
+    pub task: i32,
+}
+
+/// Labels of a rebalance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RebalanceLabels {
+    /// assign, revoke or lost.
+    pub kind: String,
+}
+
+/// Everything the worker counts.
+pub struct Metrics {
+    registry: Registry,
+    /// Records read, per input partition.
+    pub records_in: Family<PartitionLabels, Counter>,
+    /// Bytes read (keys and values), per input partition.
+    pub bytes_in: Family<PartitionLabels, Counter>,
+    /// Records written to the output, per topic.
+    pub records_out: Family<TopicLabels, Counter>,
+    /// Bytes written to the output, per topic.
+    pub bytes_out: Family<TopicLabels, Counter>,
+    /// Records set aside, by stage and class.
+    pub dead_letters: Family<DeadLetterLabels, Counter>,
+    /// Committed transactions (or offset commits, at least once).
+    pub commits: Counter,
+    /// Aborted transactions, by reason.
+    pub aborts: Family<ReasonLabels, Counter>,
+    /// How long a commit takes.
+    pub commit_seconds: Histogram,
+    /// Records processed per commit.
+    pub batch_records: Histogram,
+    /// Records dropped for arriving after their window closed.
+    pub late_records: Counter,
+    /// Each input partition's watermark, in seconds since the epoch.
+    pub watermark_seconds: Family<PartitionLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Records behind the end of each input partition.
+    pub consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Approximate bytes of state per task.
+    pub state_bytes: Family<TaskLabels, Gauge>,
+    /// Bytes written to the changelog.
+    pub changelog_bytes: Counter,
+    /// How long restoring a task from its changelog takes.
+    pub restore_seconds: Histogram,
+    /// Rebalances, by kind.
+    pub rebalances: Family<RebalanceLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weir_worker");
+        let m = Self {
+            records_in: Family::default(),
+            bytes_in: Family::default(),
+            records_out: Family::default(),
+            bytes_out: Family::default(),
+            dead_letters: Family::default(),
+            commits: Counter::default(),
+            aborts: Family::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            late_records: Counter::default(),
+            watermark_seconds: Family::default(),
+            consumer_lag: Family::default(),
+            state_bytes: Family::default(),
+            changelog_bytes: Counter::default(),
+            restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            rebalances: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_in",
+            "Records read, per input partition",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Bytes read, per input partition",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records written, per output topic",
+            m.records_out.clone(),
+        );
+        registry.register(
+            "bytes_out",
+            "Bytes written, per output topic",
+            m.bytes_out.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records set aside, by stage, error class and policy",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            "commits",
+            "Committed transactions or offset commits",
+            m.commits.clone(),
+        );
+        registry.register(
+            "transaction_aborts",
+            "Aborted transactions, by reason",
+            m.aborts.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "How long a commit takes",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "batch_records",
+            "Records per commit",
+            m.batch_records.clone(),
+        );
+        registry.register(
+            "late_records",
+            "Records dropped for arriving after their window closed",
+            m.late_records.clone(),
+        );
+        registry.register(
+            "watermark_seconds",
+            "Each input partition's watermark, seconds since the epoch",
+            m.watermark_seconds.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records behind the end of each input partition",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
+            "state_bytes",
+            "Approximate bytes of state per task",
+            m.state_bytes.clone(),
+        );
+        registry.register(
+            "changelog_bytes",
+            "Bytes written to the changelog",
+            m.changelog_bytes.clone(),
+        );
+        registry.register(
+            "restore_seconds",
+            "How long restoring a task from its changelog takes",
+            m.restore_seconds.clone(),
+        );
+        registry.register("rebalances", "Rebalances, by kind", m.rebalances.clone());
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,1363 @@
+//! The processing loop: Kafka records in, through one engine per task, results out,
+//! exactly once.
+//!
+//! A task is one partition number `p`: partition `p` of every input (inputs are
+//! co-partitioned by key), one engine, and partition `p` of the changelog. Workers share
+//! a consumer group, so a task moves with its partitions when workers come and go.
+//!
+//! Each cycle (every `--commit-interval` or `--commit-records`, whichever comes first)
+//! the worker decodes what it polled, runs it through each task's engine, and, in one
+//! Kafka transaction, writes the output records, the dead letters, each changed task's
+//! state entries and the consumed offsets (KIP-447: `send_offsets_to_transaction` with
+//! the consumer's group metadata, so a worker that lost its partitions cannot commit).
+//! Retriable errors are retried; an abortable error aborts the transaction and rebuilds
+//! every task from its changelog; a fatal error (the producer was fenced, or anything
+//! unclassified) stops the worker without writing more.
+//!
+//! A newly assigned task is paused and restored between polls, a slice at a time, by
+//! reading its changelog partition to the end; its offsets are then checked against the
+//! group's committed offsets and the partitions resume from there. A changelog that
+//! lost state the group says exists stops the worker with a message: it never starts
+//! empty or reprocesses silently.
+//!
+//! At least once (`deliveryGuarantee: atLeastOnce`) uses no transactions: the output and
+//! the dead letters are flushed, then the state, then the offsets are committed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use weir_crds::transform::{DeliveryGuarantee, OnFailure};
+use weir_engine::{ChangeBatch, Engine};
+
+use crate::changelog::{self, TaskMeta};
+use crate::codec::{Decoder, Encoder, Payload, Rejection};
+use crate::config::RunConfig;
+use crate::dead_letter::{self, Stage};
+use crate::http::Health;
+use crate::metrics::{
+    DeadLetterLabels, PartitionLabels, ReasonLabels, RebalanceLabels, TopicLabels,
+};
+use crate::transform::{Job, StartFrom};
+
+/// The topics and names a worker uses, resolved from the job and the flags.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The consumer group.
+    pub group_id: String,
+    /// The changelog topic.
+    pub changelog: String,
+    /// The dead-letter topic.
+    pub dead_letters: String,
+    /// The producer's transactional id.
+    pub transactional_id: String,
+}
+
+impl Names {
+    /// The names for `job` under `config`.
+    pub fn new(job: &Job, config: &RunConfig) -> Self {
+        Self {
+            group_id: config
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("weir.{}.{}", job.namespace, job.name)),
+            changelog: config
+                .changelog_topic
+                .clone()
+                .unwrap_or_else(|| job.internal_topic("changelog")),
+            dead_letters: config
+                .dead_letter_topic
+                .clone()
+                .unwrap_or_else(|| job.internal_topic("dead-letters")),
+            transactional_id: format!("weir.{}.{}.{}", job.namespace, job.name, config.worker_name),
+        }
+    }
+}
+
+/// One record polled from an input.
+struct Polled {
+    input: usize,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: Option<i64>,
+}
+
+/// One task: partition `p` of every input.
+struct Task {
+    engine: Engine,
+    buffer: Vec<Polled>,
+    /// Per input, the next offset to read: what the task's state reflects.
+    offsets: BTreeMap<usize, i64>,
+    /// Whether the task processed records since the last commit.
+    dirty: bool,
+    /// Per input, process records up to this offset one at a time: an engine error
+    /// happened among them.
+    careful_until: BTreeMap<usize, i64>,
+    commits: u64,
+    running: bool,
+    late_seen: u64,
+}
+
+/// A restore in progress: reading one task's changelog partition.
+struct Restore {
+    partition: i32,
+    started: Instant,
+    engine: Engine,
+    meta: Option<TaskMeta>,
+    committed: BTreeMap<usize, Option<i64>>,
+    entries: u64,
+    reading: bool,
+}
+
+/// What went wrong in a cycle, and what it calls for.
+enum Failure {
+    /// Abort the transaction and rebuild every task from the changelog.
+    Abort(String),
+    /// An engine error while processing a task's records: abort, rebuild, and process
+    /// those records one at a time.
+    Engine {
+        partition: i32,
+        until: BTreeMap<usize, i64>,
+        error: String,
+    },
+    /// Stop the worker.
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+/// Counts failed deliveries (at least once: the offsets are not committed after one).
+struct ProducerCtx {
+    failed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClientContext for ProducerCtx {}
+
+impl ProducerContext for ProducerCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            tracing::warn!(error = %e, "a record could not be delivered");
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type Producer_ = ThreadedProducer<ProducerCtx>;
+
+/// The worker's state, shared by the loop and the rebalance callbacks (which run inside
+/// `poll`, on the loop's thread, never while the loop holds the lock).
+struct Worker {
+    job: Arc<Job>,
+    names: Names,
+    config: RunConfig,
+    exactly_once: bool,
+    stateful: bool,
+    producer: Producer_,
+    delivery_failures: Arc<std::sync::atomic::AtomicU64>,
+    decoders: Vec<Decoder>,
+    encoder: Encoder,
+    topic_index: BTreeMap<String, usize>,
+    tasks: BTreeMap<i32, Task>,
+    restoring: VecDeque<i32>,
+    restore: Option<Restore>,
+    restore_consumer: BaseConsumer,
+    txn_open: bool,
+    buffered: usize,
+    health: Health,
+    fatal: Option<anyhow::Error>,
+}
+
+struct Ctx {
+    worker: Arc<Mutex<Worker>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .get_or_create(&PartitionLabels {
+                            topic: topic.clone(),
+                            partition: *p,
+                        })
+                        .set(part.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut w = lock(&self.worker);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let lost = consumer.assignment_lost();
+                w.count_rebalance(if lost { "lost" } else { "revoke" });
+                if lost {
+                    // Another worker may already own these partitions: never commit.
+                    if let Err(e) = w.abort_and_rebuild(consumer, "partitions lost") {
+                        w.fatal.get_or_insert(e);
+                    }
+                } else if let Err(e) = w.commit(consumer) {
+                    w.handle(consumer, e);
+                }
+                w.drop_tasks(tpl);
+            }
+            Rebalance::Assign(_) => w.count_rebalance("assign"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let mut w = lock(&self.worker);
+            if let Err(e) = w.add_tasks(consumer, tpl) {
+                w.fatal.get_or_insert(e);
+            }
+        }
+    }
+}
+
+fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
+    // A panic while holding the lock stops the worker anyway; take the state as it is.
+    w.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type Consumer_ = BaseConsumer<Ctx>;
+
+/// Runs `job` until `stop` is set (then commits, leaves the group and returns) or a
+/// fatal error.
+pub fn run(
+    job: Job,
+    config: RunConfig,
+    health: Health,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let job = Arc::new(job);
+    let names = Names::new(&job, &config);
+    let settings = config.kafka_settings()?;
+    let base = || {
+        let mut c = ClientConfig::new();
+        for (k, v) in &settings {
+            c.set(k, v);
+        }
+        c.set("log_level", "4");
+        c
+    };
+    let exactly_once = job.delivery == DeliveryGuarantee::ExactlyOnce;
+    let stateful = job.is_stateful();
+    check_topics(&job, &names, &base(), stateful)?;
+
+    let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut pc = base();
+    pc.set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "300000");
+    if exactly_once {
+        pc.set("transactional.id", &names.transactional_id).set(
+            "transaction.timeout.ms",
+            config.transaction_timeout.as_millis().to_string(),
+        );
+    }
+    let producer: Producer_ = pc
+        .create_with_context(ProducerCtx {
+            failed: failed.clone(),
+        })
+        .context("creating the Kafka producer")?;
+    if exactly_once {
+        // Fences any earlier incarnation of this worker and aborts its open transaction.
+        producer
+            .init_transactions(Timeout::Never)
+            .context("initializing transactions (is the broker reachable?)")?;
+    }
+
+    let mut rc = base();
+    rc.set("group.id", format!("{}.restore", names.group_id))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest");
+    let restore_consumer: BaseConsumer = rc.create().context("creating the restore consumer")?;
+
+    let topic_index = job
+        .input_topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i))
+        .collect();
+    let decoders = job
+        .compiled
+        .inputs
+        .iter()
+        .map(|i| Decoder::new(i, config.max_record_bytes))
+        .collect();
+    let encoder = Encoder::new(
+        &job.compiled.output_schema,
+        &job.compiled.output_key,
+        job.compiled.output_kind,
+    );
+    let worker = Arc::new(Mutex::new(Worker {
+        job: job.clone(),
+        names: names.clone(),
+        config: config.clone(),
+        exactly_once,
+        stateful,
+        producer,
+        delivery_failures: failed,
+        decoders,
+        encoder,
+        topic_index,
+        tasks: BTreeMap::new(),
+        restoring: VecDeque::new(),
+        restore: None,
+        restore_consumer,
+        txn_open: false,
+        buffered: 0,
+        health: health.clone(),
+        fatal: None,
+    }));
+
+    let mut cc = base();
+    cc.set("group.id", &names.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "session.timeout.ms",
+            config.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (config.session_timeout.as_millis() / 5)
+                .max(100)
+                .to_string(),
+        )
+        // Co-partitioned inputs must land on one worker together: the range assignor
+        // gives partition p of every topic to the same member. One input can move
+        // partitions one at a time (cooperative-sticky).
+        .set(
+            "partition.assignment.strategy",
+            if job.input_topics.len() > 1 {
+                "range"
+            } else {
+                "cooperative-sticky"
+            },
+        );
+    let consumer: Consumer_ = cc
+        .create_with_context(Ctx {
+            worker: worker.clone(),
+            metrics: health.metrics.clone(),
+        })
+        .context("creating the Kafka consumer")?;
+    let topics: Vec<&str> = job.input_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the input topics")?;
+    tracing::info!(
+        transform = %job.id,
+        plan = %job.compiled.fingerprint,
+        group = %names.group_id,
+        inputs = ?job.input_topics,
+        output = %job.output_topic,
+        exactly_once,
+        stateful,
+        "worker started"
+    );
+
+    let result = run_loop(&consumer, &worker, &config, &stop);
+    if result.is_ok() {
+        // Leave the group: the revoke callback commits what is left.
+        consumer.unsubscribe();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        if let Some(e) = lock(&worker).fatal.take() {
+            return Err(e);
+        }
+        tracing::info!("worker stopped");
+    }
+    result
+}
+
+fn run_loop(
+    consumer: &Consumer_,
+    worker: &Arc<Mutex<Worker>>,
+    config: &RunConfig,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    loop {
+        {
+            let mut w = lock(worker);
+            w.health.beat();
+            if let Some(e) = w.fatal.take() {
+                return Err(e);
+            }
+            if stop.load(Ordering::Relaxed) {
+                if let Err(f) = w.cycle(consumer) {
+                    w.handle(consumer, f);
+                }
+                return w.fatal.take().map_or(Ok(()), Err);
+            }
+            if let Err(e) = w.restore_step(consumer) {
+                return Err(e);
+            }
+        }
+        let deadline = Instant::now() + config.commit_interval;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match consumer.poll(left.min(Duration::from_millis(20))) {
+                None => {}
+                Some(Ok(m)) => {
+                    let mut w = lock(worker);
+                    w.buffer(&m);
+                    if w.buffered >= config.commit_records {
+                        break;
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            }
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        let mut w = lock(worker);
+        if let Err(f) = w.cycle(consumer) {
+            w.handle(consumer, f);
+        }
+    }
+}
+
+/// Checks that every topic exists, with partition counts the plan can run on.
+fn check_topics(
+    job: &Job,
+    names: &Names,
+    config: &ClientConfig,
+    stateful: bool,
+) -> anyhow::Result<()> {
+    let probe: BaseConsumer = config.create().context("creating a metadata client")?;
+    let partitions = |topic: &str| -> anyhow::Result<Option<usize>> {
+        let md = probe
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
+            .with_context(|| format!("reading the metadata of topic {topic}"))?;
+        Ok(md
+            .topics()
+            .first()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len()))
+    };
+    let mut missing = Vec::new();
+    let mut counts = Vec::new();
+    for t in &job.input_topics {
+        match partitions(t)? {
+            Some(n) => counts.push((t.clone(), n)),
+            None => missing.push(t.clone()),
+        }
+    }
+    for t in [&job.output_topic, &names.dead_letters] {
+        if partitions(t)?.is_none() {
+            missing.push(t.clone());
+        }
+    }
+    let changelog = if stateful {
+        let n = partitions(&names.changelog)?;
+        if n.is_none() {
+            missing.push(names.changelog.clone());
+        }
+        n
+    } else {
+        None
+    };
+    if !missing.is_empty() {
+        bail!(
+            "Transform {}: these topics do not exist: {}",
+            job.id,
+            missing.join(", ")
+        );
+    }
+    let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(1);
+    if stateful && counts.iter().any(|(_, n)| *n != max) {
+        bail!(
+            "Transform {}: a stateful plan needs co-partitioned inputs with the same number of \
+             partitions, but they have {}",
+            job.id,
+            counts
+                .iter()
+                .map(|(t, n)| format!("{t}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if let Some(n) = changelog
+        && n < max
+    {
+        bail!(
+            "Transform {}: the changelog topic {} has {n} partitions but the inputs have {max}: \
+             it needs one per input partition",
+            job.id,
+            names.changelog
+        );
+    }
+    if max > 1
+        && let Some(why) = weir_engine::sql::partitioning::needs_repartition(&job.compiled)
+    {
+        bail!(
+            "Transform {}: {why}. Over {max} input partitions that needs a repartition topic, \
+             which this version of weir-worker does not build yet: group or join by the \
+             inputs' key, or give the inputs one partition",
+            job.id
+        );
+    }
+    Ok(())
+}
+
+impl Worker {
+    fn count_rebalance(&self, kind: &str) {
+        self.health
+            .metrics
+            .rebalances
+            .get_or_create(&RebalanceLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Handles a failed cycle or commit.
+    fn handle(&mut self, consumer: &Consumer_, failure: Failure) {
+        let result = match failure {
+            Failure::Abort(reason) => {
+                tracing::warn!(%reason, "aborting the transaction and rebuilding the tasks");
+                self.abort_and_rebuild(consumer, &reason)
+            }
+            Failure::Engine {
+                partition,
+                until,
+                error,
+            } => {
+                tracing::warn!(task = partition, %error, "an engine error: reprocessing the records one at a time");
+                let r = self.abort_and_rebuild(consumer, "engine error");
+                if let Some(t) = self.tasks.get_mut(&partition) {
+                    t.careful_until = until;
+                }
+                r
+            }
+            Failure::Fatal(e) => Err(e),
+        };
+        if let Err(e) = result {
+            self.fatal.get_or_insert(e);
+        }
+    }
+
+    /// Copies a polled record into its task's buffer.
+    fn buffer(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        let Some(&input) = self.topic_index.get(m.topic()) else {
+            return;
+        };
+        let Some(task) = self.tasks.get_mut(&m.partition()) else {
+            return;
+        };
+        if !task.running {
+            // Fetched before the pause took hold; the task seeks back once restored.
+            return;
+        }
+        let labels = PartitionLabels {
+            topic: m.topic().to_owned(),
+            partition: m.partition(),
+        };
+        let metrics = &self.health.metrics;
+        metrics.records_in.get_or_create(&labels).inc();
+        metrics
+            .bytes_in
+            .get_or_create(&labels)
+            .inc_by((m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64);
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        task.buffer.push(Polled {
+            input,
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp: m.timestamp().to_millis(),
+        });
+        self.buffered += 1;
+    }
+
+    /// Processes every buffered record, then commits.
+    fn cycle(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
+        let partitions: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.running && !t.buffer.is_empty())
+            .map(|(p, _)| *p)
+            .collect();
+        let records = self.buffered;
+        for p in partitions {
+            self.begin()?;
+            self.process(p)?;
+        }
+        self.buffered = 0;
+        if records > 0 {
+            self.health.metrics.batch_records.observe(records as f64);
+        }
+        self.commit(consumer)
+    }
+
+    fn begin(&mut self) -> Result<(), Failure> {
+        if self.exactly_once && !self.txn_open {
+            self.producer.begin_transaction().map_err(classify)?;
+            self.txn_open = true;
+        }
+        Ok(())
+    }
+
+    /// Runs one task's buffered records through its engine and sends the results.
+    fn process(&mut self, partition: i32) -> Result<(), Failure> {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(());
+        };
+        let polled = std::mem::take(&mut task.buffer);
+        task.dirty = true;
+        let mut sends: Vec<ChangeBatch> = Vec::new();
+        let mut rejects: Vec<(usize, Stage, Rejection)> = Vec::new();
+        let mut last: BTreeMap<usize, i64> = BTreeMap::new();
+        for p in &polled {
+            last.insert(p.input, p.offset);
+        }
+        let mut start = 0;
+        while start < polled.len() {
+            let input = polled[start].input;
+            let end = polled[start..]
+                .iter()
+                .position(|p| p.input != input)
+                .map_or(polled.len(), |n| start + n);
+            let run = &polled[start..end];
+            let payloads: Vec<Payload<'_>> = run
+                .iter()
+                .map(|p| Payload {
+                    key: p.key.as_deref(),
+                    value: p.value.as_deref(),
+                })
+                .collect();
+            let decoded = self.decoders[input].decode(&payloads);
+            for (i, why) in decoded.rejected {
+                rejects.push((start + i, Stage::Decode, why));
+            }
+            let careful = task
+                .careful_until
+                .get(&input)
+                .is_some_and(|until| run[0].offset <= *until);
+            for (batch, rows) in decoded.batches.into_iter().zip(decoded.rows) {
+                let wm = task.engine.watermark_of(input, &batch.data).ok().flatten();
+                if careful {
+                    for (r, row) in rows.iter().enumerate() {
+                        let one = batch.slice(r, 1);
+                        let snapshot = task.engine.snapshot().map_err(|e| anyhow!("{e}"))?;
+                        match task.engine.push(input, one) {
+                            Ok(out) => sends.extend(out),
+                            Err(e) => {
+                                task.engine.restore(&snapshot).map_err(|e| anyhow!("{e}"))?;
+                                rejects.push((
+                                    start + row,
+                                    Stage::Engine,
+                                    Rejection {
+                                        class: "engine",
+                                        message: e.to_string(),
+                                        field: None,
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                } else {
+                    match task.engine.push(input, batch) {
+                        Ok(out) => sends.extend(out),
+                        Err(e) => {
+                            return Err(Failure::Engine {
+                                partition,
+                                until: last,
+                                error: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                if let Some(wm) = wm {
+                    let out = task.engine.advance_watermark(input, wm).map_err(|e| {
+                        anyhow!(
+                            "Transform {}: task {partition}: closing windows failed: {e}",
+                            self.job.id
+                        )
+                    })?;
+                    sends.extend(out);
+                    self.health
+                        .metrics
+                        .watermark_seconds
+                        .get_or_create(&PartitionLabels {
+                            topic: self.job.input_topics[input].clone(),
+                            partition,
+                        })
+                        .set(wm as f64 / 1e9);
+                }
+            }
+            task.offsets.insert(input, run[run.len() - 1].offset + 1);
+            start = end;
+        }
+        if task
+            .careful_until
+            .iter()
+            .all(|(i, until)| last.get(i).is_some_and(|l| l >= until))
+        {
+            task.careful_until.clear();
+        }
+        let late = task.engine.stats().late_records;
+        self.health
+            .metrics
+            .late_records
+            .inc_by(late.saturating_sub(task.late_seen));
+        task.late_seen = late;
+
+        // Send what the task produced: output records, then dead letters.
+        for changes in &sends {
+            self.send_output(changes)?;
+        }
+        for (i, stage, why) in rejects {
+            self.reject(partition, &polled[i], stage, &why)?;
+        }
+        Ok(())
+    }
+
+    fn send_output(&self, changes: &ChangeBatch) -> Result<(), Failure> {
+        let records = self
+            .encoder
+            .encode(changes)
+            .map_err(|e| anyhow!("encoding output rows: {e}"))?;
+        let labels = TopicLabels {
+            topic: self.job.output_topic.clone(),
+        };
+        let metrics = &self.health.metrics;
+        for r in records {
+            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+            let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.job.output_topic);
+            if let Some(k) = &r.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                rec = rec.payload(v.as_slice());
+            }
+            self.send(rec)?;
+            metrics.records_out.get_or_create(&labels).inc();
+            metrics
+                .bytes_out
+                .get_or_create(&labels)
+                .inc_by(bytes as u64);
+        }
+        Ok(())
+    }
+
+    /// Follows `spec.errorPolicy` for a record that could not be processed.
+    fn reject(
+        &self,
+        partition: i32,
+        p: &Polled,
+        stage: Stage,
+        why: &Rejection,
+    ) -> Result<(), Failure> {
+        let topic = &self.job.input_topics[p.input];
+        let policy = self.job.error_policy;
+        self.health
+            .metrics
+            .dead_letters
+            .get_or_create(&DeadLetterLabels {
+                stage: stage.as_str().into(),
+                class: why.class.into(),
+                policy: match policy {
+                    OnFailure::DeadLetter => "deadLetter",
+                    OnFailure::Drop => "drop",
+                    OnFailure::Fail => "fail",
+                }
+                .into(),
+            })
+            .inc();
+        match policy {
+            OnFailure::Drop => Ok(()),
+            OnFailure::Fail => Err(Failure::Fatal(anyhow!(
+                "Transform {}: spec.errorPolicy is fail and the record at {topic}/{partition}@{} \
+                 could not be processed ({} {}): {}",
+                self.job.id,
+                p.offset,
+                stage.as_str(),
+                why.class,
+                why.message
+            ))),
+            OnFailure::DeadLetter => {
+                let from = dead_letter::Source {
+                    topic,
+                    partition,
+                    offset: p.offset,
+                    timestamp: p.timestamp,
+                };
+                let mut headers = OwnedHeaders::new_with_capacity(p.headers.len() + 12);
+                for (k, v) in &p.headers {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: v.as_deref(),
+                    });
+                }
+                for (k, v) in dead_letter::headers(
+                    stage,
+                    why,
+                    &from,
+                    &self.job.id,
+                    &self.job.compiled.fingerprint,
+                    &self.config.worker_name,
+                ) {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                let mut rec: BaseRecord<'_, [u8], [u8], ()> =
+                    BaseRecord::to(&self.names.dead_letters).headers(headers);
+                if let Some(k) = &p.key {
+                    rec = rec.key(k.as_slice());
+                }
+                if let Some(v) = &p.value {
+                    rec = rec.payload(v.as_slice());
+                }
+                self.send(rec)
+            }
+        }
+    }
+
+    /// Queues a record, waiting while the producer's queue is full.
+    fn send(&self, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Failure> {
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(classify(e)),
+            }
+        }
+    }
+
+    /// Writes each changed task's state, then commits the output, the state and the
+    /// offsets together.
+    fn commit(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
+        let dirty: Vec<i32> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.dirty)
+            .map(|(p, _)| *p)
+            .collect();
+        if dirty.is_empty() && !self.txn_open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.begin()?;
+        if !self.exactly_once {
+            // Output and dead letters first: state never runs ahead of what was written.
+            self.flush()?;
+        }
+        if self.stateful {
+            for p in &dirty {
+                self.write_state(*p)?;
+            }
+            if !self.exactly_once {
+                self.flush()?;
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for p in &dirty {
+            let task = &self.tasks[p];
+            for (input, offset) in &task.offsets {
+                tpl.add_partition_offset(
+                    &self.job.input_topics[*input],
+                    *p,
+                    Offset::Offset(*offset),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        if self.exactly_once {
+            let meta = consumer
+                .group_metadata()
+                .ok_or_else(|| Failure::Abort("no consumer group metadata".into()))?;
+            retry(|| {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, &meta, Timeout::Never)
+            })?;
+            retry(|| self.producer.commit_transaction(Timeout::Never))?;
+            self.txn_open = false;
+        } else if tpl.count() > 0 {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
+        }
+        for p in &dirty {
+            if let Some(t) = self.tasks.get_mut(p) {
+                t.dirty = false;
+                t.commits += 1;
+            }
+        }
+        let metrics = &self.health.metrics;
+        metrics.commits.inc();
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), Failure> {
+        self.producer
+            .flush(Timeout::Never)
+            .map_err(|e| Failure::Abort(format!("flushing: {e}")))?;
+        if self.delivery_failures.swap(0, Ordering::Relaxed) > 0 {
+            return Err(Failure::Abort("records could not be delivered".into()));
+        }
+        Ok(())
+    }
+
+    /// Sends a task's changed state entries and its meta record to its changelog
+    /// partition.
+    fn write_state(&mut self, partition: i32) -> Result<(), Failure> {
+        let Some(task) = self.tasks.get_mut(&partition) else {
+            return Ok(());
+        };
+        let entries = task
+            .engine
+            .take_state_changes()
+            .map_err(|e| anyhow!("task {partition}: reading state changes: {e}"))?;
+        let meta = TaskMeta {
+            fingerprint: self.job.compiled.fingerprint.clone(),
+            offsets: task
+                .offsets
+                .iter()
+                .map(|(i, o)| (self.job.input_topics[*i].clone(), *o))
+                .collect(),
+            commits: task.commits + 1,
+        };
+        let mut bytes = 0u64;
+        for (k, v) in &entries {
+            let key = changelog::entry_key(k);
+            bytes += (key.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+            let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.names.changelog)
+                .partition(partition)
+                .key(key.as_slice());
+            if let Some(v) = v {
+                rec = rec.payload(v.as_slice());
+            }
+            self.send(rec)?;
+        }
+        let value = changelog::meta_value(&meta);
+        bytes += value.len() as u64 + 1;
+        self.send(
+            BaseRecord::to(&self.names.changelog)
+                .partition(partition)
+                .key(&changelog::META_KEY[..])
+                .payload(value.as_slice()),
+        )?;
+        self.health.metrics.changelog_bytes.inc_by(bytes);
+        Ok(())
+    }
+
+    /// Aborts the open transaction and rebuilds every task from its changelog.
+    fn abort_and_rebuild(&mut self, consumer: &Consumer_, reason: &str) -> anyhow::Result<()> {
+        self.health
+            .metrics
+            .aborts
+            .get_or_create(&ReasonLabels {
+                reason: reason.into(),
+            })
+            .inc();
+        if self.exactly_once && self.txn_open {
+            if let Err(e) = self.producer.abort_transaction(Timeout::Never) {
+                bail!("aborting the transaction failed: {e}");
+            }
+            self.txn_open = false;
+        } else if !self.exactly_once {
+            let _ = self.producer.flush(Timeout::Never);
+            self.delivery_failures.store(0, Ordering::Relaxed);
+        }
+        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        self.tasks.clear();
+        self.restore = None;
+        self.restoring.clear();
+        self.buffered = 0;
+        let mut tpl = TopicPartitionList::new();
+        for p in &partitions {
+            for t in &self.job.input_topics {
+                tpl.add_partition(t, *p);
+            }
+        }
+        let assigned = consumer.assignment().unwrap_or_default();
+        let tpl = intersect(&tpl, &assigned);
+        self.add_tasks(consumer, &tpl)
+    }
+
+    fn drop_tasks(&mut self, tpl: &TopicPartitionList) {
+        for e in tpl.elements() {
+            if self.tasks.remove(&e.partition()).is_some() {
+                self.health
+                    .metrics
+                    .state_bytes
+                    .remove(&crate::metrics::TaskLabels {
+                        task: e.partition(),
+                    });
+            }
+            self.restoring.retain(|p| *p != e.partition());
+            if self
+                .restore
+                .as_ref()
+                .is_some_and(|r| r.partition == e.partition())
+            {
+                self.restore = None;
+            }
+        }
+        self.update_ready();
+    }
+
+    /// Creates a paused, restoring task for every newly assigned partition number.
+    fn add_tasks(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList) -> anyhow::Result<()> {
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        consumer
+            .pause(tpl)
+            .context("pausing newly assigned partitions")?;
+        for e in tpl.elements() {
+            let p = e.partition();
+            if self.tasks.contains_key(&p) {
+                continue;
+            }
+            self.tasks.insert(
+                p,
+                Task {
+                    engine: Engine::new(&self.job.compiled).map_err(|e| anyhow!("{e}"))?,
+                    buffer: Vec::new(),
+                    offsets: BTreeMap::new(),
+                    dirty: false,
+                    careful_until: BTreeMap::new(),
+                    commits: 0,
+                    running: false,
+                    late_seen: 0,
+                },
+            );
+            self.restoring.push_back(p);
+        }
+        self.update_ready();
+        Ok(())
+    }
+
+    fn update_ready(&self) {
+        let ready = !self.tasks.is_empty() && self.tasks.values().all(|t| t.running);
+        self.health.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Advances the restore in progress by a slice, or starts the next one.
+    fn restore_step(&mut self, consumer: &Consumer_) -> anyhow::Result<()> {
+        if self.restore.is_none() {
+            let Some(p) = self.restoring.pop_front() else {
+                return Ok(());
+            };
+            self.restore = Some(self.start_restore(consumer, p)?);
+        }
+        let slice = Instant::now() + Duration::from_millis(100);
+        let Some(r) = self.restore.as_mut() else {
+            return Ok(());
+        };
+        while r.reading && Instant::now() < slice {
+            match self.restore_consumer.poll(Duration::from_millis(50)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => r.reading = false,
+                Some(Err(e)) => tracing::warn!(error = %e, "reading the changelog"),
+                Some(Ok(m)) => match changelog::parse(m.key(), m.payload()) {
+                    Ok(changelog::Record::Entry(k, v)) => {
+                        r.engine.apply_state_entry(k, v).map_err(|e| {
+                            anyhow!("{}: task {}: {e}", self.names.changelog, r.partition)
+                        })?;
+                        r.entries += 1;
+                    }
+                    Ok(changelog::Record::Meta(meta)) => r.meta = Some(meta),
+                    Err(e) => bail!(
+                        "the changelog {} partition {} at offset {}: {e}",
+                        self.names.changelog,
+                        r.partition,
+                        m.offset()
+                    ),
+                },
+            }
+        }
+        if r.reading {
+            return Ok(());
+        }
+        let r = self.restore.take().expect("checked above");
+        self.finish_restore(consumer, r)
+    }
+
+    fn start_restore(&mut self, consumer: &Consumer_, partition: i32) -> anyhow::Result<Restore> {
+        // The committed offsets first: librdkafka waits until no open transaction holds
+        // offsets of these partitions, so the changelog read next is complete.
+        let mut tpl = TopicPartitionList::new();
+        for t in &self.job.input_topics {
+            tpl.add_partition(t, partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(60))
+            .with_context(|| format!("reading the committed offsets of task {partition}"))?;
+        let committed = self
+            .job
+            .input_topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let o = committed
+                    .find_partition(t, partition)
+                    .and_then(|e| match e.offset() {
+                        Offset::Offset(o) => Some(o),
+                        _ => None,
+                    });
+                (i, o)
+            })
+            .collect();
+        let reading = self.stateful;
+        if reading {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.names.changelog, partition, Offset::Beginning)?;
+            self.restore_consumer
+                .assign(&tpl)
+                .context("assigning the changelog partition")?;
+        }
+        Ok(Restore {
+            partition,
+            started: Instant::now(),
+            engine: Engine::new(&self.job.compiled).map_err(|e| anyhow!("{e}"))?,
+            meta: None,
+            committed,
+            entries: 0,
+            reading,
+        })
+    }
+
+    fn finish_restore(&mut self, consumer: &Consumer_, r: Restore) -> anyhow::Result<()> {
+        let Restore {
+            partition,
+            started,
+            mut engine,
+            meta,
+            committed,
+            entries,
+            ..
+        } = r;
+        let _ = self.restore_consumer.unassign();
+        let id = &self.job.id;
+        let changelog = &self.names.changelog;
+        let state_offsets: BTreeMap<usize, i64> = meta
+            .as_ref()
+            .map(|m| {
+                self.job
+                    .input_topics
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, t)| Some((i, *m.offsets.get(t)?)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if self.stateful {
+            if let Some(m) = &meta
+                && m.fingerprint != self.job.compiled.fingerprint
+            {
+                bail!(
+                    "Transform {id}: the state in {changelog} partition {partition} was written \
+                     by plan {} and cannot be used by plan {}",
+                    m.fingerprint,
+                    self.job.compiled.fingerprint
+                );
+            }
+            for (i, c) in &committed {
+                let topic = &self.job.input_topics[*i];
+                let s = state_offsets.get(i);
+                let ok = match (c, s) {
+                    (None, None) => true,
+                    (Some(c), Some(s)) if self.exactly_once => c == s,
+                    (Some(c), Some(s)) => s >= c,
+                    (None, Some(_)) => !self.exactly_once,
+                    (Some(_), None) => false,
+                };
+                if !ok {
+                    bail!(
+                        "Transform {id}: the consumer group committed offset {} of {topic} \
+                         partition {partition}, but the state in {changelog} partition \
+                         {partition} {}: the changelog was deleted or truncated. Refusing to \
+                         start with state that does not match the input position; restore \
+                         the changelog, or reprocess from scratch with a new consumer group",
+                        c.map_or("none".to_owned(), |c| c.to_string()),
+                        match s {
+                            Some(s) => format!("is at offset {s}"),
+                            None => "is missing".to_owned(),
+                        }
+                    );
+                }
+            }
+            engine
+                .finish_restore()
+                .map_err(|e| anyhow!("Transform {id}: {changelog} partition {partition}: {e}"))?;
+        }
+        // Where each input resumes: the state's offset, else the group's, else startFrom.
+        let mut tpl = TopicPartitionList::new();
+        let mut offsets = BTreeMap::new();
+        for (i, t) in self.job.input_topics.iter().enumerate() {
+            let at = match state_offsets
+                .get(&i)
+                .copied()
+                .or(committed.get(&i).copied().flatten())
+            {
+                Some(o) => {
+                    offsets.insert(i, o);
+                    Offset::Offset(o)
+                }
+                None => match self.job.start_from {
+                    StartFrom::Earliest => Offset::Beginning,
+                    StartFrom::Latest => Offset::End,
+                    StartFrom::Timestamp(ms) => self.offset_at(consumer, t, partition, ms)?,
+                },
+            };
+            tpl.add_partition_offset(t, partition, at)?;
+        }
+        let assigned = consumer.assignment().unwrap_or_default();
+        let tpl = intersect(&tpl, &assigned);
+        for e in tpl.elements() {
+            consumer
+                .seek(
+                    e.topic(),
+                    e.partition(),
+                    e.offset(),
+                    Duration::from_secs(30),
+                )
+                .with_context(|| format!("seeking {} partition {}", e.topic(), e.partition()))?;
+        }
+        consumer
+            .resume(&tpl)
+            .context("resuming restored partitions")?;
+        let elapsed = started.elapsed();
+        self.health
+            .metrics
+            .restore_seconds
+            .observe(elapsed.as_secs_f64());
+        if let Some(task) = self.tasks.get_mut(&partition) {
+            task.engine = engine;
+            task.offsets = offsets;
+            task.commits = meta.as_ref().map_or(0, |m| m.commits);
+            task.running = true;
+            task.buffer.clear();
+            task.late_seen = task.engine.stats().late_records;
+            self.health
+                .metrics
+                .state_bytes
+                .get_or_create(&crate::metrics::TaskLabels { task: partition })
+                .set(task.engine.stats().state_bytes as i64);
+        }
+        tracing::info!(
+            task = partition,
+            entries,
+            ms = elapsed.as_millis() as u64,
+            "task restored"
+        );
+        self.update_ready();
+        Ok(())
+    }
+
+    fn offset_at(
+        &self,
+        consumer: &Consumer_,
+        topic: &str,
+        partition: i32,
+        ms: i64,
+    ) -> anyhow::Result<Offset> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition, Offset::Offset(ms))?;
+        let found = consumer
+            .offsets_for_times(tpl, Duration::from_secs(30))
+            .with_context(|| {
+                format!("finding the offset at startFrom in {topic} partition {partition}")
+            })?;
+        Ok(found
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::End))
+    }
+}
+
+/// The elements of `a` that are also in `b`, with `a`'s offsets.
+fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionList {
+    let mut out = TopicPartitionList::new();
+    for e in a.elements() {
+        if b.find_partition(e.topic(), e.partition()).is_some() {
+            let _ = out.add_partition_offset(e.topic(), e.partition(), e.offset());
+        }
+    }
+    out
+}
+
+/// Retries a transactional call while its error is retriable.
+fn retry(mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), Failure> {
+    let mut tries = 0;
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(classify(e)),
+        }
+    }
+}
+
+/// What a Kafka error calls for: abort for abortable errors and failed flushes, stop for
+/// fatal and unclassified ones.
+fn classify(e: KafkaError) -> Failure {
+    match &e {
+        KafkaError::Transaction(t) if t.is_fatal() => Failure::Fatal(anyhow!(
+            "a fatal transaction error (fenced by a newer worker?): {e}"
+        )),
+        KafkaError::Transaction(t) if t.txn_requires_abort() || t.is_retriable() => {
+            Failure::Abort(format!("{e}"))
+        }
+        KafkaError::Flush(_) => Failure::Abort(format!("{e}")),
+        _ => Failure::Fatal(anyhow!("an unexpected Kafka error: {e}")),
+    }
+}
