@@ -155,7 +155,7 @@ pub async fn consume(
     consumer
         .subscribe(&[topic])
         .map_err(|e| Error::Kafka(format!("subscribing to {topic}: {e}")))?;
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(1 << 16));
     let mut stream = consumer.stream();
     let deadline = tokio::time::Instant::now() + timeout;
     while out.len() < count {

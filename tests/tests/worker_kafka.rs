@@ -277,7 +277,7 @@ async fn a_filter_at_parallelism_3_writes_every_good_record_once_and_dead_letter
         "",
     )
     .await;
-    let (mut good, mut rows) = clicks(0, 3000, 50);
+    let (mut good, rows) = clicks(0, 3000, 50);
     // Poison of every kind, spread through the input.
     let poison = [
         (

@@ -272,8 +272,7 @@ pub fn run(
     let mut pc = base();
     pc.set("enable.idempotence", "true")
         .set("linger.ms", "5")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "300000");
+        .set("partitioner", "murmur2_random");
     if exactly_once {
         pc.set("transactional.id", &names.transactional_id).set(
             "transaction.timeout.ms",
