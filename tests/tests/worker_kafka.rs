@@ -395,12 +395,12 @@ async fn an_aggregate_survives_workers_killed_every_few_seconds_exactly_once() {
         "",
     )
     .await;
-    let total = 60_000;
+    let total = 200_000;
     let (all, rows) = clicks(0, total, 500);
     let mut workers: Vec<Worker> = (0..3)
         .map(|i| s.worker(&format!("w{i}"), &fast()))
         .collect();
-    let chunks: Vec<Vec<Record>> = all.chunks(2000).map(<[Record]>::to_vec).collect();
+    let chunks: Vec<Vec<Record>> = all.chunks(5000).map(<[Record]>::to_vec).collect();
     let bootstrap = s.bootstrap.clone();
     let topic = s.topic("clicks");
     let producer = tokio::spawn(async move {
