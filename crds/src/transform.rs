@@ -75,7 +75,8 @@ pub struct TransformSpec {
     #[schemars(length(max = 200))]
     pub tests: Vec<TransformTest>,
 
-    /// Data checks on every output record, while running.
+    /// Data checks on every output record, while running. Accepted but not checked by
+    /// the workers yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub expectations: Vec<Expectation>,
@@ -126,8 +127,8 @@ pub struct WindowPolicy {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub allowed_lateness: Option<String>,
     /// How long an input partition may stay silent before it stops holding event time
-    /// back, such as `30s` (the default). A partition that is idle again counts as soon
-    /// as it has records.
+    /// back, such as `30s` (the default). Accepted but not acted on yet: each worker task
+    /// follows its own partitions' event time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub idle_timeout: Option<String>,

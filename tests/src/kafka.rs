@@ -189,6 +189,7 @@ transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+log.cleaner.backoff.ms=1000
 log.flush.interval.messages=9223372036854775807
 ",
             port = self.port,

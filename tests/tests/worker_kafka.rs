@@ -93,6 +93,26 @@ spec:
         let file = dir.path().join("transform.yaml");
         std::fs::write(&file, text).expect("writing the YAML");
         let job = Job::load(&[&file], None).expect("the Transform compiles");
+        Self::create_topics(&bootstrap, ns, partitions, &job, &[]).await;
+        Self {
+            ns: ns.to_owned(),
+            files: vec![file],
+            dir,
+            job,
+            partitions,
+            bootstrap,
+        }
+    }
+
+    /// Creates the input, output, dead-letter and changelog topics; `changelog` adds
+    /// configs to the changelog topic.
+    async fn create_topics(
+        bootstrap: &str,
+        ns: &str,
+        partitions: i32,
+        job: &Job,
+        changelog: &[(&str, &str)],
+    ) {
         for (topic, compact) in [
             (format!("{ns}.clicks"), false),
             (
@@ -102,22 +122,17 @@ spec:
             (format!("{ns}.t.dead-letters"), false),
             (format!("{ns}.t.changelog"), true),
         ] {
-            let configs: &[(&str, &str)] = if compact {
-                &[("cleanup.policy", "compact")]
+            let mut configs = if compact {
+                vec![("cleanup.policy", "compact")]
             } else {
-                &[]
+                vec![]
             };
-            records::create_topic_with(&bootstrap, &topic, partitions, configs)
+            if topic.ends_with(".changelog") {
+                configs.extend_from_slice(changelog);
+            }
+            records::create_topic_with(bootstrap, &topic, partitions, &configs)
                 .await
                 .expect("creating a topic");
-        }
-        Self {
-            ns: ns.to_owned(),
-            files: vec![file],
-            dir,
-            job,
-            partitions,
-            bootstrap,
         }
     }
 
@@ -524,6 +539,70 @@ async fn a_frozen_worker_that_lost_its_partitions_cannot_commit_duplicates() {
         .await;
     a.stop();
     b.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_restored_from_a_compacted_changelog_is_right() {
+    let sql = "SELECT user_id, COUNT(*) AS c, MIN(n) AS lo FROM clicks GROUP BY user_id";
+    let s = Scenario::new("compacted", 2, sql, "").await;
+    // The changelog rolls a segment every 100 ms and is cleaned as soon as it can be.
+    let admin: rdkafka::admin::AdminClient<_> =
+        records::client_config(&s.bootstrap).create().unwrap();
+    let changelog = s.topic("t.changelog");
+    let alter =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&changelog))
+            .set("segment.ms", "100")
+            .set("min.cleanable.dirty.ratio", "0.001")
+            .set("delete.retention.ms", "100");
+    for r in admin
+        .alter_configs(&[alter], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let (all, rows) = clicks(0, 6000, 40);
+    let mut w = s.worker("w0", &fast());
+    for chunk in all.chunks(500) {
+        s.produce(chunk).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    s.await_output(&s.oracle(&rows), Duration::from_secs(60), &[&w])
+        .await;
+    let written = w.metric_sum("weir_worker_commits_total").await as usize;
+    assert!(written > 10, "the worker committed many times: {written}");
+    w.stop();
+    // Wait until the log cleaner compacted the many small segments: of the meta records
+    // each commit wrote, few are left.
+    let metas = |recs: &[Record]| {
+        recs.iter()
+            .filter(|r| r.key.as_deref() == Some(&[1u8][..]))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = metas(
+            &records::consume_all(&s.bootstrap, &changelog, Duration::from_secs(2))
+                .await
+                .unwrap(),
+        );
+        if left * 2 < written {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changelog was never compacted: {left} of {written} meta records left"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (more, more_rows) = clicks(6000, 400, 40);
+    let mut w = s.worker("w1", &fast());
+    s.produce(&more).await;
+    let all_rows: Vec<Row> = rows.into_iter().chain(more_rows).collect();
+    s.await_output(&s.oracle(&all_rows), Duration::from_secs(60), &[&w])
+        .await;
+    w.stop();
     s.assert_no_open_transactions();
 }
 

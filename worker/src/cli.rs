@@ -211,6 +211,14 @@ pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
             StreamKind::Changelog => format!("changelog keyed by [{}]", c.output_key.join(", ")),
         };
         let _ = writeln!(out, "output: {kind}");
+        let _ = match weir_engine::sql::partitioning::needs_repartition(&c) {
+            None => writeln!(out, "tasks: one per input partition"),
+            Some(why) => writeln!(
+                out,
+                "tasks: {why}; needs a repartition topic (not built yet: inputs with one \
+                 partition only)"
+            ),
+        };
         if let Some(et) = &c.output_event_time {
             let _ = writeln!(out, "output event time: {et}");
         }

@@ -421,9 +421,7 @@ fn run_loop(
                 }
                 return w.fatal.take().map_or(Ok(()), Err);
             }
-            if let Err(e) = w.restore_step(consumer) {
-                return Err(e);
-            }
+            w.restore_step(consumer)?;
         }
         let deadline = Instant::now() + config.commit_interval;
         loop {

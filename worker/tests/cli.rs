@@ -76,6 +76,8 @@ fn explain_shows_kind_lineage_and_plan() {
     let (code, out, err) = weir(&["explain", STREAM, TRANSFORM]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("output: append-only"), "{out}");
+    // Counting per URL over a stream keyed by user needs the records re-keyed.
+    assert!(out.contains("needs a repartition topic"), "{out}");
     assert!(out.contains("url Utf8  <- web/page-views.url"), "{out}");
     assert!(
         out.contains("Aggregate TUMBLE(web.page_views.ts, 1m) emit=on-close"),
