@@ -179,6 +179,8 @@ struct Worker {
     restore_consumer: BaseConsumer,
     txn_open: bool,
     buffered: usize,
+    /// When the state-size gauges were last refreshed (measuring walks the state).
+    sized: Instant,
     health: Health,
     fatal: Option<anyhow::Error>,
 }
@@ -333,6 +335,7 @@ pub fn run(
         restore_consumer,
         txn_open: false,
         buffered: 0,
+        sized: Instant::now(),
         health: health.clone(),
         fatal: None,
     }));
@@ -736,7 +739,7 @@ impl Worker {
         {
             task.careful_until.clear();
         }
-        let late = task.engine.stats().late_records;
+        let late = task.engine.late_records();
         self.health
             .metrics
             .late_records
@@ -930,6 +933,15 @@ impl Worker {
             }
         }
         let metrics = &self.health.metrics;
+        if self.sized.elapsed() > Duration::from_secs(10) {
+            self.sized = Instant::now();
+            for (p, t) in &self.tasks {
+                metrics
+                    .state_bytes
+                    .get_or_create(&crate::metrics::TaskLabels { task: *p })
+                    .set(t.engine.stats().state_bytes as i64);
+            }
+        }
         metrics.commits.inc();
         metrics
             .commit_seconds
@@ -1279,7 +1291,7 @@ impl Worker {
             task.commits = meta.as_ref().map_or(0, |m| m.commits);
             task.running = true;
             task.buffer.clear();
-            task.late_seen = task.engine.stats().late_records;
+            task.late_seen = task.engine.late_records();
             self.health
                 .metrics
                 .state_bytes

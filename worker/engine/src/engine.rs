@@ -445,7 +445,12 @@ impl Engine {
         Ok(())
     }
 
-    /// State size and late records.
+    /// Records dropped as late so far (cheap: no walk over the state).
+    pub fn late_records(&self) -> u64 {
+        self.nodes.iter().map(|n| n.op.late_records()).sum()
+    }
+
+    /// State size and late records. Measuring the state walks all of it.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             state_bytes: self.nodes.iter().map(|n| n.op.state_size()).sum(),
