@@ -593,6 +593,16 @@ async fn a_frozen_worker_that_lost_its_partitions_cannot_commit_duplicates() {
     let expected = s.oracle(&rows);
     s.await_output(&expected, Duration::from_secs(90), &[&a, &b])
         .await;
+    // The thawed worker learned it had lost its partitions and did not commit for them.
+    let noticed = a
+        .metric_sum("weir_worker_rebalances_total{kind=\"lost\"}")
+        .await
+        + a.metric_sum("weir_worker_transaction_aborts_total").await;
+    assert!(
+        noticed >= 1.0 || !a.is_running(),
+        "the zombie never noticed it lost its partitions:\n{}",
+        a.log_tail(20)
+    );
     a.stop();
     b.stop();
     s.assert_no_open_transactions();
