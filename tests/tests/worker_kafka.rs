@@ -66,6 +66,22 @@ spec:
       - { name: ts, type: timestamp, nullable: false }
 "#;
 
+const USERS: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: users, namespace: NS }
+spec:
+  description: Users, a table.
+  owner: web@example.com
+  partitions: PARTS
+  key: [user_id]
+  cleanupPolicy: compact
+  schema:
+    fields:
+      - { name: user_id, type: string, nullable: false }
+      - { name: country, type: string }
+"#;
+
 impl Scenario {
     /// Writes the DataStream `clicks` and a Transform with `sql` (and extra spec lines),
     /// and creates every topic the worker needs.
@@ -96,9 +112,12 @@ spec:
 {spec}
 "#
         );
-        let text = CLICKS
-            .replace("NS", ns)
-            .replace("PARTS", &partitions.to_string())
+        let text = [CLICKS, USERS]
+            .map(|d| {
+                d.replace("NS", ns)
+                    .replace("PARTS", &partitions.to_string())
+            })
+            .join("---")
             + "---"
             + &transform;
         let file = dir.path().join("transform.yaml");
@@ -126,6 +145,7 @@ spec:
     ) {
         for (topic, compact) in [
             (format!("{ns}.clicks"), false),
+            (format!("{ns}.users"), true),
             (
                 format!("{ns}.out"),
                 job.compiled.output_kind == StreamKind::Changelog,
@@ -486,6 +506,82 @@ async fn a_tumbling_window_keeps_its_state_while_scaling_1_to_3_to_1() {
     s.await_output(&expected, Duration::from_secs(90), &[&first])
         .await;
     first.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_table_join_at_parallelism_3_looks_up_each_users_current_row() {
+    const COUNTRIES: [&str; 3] = ["fr", "de", "nl"];
+    let s = Scenario::new(
+        "joined",
+        3,
+        "SELECT c.user_id, c.n, u.country FROM clicks c JOIN users u ON c.user_id = u.user_id",
+        "",
+    )
+    .await;
+    let users: Vec<Row> = (0..30)
+        .filter(|u| u % 5 != 0)
+        .map(|u| {
+            serde_json::from_value(serde_json::json!({
+                "user_id": format!("u{u}"),
+                "country": COUNTRIES[u % 3],
+            }))
+            .unwrap()
+        })
+        .collect();
+    let user_records: Vec<Record> = users
+        .iter()
+        .map(|u| {
+            Record::new(
+                serde_json::json!({ "user_id": u["user_id"] }).to_string(),
+                serde_json::Value::Object(u.clone()).to_string(),
+            )
+        })
+        .collect();
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| s.worker(&format!("w{i}"), &fast()))
+        .collect();
+    for w in &mut workers {
+        w.wait_ready(Duration::from_secs(60)).await.unwrap();
+    }
+    // The table first, and read by the workers, so every click finds its user's row.
+    records::produce(&s.bootstrap, &s.topic("users"), &user_records)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut read = 0.0;
+        for w in &workers {
+            read += w
+                .metric_sum(&format!(
+                    "weir_worker_records_in_total{{topic=\"{}\"",
+                    s.topic("users")
+                ))
+                .await;
+        }
+        if read as usize >= user_records.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the users were never read"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (clicks_records, rows) = clicks(0, 3000, 30);
+    s.produce(&clicks_records).await;
+    let given = vec![
+        (format!("{}.users", s.ns), users),
+        (format!("{}.clicks", s.ns), rows),
+    ];
+    let (expected, _) = run_records(&s.job.compiled, &given).unwrap();
+    assert!(!expected.is_empty());
+    let refs: Vec<&Worker> = workers.iter().collect();
+    s.await_output(&expected, Duration::from_secs(90), &refs)
+        .await;
+    for w in &mut workers {
+        w.stop();
+    }
     s.assert_no_open_transactions();
 }
 
