@@ -373,7 +373,7 @@ async fn a_filter_at_parallelism_3_writes_every_good_record_once_and_dead_letter
     let expected = s.oracle(&rows);
     s.await_output(
         &expected,
-        Duration::from_secs(90),
+        Duration::from_secs(180),
         &workers.iter().collect::<Vec<_>>(),
     )
     .await;
@@ -466,7 +466,7 @@ async fn an_aggregate_survives_workers_killed_every_few_seconds_exactly_once() {
     producer.await.unwrap();
     let expected = s.oracle(&rows);
     let refs: Vec<&Worker> = workers.iter().collect();
-    s.await_output(&expected, Duration::from_secs(120), &refs)
+    s.await_output(&expected, Duration::from_secs(240), &refs)
         .await;
     for w in &mut workers {
         w.stop();
@@ -503,7 +503,7 @@ async fn a_tumbling_window_keeps_its_state_while_scaling_1_to_3_to_1() {
     let mut expected = s.oracle(&rows);
     let last_start = "2026-01-01T02:29:00";
     expected.retain(|(r, _)| !r[1].starts_with(last_start));
-    s.await_output(&expected, Duration::from_secs(90), &[&first])
+    s.await_output(&expected, Duration::from_secs(180), &[&first])
         .await;
     first.stop();
     s.assert_no_open_transactions();
@@ -577,7 +577,7 @@ async fn a_stream_table_join_at_parallelism_3_looks_up_each_users_current_row() 
     let (expected, _) = run_records(&s.job.compiled, &given).unwrap();
     assert!(!expected.is_empty());
     let refs: Vec<&Worker> = workers.iter().collect();
-    s.await_output(&expected, Duration::from_secs(90), &refs)
+    s.await_output(&expected, Duration::from_secs(180), &refs)
         .await;
     for w in &mut workers {
         w.stop();
@@ -650,7 +650,7 @@ async fn at_least_once_loses_nothing_when_workers_are_killed() {
         workers[0] = s.worker("w0", &fast());
     }
     let expected: BTreeMap<Vec<String>, i64> = s.oracle(&rows).into_iter().collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     loop {
         let got: BTreeMap<Vec<String>, i64> = s.output().await.into_iter().collect();
         let missing = expected.keys().filter(|k| !got.contains_key(*k)).count();
@@ -687,7 +687,7 @@ async fn a_frozen_worker_that_lost_its_partitions_cannot_commit_duplicates() {
     a.thaw();
     s.produce(&all[8000..]).await;
     let expected = s.oracle(&rows);
-    s.await_output(&expected, Duration::from_secs(90), &[&a, &b])
+    s.await_output(&expected, Duration::from_secs(180), &[&a, &b])
         .await;
     // The thawed worker learned it had lost its partitions and did not commit for them.
     let noticed = a
