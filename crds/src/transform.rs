@@ -65,12 +65,14 @@ pub struct TransformSpec {
     /// The DataStream the result is written to (owned by this Transform).
     pub output: TransformOutput,
 
-    /// How many workers share the input partitions.
+    /// How many workers share the input partitions. Not acted on yet: no controller
+    /// deploys workers; run `weir-worker run` yourself.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 0, max = 1000))]
     pub parallelism: i32,
 
-    /// Fixture tests, run before every rollout: given input records, expected output.
+    /// Fixture tests: given input records, expected output. `weir test` runs them; the
+    /// operator does not run them before a rollout yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]
     pub tests: Vec<TransformTest>,
@@ -81,7 +83,8 @@ pub struct TransformSpec {
     #[schemars(length(max = 100))]
     pub expectations: Vec<Expectation>,
 
-    /// What happens to an input record that cannot be decoded.
+    /// What happens to an input record the worker cannot process (bad JSON, wrong types,
+    /// missing fields, too large, a row the engine cannot compute).
     #[serde(default)]
     pub error_policy: OnFailure,
 
@@ -94,6 +97,7 @@ pub struct TransformSpec {
     pub start_from: String,
 
     /// How a change to the SQL treats the state and position of the running Transform.
+    /// Not acted on yet: a worker refuses state written by another plan.
     #[serde(default)]
     pub upgrade_policy: UpgradePolicy,
 
@@ -101,7 +105,7 @@ pub struct TransformSpec {
     #[serde(default)]
     pub delivery_guarantee: DeliveryGuarantee,
 
-    /// CPU and memory for each worker.
+    /// CPU and memory for each worker. Not acted on yet: no controller deploys workers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
