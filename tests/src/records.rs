@@ -92,7 +92,43 @@ pub async fn create_topic_with(
     for r in results {
         r.map_err(|(t, e)| Error::Kafka(format!("creating topic {t}: {e}")))?;
     }
-    Ok(())
+    wait_for_topic(bootstrap, topic, partitions).await
+}
+
+/// Waits until the broker's metadata shows `topic` with `partitions` led partitions: a
+/// topic just created may not be visible yet to the next client that asks.
+pub async fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let probe: rdkafka::consumer::BaseConsumer = client_config(&bootstrap)
+            .create()
+            .map_err(|e| Error::Kafka(format!("creating a metadata client: {e}")))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = probe
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()
+                .and_then(|md| {
+                    md.topics().first().map(|t| {
+                        t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Kafka(format!(
+                    "topic {topic} was created but never appeared in the metadata"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .await
+    .map_err(|e| Error::Kafka(format!("waiting for topic: {e}")))?
 }
 
 /// Produces `records` to `topic` in order and waits for every acknowledgement.

@@ -108,6 +108,11 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
 
+    /// How long to wait for missing topics at start-up before refusing to run. Topics
+    /// created just before the worker may take a moment to appear in the broker's metadata.
+    #[arg(long, env = "WEIR_TOPICS_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub topics_timeout: Duration,
+
     /// Records larger than this (key and value) are set aside as `too_large`.
     #[arg(long, env = "WEIR_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
     pub max_record_bytes: usize,

@@ -268,7 +268,7 @@ pub fn run(
     };
     let exactly_once = job.delivery == DeliveryGuarantee::ExactlyOnce;
     let stateful = job.is_stateful();
-    check_topics(&job, &names, &base(), stateful)?;
+    check_topics(&job, &names, &base(), stateful, config.topics_timeout)?;
 
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut pc = base();
@@ -454,13 +454,39 @@ fn run_loop(
     }
 }
 
-/// Checks that every topic exists, with partition counts the plan can run on.
+/// Checks that every topic exists, with partition counts the plan can run on. Missing topics
+/// are waited for up to `wait` (a topic created a moment ago may not be in the metadata yet).
 fn check_topics(
     job: &Job,
     names: &Names,
     config: &ClientConfig,
     stateful: bool,
+    wait: Duration,
 ) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match check_topics_once(job, names, config, stateful)? {
+            Ok(()) => return Ok(()),
+            Err(missing) if Instant::now() < deadline => {
+                tracing::info!(topics = %missing.join(", "), "waiting for topics to exist");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(missing) => bail!(
+                "Transform {}: these topics do not exist: {}",
+                job.id,
+                missing.join(", ")
+            ),
+        }
+    }
+}
+
+/// One look at the metadata: `Ok(Err(missing))` when some topics are not there (yet).
+fn check_topics_once(
+    job: &Job,
+    names: &Names,
+    config: &ClientConfig,
+    stateful: bool,
+) -> anyhow::Result<Result<(), Vec<String>>> {
     let probe: BaseConsumer = config.create().context("creating a metadata client")?;
     let partitions = |topic: &str| -> anyhow::Result<Option<usize>> {
         let md = probe
@@ -495,11 +521,7 @@ fn check_topics(
         None
     };
     if !missing.is_empty() {
-        bail!(
-            "Transform {}: these topics do not exist: {}",
-            job.id,
-            missing.join(", ")
-        );
+        return Ok(Err(missing));
     }
     let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(1);
     if stateful && counts.iter().any(|(_, n)| *n != max) {
@@ -534,7 +556,7 @@ fn check_topics(
             job.id
         );
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 impl Worker {
