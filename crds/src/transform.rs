@@ -131,8 +131,9 @@ pub struct WindowPolicy {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub allowed_lateness: Option<String>,
     /// How long an input partition may stay silent before it stops holding event time
-    /// back, such as `30s` (the default). Accepted but not acted on yet: each worker task
-    /// follows its own partitions' event time.
+    /// back, such as `30s` (the default). Windows and joins advance on the slowest input
+    /// partition that is not idle; a partition that speaks again holds time from where
+    /// it then is, and its records older than that are late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub idle_timeout: Option<String>,

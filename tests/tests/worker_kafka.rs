@@ -152,6 +152,7 @@ spec:
             ),
             (format!("{ns}.t.dead-letters"), false),
             (format!("{ns}.t.changelog"), true),
+            (format!("{ns}.t.repartition"), false),
         ] {
             let mut configs = if compact {
                 vec![("cleanup.policy", "compact")]
@@ -242,7 +243,7 @@ spec:
     }
 
     fn assert_no_open_transactions(&self) {
-        for t in ["out", "t.changelog", "t.dead-letters"] {
+        for t in ["out", "t.changelog", "t.dead-letters", "t.repartition"] {
             assert!(
                 !records::open_transactions(&self.bootstrap, &self.topic(t), self.partitions)
                     .unwrap(),
@@ -506,6 +507,80 @@ async fn a_tumbling_window_keeps_its_state_while_scaling_1_to_3_to_1() {
     s.await_output(&expected, Duration::from_secs(180), &[&first])
         .await;
     first.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouping_by_a_non_key_column_at_parallelism_3_repartitions_exactly_once() {
+    // Clicks are keyed by user; counting per URL needs every URL's clicks in one task.
+    let s = Scenario::new(
+        "regrouped",
+        3,
+        "SELECT url, COUNT(*) AS c, SUM(n) AS total FROM clicks GROUP BY url",
+        "",
+    )
+    .await;
+    let (all, rows) = clicks(0, 9000, 30);
+    let mut workers: Vec<Worker> = (0..3)
+        .map(|i| s.worker(&format!("w{i}"), &fast()))
+        .collect();
+    s.produce(&all[..4500]).await;
+    tokio::time::sleep(Duration::from_millis(pick(1000..2500))).await;
+    workers[1].crash();
+    workers[1] = s.worker("w1", &fast());
+    s.produce(&all[4500..]).await;
+    let refs: Vec<&Worker> = workers.iter().collect();
+    s.await_output(&s.oracle(&rows), Duration::from_secs(180), &refs)
+        .await;
+    for w in &mut workers {
+        w.stop();
+    }
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_partition_does_not_stop_windows_closing_and_its_late_records_count() {
+    let s = Scenario::new(
+        "idle",
+        3,
+        "SELECT url, window_start, COUNT(*) AS c FROM clicks \
+         GROUP BY url, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        "  windows: { idleTimeout: 2s }",
+    )
+    .await;
+    // Ten minutes of clicks, all in partitions 0 and 1: partition 2 stays silent.
+    let (mut all, rows) = clicks(0, 600, 30);
+    for (i, r) in all.iter_mut().enumerate() {
+        r.partition = Some((i % 2) as i32);
+    }
+    let mut w = s.worker("w0", &fast());
+    s.produce(&all).await;
+    // Every window the watermark (00:09:58) has passed closes once partition 2 is idle.
+    let mut expected = s.oracle(&rows);
+    expected.retain(|(r, _)| !r[1].starts_with("2026-01-01T00:09:00"));
+    assert!(!expected.is_empty());
+    s.await_output(&expected, Duration::from_secs(120), &[&w])
+        .await;
+    assert_eq!(w.metric_sum("weir_worker_late_records_total").await, 0.0);
+    // Partition 2 speaks, ten minutes behind: its record is late, counted, not emitted.
+    let (mut late, _) = clicks(30, 1, 30);
+    late[0].partition = Some(2);
+    s.produce(&late).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while w.metric_sum("weir_worker_late_records_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the late record was never counted:\n{}",
+            w.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        s.output().await,
+        expected,
+        "a late record changed no window"
+    );
+    w.stop();
     s.assert_no_open_transactions();
 }
 

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::watermark::Mark;
+
 /// The first byte of an engine state entry's key.
 pub const ENTRY: u8 = 0x00;
 /// The key of the meta record.
@@ -25,6 +27,10 @@ pub struct TaskMeta {
     pub offsets: BTreeMap<String, i64>,
     /// How many commits wrote this task's state.
     pub commits: u64,
+    /// A task behind a repartition topic: what each upstream (input, partition) last
+    /// said about its event time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watermarks: Vec<(usize, i32, Mark)>,
 }
 
 /// The changelog key of an engine state entry.
@@ -85,6 +91,14 @@ mod tests {
             fingerprint: "f".into(),
             offsets: [("t".to_owned(), 5)].into(),
             commits: 3,
+            watermarks: vec![(
+                0,
+                2,
+                crate::watermark::Mark {
+                    watermark: 7,
+                    idle: true,
+                },
+            )],
         };
         let v = meta_value(&meta);
         assert_eq!(

@@ -11,6 +11,7 @@ use weir_crds::data_stream::CleanupPolicy;
 use weir_crds::transform::WindowEmit;
 use weir_crds::{DataStream, Transform};
 use weir_engine::runner::{Record, run_test};
+use weir_engine::sql::partitioning::Partitioning;
 use weir_engine::sql::{
     CompileOptions, CompiledTransform, EmitMode, StreamInput, StreamKind, compile,
 };
@@ -211,12 +212,35 @@ pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
             StreamKind::Changelog => format!("changelog keyed by [{}]", c.output_key.join(", ")),
         };
         let _ = writeln!(out, "output: {kind}");
-        let _ = match weir_engine::sql::partitioning::needs_repartition(&c) {
-            None => writeln!(out, "tasks: one per input partition"),
-            Some(why) => writeln!(
+        let ns = namespace_of(&tf.metadata);
+        let name = tf.metadata.name.clone().unwrap_or_default();
+        let _ = match weir_engine::sql::partitioning::plan(&c) {
+            Ok(Partitioning::AsIs) => {
+                writeln!(
+                    out,
+                    "stages: one task per input partition, as the inputs are keyed"
+                )
+            }
+            Ok(Partitioning::Repartition(keys)) => {
+                let topic = format!("{ns}.{name}.repartition");
+                let _ = writeln!(out, "stages:");
+                for (input, cols) in c.inputs.iter().zip(&keys) {
+                    let _ = writeln!(
+                        out,
+                        "  1. route {} {} to topic {topic}",
+                        input.id(),
+                        match cols {
+                            Some(cols) if cols.is_empty() => "all to one partition".to_owned(),
+                            Some(cols) => format!("by ({})", cols.join(", ")),
+                            None => "to any partition".to_owned(),
+                        }
+                    );
+                }
+                writeln!(out, "  2. one task per partition of {topic} runs the plan")
+            }
+            Err(why) => writeln!(
                 out,
-                "tasks: {why}; needs a repartition topic (not built yet: inputs with one \
-                 partition only)"
+                "stages: {why}; the plan runs only on inputs with one partition"
             ),
         };
         if let Some(et) = &c.output_event_time {

@@ -82,10 +82,17 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_GROUP_ID")]
     pub group_id: Option<String>,
 
-    /// The changelog topic (compacted, one partition per input partition); defaults to
+    /// The changelog topic (compacted, one partition per stateful task: per input
+    /// partition, or per repartition partition when the plan repartitions); defaults to
     /// `<namespace>.<transform>.changelog`. Only stateful plans use it.
     #[arg(long, env = "WEIR_CHANGELOG_TOPIC")]
     pub changelog_topic: Option<String>,
+
+    /// The repartition topic, for plans that group or join by another column than the
+    /// inputs' key; defaults to `<namespace>.<transform>.repartition`. Its partition
+    /// count is the number of stateful tasks.
+    #[arg(long, env = "WEIR_REPARTITION_TOPIC")]
+    pub repartition_topic: Option<String>,
 
     /// The dead-letter topic; defaults to `<namespace>.<transform>.dead-letters`.
     #[arg(long, env = "WEIR_DEAD_LETTER_TOPIC")]

@@ -6,7 +6,9 @@
 //! delivery (the default) the output records, the dead letters ([`dead_letter`]), each
 //! task's changed state entries ([`changelog`]) and the consumed offsets commit in one
 //! Kafka transaction ([`pipeline`]). `/metrics`, `/healthz` and `/readyz` are served by
-//! [`http`].
+//! [`http`]. A plan whose operators need another partitioning than the inputs' keys
+//! first routes every input through an internal repartition topic ([`pipeline`]); event
+//! time crosses it as watermark records ([`watermark`]).
 //!
 //! The crate also holds the `weir` developer CLI ([`cli`]), which runs the same compiler
 //! and engine on a laptop.
@@ -19,4 +21,6 @@ pub mod dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod route;
 pub mod transform;
+pub mod watermark;

@@ -3,7 +3,10 @@
 //!
 //! A task is one partition number `p`: partition `p` of every input (inputs are
 //! co-partitioned by key), one engine, and partition `p` of the changelog. Workers share
-//! a consumer group, so a task moves with its partitions when workers come and go.
+//! a consumer group, so a task moves with its partitions when workers come and go. When
+//! the plan repartitions ([`crate::route`]), a routing task per input partition number
+//! forwards records to the repartition topic, and a running task per repartition
+//! partition runs the engine; both kinds commit in the same transactions.
 //!
 //! Each cycle (every `--commit-interval` or `--commit-records`, whichever comes first)
 //! the worker decodes what it polled, runs it through each task's engine, and, in one
@@ -47,7 +50,9 @@ use crate::http::Health;
 use crate::metrics::{
     DeadLetterLabels, PartitionLabels, ReasonLabels, RebalanceLabels, TopicLabels,
 };
+use crate::route::{self, Control, Route};
 use crate::transform::{Job, StartFrom};
+use crate::watermark::{Mark, Progress};
 
 /// The topics and names a worker uses, resolved from the job and the flags.
 #[derive(Debug, Clone)]
@@ -58,6 +63,8 @@ pub struct Names {
     pub changelog: String,
     /// The dead-letter topic.
     pub dead_letters: String,
+    /// The repartition topic (used when the plan repartitions).
+    pub repartition: String,
     /// The producer's transactional id.
     pub transactional_id: String,
 }
@@ -78,14 +85,24 @@ impl Names {
                 .dead_letter_topic
                 .clone()
                 .unwrap_or_else(|| job.internal_topic("dead-letters")),
+            repartition: config
+                .repartition_topic
+                .clone()
+                .unwrap_or_else(|| job.internal_topic("repartition")),
             transactional_id: format!("weir.{}.{}.{}", job.namespace, job.name, config.worker_name),
         }
     }
 }
 
-/// One record polled from an input.
+/// One record polled from a task's topics.
 struct Polled {
-    input: usize,
+    /// Index into the task's source topics.
+    source: usize,
+    /// The plan input it belongs to; `None` for a record in the repartition topic that
+    /// Weir did not write.
+    input: Option<usize>,
+    /// A watermark record from an upstream routing task.
+    control: Option<Control>,
     offset: i64,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
@@ -93,9 +110,41 @@ struct Polled {
     timestamp: Option<i64>,
 }
 
-/// One task: partition `p` of every input.
+/// What a task does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Role {
+    /// Routes partition `p` of every input to the repartition topic (stateless).
+    Route,
+    /// Runs the engine on partition `p` of every input, or of the repartition topic.
+    Run,
+}
+
+/// A task: a role and a partition number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TaskId {
+    role: Role,
+    partition: i32,
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            Role::Route => write!(f, "route {}", self.partition),
+            Role::Run => write!(f, "{}", self.partition),
+        }
+    }
+}
+
+/// One task: partition `p` of each of its source topics.
 struct Task {
+    /// The engine (a routing task uses it only to read watermarks off batches).
     engine: Engine,
+    /// Event-time progress of what the task hears from.
+    progress: Progress,
+    /// Per input, when the task last had a record of it (idleness by the wall clock).
+    heard: Vec<Instant>,
+    /// A routing task: per input, the mark last sent downstream.
+    sent: Vec<Option<Mark>>,
     buffer: Vec<Polled>,
     /// Per input, the next offset to read: what the task's state reflects.
     offsets: BTreeMap<usize, i64>,
@@ -111,7 +160,7 @@ struct Task {
 
 /// A restore in progress: reading one task's changelog partition.
 struct Restore {
-    partition: i32,
+    id: TaskId,
     started: Instant,
     engine: Engine,
     meta: Option<TaskMeta>,
@@ -127,7 +176,7 @@ enum Failure {
     /// An engine error while processing a task's records: abort, rebuild, and process
     /// those records one at a time.
     Engine {
-        partition: i32,
+        task: TaskId,
         until: BTreeMap<usize, i64>,
         error: String,
     },
@@ -172,9 +221,19 @@ struct Worker {
     delivery_failures: Arc<std::sync::atomic::AtomicU64>,
     decoders: Vec<Decoder>,
     encoder: Encoder,
-    topic_index: BTreeMap<String, usize>,
-    tasks: BTreeMap<i32, Task>,
-    restoring: VecDeque<i32>,
+    /// Each subscribed topic: the role of the tasks reading it, and its index among
+    /// their sources.
+    topic_index: BTreeMap<String, (Role, usize)>,
+    /// The topics a running task reads: the inputs, or the repartition topic.
+    run_sources: Vec<String>,
+    /// The repartition stage, when the plan has one.
+    route: Option<Route>,
+    /// Each input's index by its DataStream id (the repartition topic names inputs so).
+    input_ids: BTreeMap<String, usize>,
+    /// Each input's partition count.
+    input_partitions: Vec<usize>,
+    tasks: BTreeMap<TaskId, Task>,
+    restoring: VecDeque<TaskId>,
     restore: Option<Restore>,
     restore_consumer: BaseConsumer,
     txn_open: bool,
@@ -268,7 +327,7 @@ pub fn run(
     };
     let exactly_once = job.delivery == DeliveryGuarantee::ExactlyOnce;
     let stateful = job.is_stateful();
-    check_topics(&job, &names, &base(), stateful, config.topics_timeout)?;
+    let layout = check_topics(&job, &names, &base(), stateful, config.topics_timeout)?;
 
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut pc = base();
@@ -301,12 +360,23 @@ pub fn run(
         .set("auto.offset.reset", "earliest");
     let restore_consumer: BaseConsumer = rc.create().context("creating the restore consumer")?;
 
-    let topic_index = job
-        .input_topics
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i))
-        .collect();
+    let mut topic_index: BTreeMap<String, (Role, usize)> = BTreeMap::new();
+    let run_sources = match &layout.route {
+        Some(r) => {
+            for (i, t) in job.input_topics.iter().enumerate() {
+                topic_index.insert(t.clone(), (Role::Route, i));
+            }
+            topic_index.insert(r.topic.clone(), (Role::Run, 0));
+            vec![r.topic.clone()]
+        }
+        None => {
+            for (i, t) in job.input_topics.iter().enumerate() {
+                topic_index.insert(t.clone(), (Role::Run, i));
+            }
+            job.input_topics.clone()
+        }
+    };
+    let subscribed: Vec<String> = topic_index.keys().cloned().collect();
     let decoders = job
         .compiled
         .inputs
@@ -329,6 +399,16 @@ pub fn run(
         decoders,
         encoder,
         topic_index,
+        run_sources,
+        input_ids: job
+            .compiled
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id(), i))
+            .collect(),
+        input_partitions: layout.input_partitions,
+        route: layout.route,
         tasks: BTreeMap::new(),
         restoring: VecDeque::new(),
         restore: None,
@@ -362,7 +442,7 @@ pub fn run(
         // partitions one at a time (cooperative-sticky).
         .set(
             "partition.assignment.strategy",
-            if job.input_topics.len() > 1 {
+            if subscribed.len() > 1 {
                 "range"
             } else {
                 "cooperative-sticky"
@@ -374,7 +454,7 @@ pub fn run(
             metrics: health.metrics.clone(),
         })
         .context("creating the Kafka consumer")?;
-    let topics: Vec<&str> = job.input_topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = subscribed.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .context("subscribing to the input topics")?;
@@ -383,6 +463,7 @@ pub fn run(
         plan = %job.compiled.fingerprint,
         group = %names.group_id,
         inputs = ?job.input_topics,
+        repartition = ?lock(&worker).route.as_ref().map(|r| r.topic.clone()),
         output = %job.output_topic,
         exactly_once,
         stateful,
@@ -454,6 +535,14 @@ fn run_loop(
     }
 }
 
+/// How the worker's tasks map onto the topics, found from their partition counts.
+struct Layout {
+    /// The repartition stage, when the plan has one.
+    route: Option<Route>,
+    /// Each input's partition count.
+    input_partitions: Vec<usize>,
+}
+
 /// Checks that every topic exists, with partition counts the plan can run on. Missing topics
 /// are waited for up to `wait` (a topic created a moment ago may not be in the metadata yet).
 fn check_topics(
@@ -462,11 +551,11 @@ fn check_topics(
     config: &ClientConfig,
     stateful: bool,
     wait: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Layout> {
     let deadline = Instant::now() + wait;
     loop {
         match check_topics_once(job, names, config, stateful)? {
-            Ok(()) => return Ok(()),
+            Ok(layout) => return Ok(layout),
             Err(missing) if Instant::now() < deadline => {
                 tracing::info!(topics = %missing.join(", "), "waiting for topics to exist");
                 std::thread::sleep(Duration::from_secs(1));
@@ -486,7 +575,7 @@ fn check_topics_once(
     names: &Names,
     config: &ClientConfig,
     stateful: bool,
-) -> anyhow::Result<Result<(), Vec<String>>> {
+) -> anyhow::Result<Result<Layout, Vec<String>>> {
     let probe: BaseConsumer = config.create().context("creating a metadata client")?;
     let partitions = |topic: &str| -> anyhow::Result<Option<usize>> {
         let md = probe
@@ -520,11 +609,44 @@ fn check_topics_once(
     } else {
         None
     };
+    let keys = match &job.partitioning {
+        Ok(p) => Route::keys_of(p).map(<[_]>::to_vec),
+        Err(_) => None,
+    };
+    let repartition = match &keys {
+        Some(_) => {
+            let n = partitions(&names.repartition)?;
+            if n.is_none() {
+                missing.push(names.repartition.clone());
+            }
+            n
+        }
+        None => None,
+    };
     if !missing.is_empty() {
         return Ok(Err(missing));
     }
     let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(1);
-    if stateful && counts.iter().any(|(_, n)| *n != max) {
+    if let Err(why) = &job.partitioning
+        && max > 1
+    {
+        bail!(
+            "Transform {}: {why}. Over {max} input partitions this plan cannot give correct \
+             results: group and join each input by one set of columns, or give the inputs one \
+             partition",
+            job.id
+        );
+    }
+    let route = match (keys, repartition) {
+        (Some(keys), Some(n)) => Some(Route::new(
+            &job.compiled,
+            &keys,
+            names.repartition.clone(),
+            n as i32,
+        )?),
+        _ => None,
+    };
+    if route.is_none() && stateful && counts.iter().any(|(_, n)| *n != max) {
         bail!(
             "Transform {}: a stateful plan needs co-partitioned inputs with the same number of \
              partitions, but they have {}",
@@ -536,27 +658,26 @@ fn check_topics_once(
                 .join(", ")
         );
     }
+    let tasks = route.as_ref().map_or(max, |r| r.partitions as usize);
     if let Some(n) = changelog
-        && n < max
+        && n < tasks
     {
         bail!(
-            "Transform {}: the changelog topic {} has {n} partitions but the inputs have {max}: \
-             it needs one per input partition",
+            "Transform {}: the changelog topic {} has {n} partitions but the plan runs {tasks} \
+             tasks (one per {}partition): it needs one partition per task",
             job.id,
-            names.changelog
+            names.changelog,
+            if route.is_some() {
+                "repartition "
+            } else {
+                "input "
+            }
         );
     }
-    if max > 1
-        && let Some(why) = weir_engine::sql::partitioning::needs_repartition(&job.compiled)
-    {
-        bail!(
-            "Transform {}: {why}. Over {max} input partitions that needs a repartition topic, \
-             which this version of weir-worker does not build yet: group or join by the \
-             inputs' key, or give the inputs one partition",
-            job.id
-        );
-    }
-    Ok(Ok(()))
+    Ok(Ok(Layout {
+        route,
+        input_partitions: counts.iter().map(|(_, n)| *n).collect(),
+    }))
 }
 
 impl Worker {
@@ -575,14 +696,10 @@ impl Worker {
                 tracing::warn!(%reason, "aborting the transaction and rebuilding the tasks");
                 self.abort_and_rebuild(consumer, &reason)
             }
-            Failure::Engine {
-                partition,
-                until,
-                error,
-            } => {
-                tracing::warn!(task = partition, %error, "an engine error: reprocessing the records one at a time");
+            Failure::Engine { task, until, error } => {
+                tracing::warn!(%task, %error, "an engine error: reprocessing the records one at a time");
                 let r = self.abort_and_rebuild(consumer, "engine error");
-                if let Some(t) = self.tasks.get_mut(&partition) {
+                if let Some(t) = self.tasks.get_mut(&task) {
                     t.careful_until = until;
                 }
                 r
@@ -596,10 +713,14 @@ impl Worker {
 
     /// Copies a polled record into its task's buffer.
     fn buffer(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let Some(&input) = self.topic_index.get(m.topic()) else {
+        let Some(&(role, source)) = self.topic_index.get(m.topic()) else {
             return;
         };
-        let Some(task) = self.tasks.get_mut(&m.partition()) else {
+        let id = TaskId {
+            role,
+            partition: m.partition(),
+        };
+        let Some(task) = self.tasks.get_mut(&id) else {
             return;
         };
         if !task.running {
@@ -616,7 +737,7 @@ impl Worker {
             .bytes_in
             .get_or_create(&labels)
             .inc_by((m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64);
-        let headers = m
+        let mut headers: Vec<(String, Option<Vec<u8>>)> = m
             .headers()
             .map(|h| {
                 h.iter()
@@ -624,8 +745,29 @@ impl Worker {
                     .collect()
             })
             .unwrap_or_default();
+        let (mut input, mut control) = (Some(source), None);
+        if role == Role::Run && self.route.is_some() {
+            // The repartition topic: the header names the input; a watermark record
+            // carries an upstream task's progress.
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .position(|(k, _)| k == name)
+                    .map(|i| headers[i].1.clone().unwrap_or_default())
+            };
+            input = header(route::INPUT_HEADER)
+                .and_then(|id| self.input_ids.get(String::from_utf8_lossy(&id).as_ref()))
+                .copied();
+            if header(route::CONTROL_HEADER).as_deref() == Some(route::WATERMARK.as_bytes()) {
+                control = Control::decode(m.payload()).ok();
+                input = control.map(|c| c.input);
+            }
+            headers.retain(|(k, _)| k != route::INPUT_HEADER);
+        }
         task.buffer.push(Polled {
+            source,
             input,
+            control,
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             value: m.payload().map(<[u8]>::to_vec),
@@ -635,18 +777,24 @@ impl Worker {
         self.buffered += 1;
     }
 
-    /// Processes every buffered record, then commits.
+    /// Processes every buffered record, moves event time, then commits.
     fn cycle(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
-        let partitions: Vec<i32> = self
+        let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, t)| t.running && !t.buffer.is_empty())
-            .map(|(p, _)| *p)
+            .filter(|(_, t)| t.running)
+            .map(|(id, _)| *id)
             .collect();
         let records = self.buffered;
-        for p in partitions {
-            self.begin()?;
-            self.process(p)?;
+        for id in ids {
+            if !self.tasks[&id].buffer.is_empty() {
+                self.begin()?;
+                match id.role {
+                    Role::Route => self.route_records(id)?,
+                    Role::Run => self.process(id)?,
+                }
+            }
+            self.tick(id)?;
         }
         self.buffered = 0;
         if records > 0 {
@@ -663,9 +811,234 @@ impl Worker {
         Ok(())
     }
 
+    /// The topics tasks of `role` read.
+    fn sources(&self, role: Role) -> &[String] {
+        match role {
+            Role::Route => &self.job.input_topics,
+            Role::Run => &self.run_sources,
+        }
+    }
+
+    /// Marks the inputs a task has not heard from within the idle timeout as idle, then
+    /// sends its progress downstream (a routing task) or advances its engine (a running
+    /// task).
+    fn tick(&mut self, id: TaskId) -> Result<(), Failure> {
+        let idle_after = self.job.idle_timeout;
+        let judges_itself = id.role == Role::Route || self.route.is_none();
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        if judges_itself {
+            for (input, heard) in task.heard.iter().enumerate() {
+                if self.job.compiled.inputs[input].event_time.is_some()
+                    && heard.elapsed() >= idle_after
+                {
+                    let watermark = task
+                        .progress
+                        .mark(input, id.partition)
+                        .map_or(i64::MIN, |m| m.watermark);
+                    task.progress.update(
+                        input,
+                        id.partition,
+                        Mark {
+                            watermark,
+                            idle: true,
+                        },
+                    );
+                }
+            }
+        }
+        match id.role {
+            Role::Route => self.send_marks(id),
+            Role::Run => {
+                let out = self.advance(id)?;
+                if !out.is_empty() {
+                    self.begin()?;
+                    if let Some(t) = self.tasks.get_mut(&id) {
+                        t.dirty = true;
+                    }
+                    for changes in &out {
+                        self.send_output(changes)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Moves a running task's engine to the watermarks its progress allows; returns the
+    /// output that completes.
+    fn advance(&mut self, id: TaskId) -> Result<Vec<ChangeBatch>, Failure> {
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (input, wm) in task.progress.effective().into_iter().enumerate() {
+            let Some(wm) = wm else { continue };
+            out.extend(task.engine.advance_watermark(input, wm).map_err(|e| {
+                anyhow!(
+                    "Transform {}: task {id}: closing windows failed: {e}",
+                    self.job.id
+                )
+            })?);
+            if wm > i64::MIN {
+                self.health
+                    .metrics
+                    .watermark_seconds
+                    .get_or_create(&PartitionLabels {
+                        topic: self.job.input_topics[input].clone(),
+                        partition: id.partition,
+                    })
+                    .set(wm as f64 / 1e9);
+            }
+        }
+        out.retain(|b| !b.is_empty());
+        Ok(out)
+    }
+
+    /// A routing task: writes its progress to every repartition partition when it
+    /// changed since it was last written.
+    fn send_marks(&mut self, id: TaskId) -> Result<(), Failure> {
+        let Some(route) = &self.route else {
+            return Ok(());
+        };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        let mut controls = Vec::new();
+        for (input, sent) in task.sent.iter_mut().enumerate() {
+            let mark = task.progress.mark(input, id.partition);
+            if mark.is_some() && mark != *sent {
+                *sent = mark;
+                controls.extend(mark.map(|mark| Control {
+                    input,
+                    partition: id.partition,
+                    mark,
+                }));
+            }
+        }
+        if controls.is_empty() {
+            return Ok(());
+        }
+        task.dirty = true;
+        let (topic, partitions) = (route.topic.clone(), route.partitions);
+        self.begin()?;
+        for c in controls {
+            let value = c.encode();
+            for q in 0..partitions {
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: route::CONTROL_HEADER,
+                    value: Some(route::WATERMARK.as_bytes()),
+                });
+                self.send(
+                    BaseRecord::<'_, [u8], [u8], ()>::to(&topic)
+                        .partition(q)
+                        .payload(value.as_slice())
+                        .headers(headers),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A routing task: forwards each buffered record to the repartition partition its
+    /// key columns pick, and sets aside the records that cannot be read.
+    fn route_records(&mut self, id: TaskId) -> Result<(), Failure> {
+        let Some(route) = self.route.clone() else {
+            return Ok(());
+        };
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return Ok(());
+        };
+        let polled = std::mem::take(&mut task.buffer);
+        task.dirty = true;
+        let mut sends: Vec<(usize, Option<i32>)> = Vec::new();
+        let mut rejects: Vec<(usize, Rejection)> = Vec::new();
+        let mut start = 0;
+        while start < polled.len() {
+            let source = polled[start].source;
+            let end = polled[start..]
+                .iter()
+                .position(|p| p.source != source)
+                .map_or(polled.len(), |n| start + n);
+            let run = &polled[start..end];
+            let payloads: Vec<Payload<'_>> = run
+                .iter()
+                .map(|p| Payload {
+                    key: p.key.as_deref(),
+                    value: p.value.as_deref(),
+                })
+                .collect();
+            let decoded = self.decoders[source].decode(&payloads);
+            rejects.extend(
+                decoded
+                    .rejected
+                    .into_iter()
+                    .map(|(i, why)| (start + i, why)),
+            );
+            for (batch, rows) in decoded.batches.iter().zip(&decoded.rows) {
+                let parts = route
+                    .partitions_of(source, &batch.data)
+                    .map_err(|e| anyhow!("Transform {}: task {id}: {e}", self.job.id))?;
+                sends.extend(rows.iter().zip(parts).map(|(r, q)| (start + r, q)));
+                if let Some(wm) = task.engine.watermark_of(source, &batch.data).ok().flatten() {
+                    task.progress.update(
+                        source,
+                        id.partition,
+                        Mark {
+                            watermark: wm,
+                            idle: false,
+                        },
+                    );
+                }
+            }
+            task.heard[source] = Instant::now();
+            task.offsets.insert(source, run[run.len() - 1].offset + 1);
+            start = end;
+        }
+        sends.sort_unstable_by_key(|(i, _)| *i);
+        let labels = TopicLabels {
+            topic: route.topic.clone(),
+        };
+        for (i, q) in sends {
+            let p = &polled[i];
+            let Some(input) = p.input else { continue };
+            let id_header = self.job.compiled.inputs[input].id();
+            let mut headers = OwnedHeaders::new_with_capacity(p.headers.len() + 1);
+            for (k, v) in &p.headers {
+                headers = headers.insert(Header {
+                    key: k,
+                    value: v.as_deref(),
+                });
+            }
+            headers = headers.insert(Header {
+                key: route::INPUT_HEADER,
+                value: Some(id_header.as_bytes()),
+            });
+            let mut rec: BaseRecord<'_, [u8], [u8], ()> =
+                BaseRecord::to(&route.topic).headers(headers);
+            if let Some(q) = q {
+                rec = rec.partition(q);
+            }
+            if let Some(k) = &p.key {
+                rec = rec.key(k.as_slice());
+            }
+            if let Some(v) = &p.value {
+                rec = rec.payload(v.as_slice());
+            }
+            self.send(rec)?;
+            self.health.metrics.records_out.get_or_create(&labels).inc();
+        }
+        for (i, why) in rejects {
+            self.reject(id, &polled[i], Stage::Decode, &why)?;
+        }
+        Ok(())
+    }
+
     /// Runs one task's buffered records through its engine and sends the results.
-    fn process(&mut self, partition: i32) -> Result<(), Failure> {
-        let Some(task) = self.tasks.get_mut(&partition) else {
+    fn process(&mut self, id: TaskId) -> Result<(), Failure> {
+        let repartitioned = self.route.is_some();
+        let Some(mut task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
         let polled = std::mem::take(&mut task.buffer);
@@ -674,14 +1047,37 @@ impl Worker {
         let mut rejects: Vec<(usize, Stage, Rejection)> = Vec::new();
         let mut last: BTreeMap<usize, i64> = BTreeMap::new();
         for p in &polled {
-            last.insert(p.input, p.offset);
+            last.insert(p.source, p.offset);
         }
         let mut start = 0;
         while start < polled.len() {
-            let input = polled[start].input;
+            let first = &polled[start];
+            task.offsets.insert(first.source, first.offset + 1);
+            if let Some(c) = first.control {
+                task.progress.update(c.input, c.partition, c.mark);
+                start += 1;
+                continue;
+            }
+            let Some(input) = first.input else {
+                rejects.push((
+                    start,
+                    Stage::Decode,
+                    Rejection {
+                        class: "not_a_weir_record",
+                        message: format!(
+                            "a record in the repartition topic without a {} header naming \
+                             one of this plan's inputs",
+                            route::INPUT_HEADER
+                        ),
+                        field: None,
+                    },
+                ));
+                start += 1;
+                continue;
+            };
             let end = polled[start..]
                 .iter()
-                .position(|p| p.input != input)
+                .position(|p| p.input != Some(input) || p.control.is_some())
                 .map_or(polled.len(), |n| start + n);
             let run = &polled[start..end];
             let payloads: Vec<Payload<'_>> = run
@@ -697,10 +1093,15 @@ impl Worker {
             }
             let careful = task
                 .careful_until
-                .get(&input)
+                .get(&run[0].source)
                 .is_some_and(|until| run[0].offset <= *until);
             for (batch, rows) in decoded.batches.into_iter().zip(decoded.rows) {
-                let wm = task.engine.watermark_of(input, &batch.data).ok().flatten();
+                // Behind a repartition topic, time comes from the watermark records.
+                let wm = if repartitioned {
+                    None
+                } else {
+                    task.engine.watermark_of(input, &batch.data).ok().flatten()
+                };
                 if careful {
                     for (r, row) in rows.iter().enumerate() {
                         let one = batch.slice(r, 1);
@@ -726,7 +1127,7 @@ impl Worker {
                         Ok(out) => sends.extend(out),
                         Err(e) => {
                             return Err(Failure::Engine {
-                                partition,
+                                task: id,
                                 until: last,
                                 error: e.to_string(),
                             });
@@ -734,24 +1135,27 @@ impl Worker {
                     }
                 }
                 if let Some(wm) = wm {
-                    let out = task.engine.advance_watermark(input, wm).map_err(|e| {
-                        anyhow!(
-                            "Transform {}: task {partition}: closing windows failed: {e}",
-                            self.job.id
-                        )
-                    })?;
-                    sends.extend(out);
-                    self.health
-                        .metrics
-                        .watermark_seconds
-                        .get_or_create(&PartitionLabels {
-                            topic: self.job.input_topics[input].clone(),
-                            partition,
-                        })
-                        .set(wm as f64 / 1e9);
+                    task.progress.update(
+                        input,
+                        id.partition,
+                        Mark {
+                            watermark: wm,
+                            idle: false,
+                        },
+                    );
                 }
+                if !repartitioned {
+                    task.heard[input] = Instant::now();
+                }
+                // Windows close as the batches pass, as they would record by record.
+                sends.extend(self.advance(id)?);
+                let Some(t) = self.tasks.get_mut(&id) else {
+                    return Ok(());
+                };
+                task = t;
             }
-            task.offsets.insert(input, run[run.len() - 1].offset + 1);
+            task.offsets
+                .insert(run[0].source, run[run.len() - 1].offset + 1);
             start = end;
         }
         if task
@@ -773,7 +1177,7 @@ impl Worker {
             self.send_output(changes)?;
         }
         for (i, stage, why) in rejects {
-            self.reject(partition, &polled[i], stage, &why)?;
+            self.reject(id, &polled[i], stage, &why)?;
         }
         Ok(())
     }
@@ -807,14 +1211,9 @@ impl Worker {
     }
 
     /// Follows `spec.errorPolicy` for a record that could not be processed.
-    fn reject(
-        &self,
-        partition: i32,
-        p: &Polled,
-        stage: Stage,
-        why: &Rejection,
-    ) -> Result<(), Failure> {
-        let topic = &self.job.input_topics[p.input];
+    fn reject(&self, id: TaskId, p: &Polled, stage: Stage, why: &Rejection) -> Result<(), Failure> {
+        let topic = &self.sources(id.role)[p.source];
+        let partition = id.partition;
         let policy = self.job.error_policy;
         self.health
             .metrics
@@ -898,7 +1297,7 @@ impl Worker {
     /// Writes each changed task's state, then commits the output, the state and the
     /// offsets together.
     fn commit(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
-        let dirty: Vec<i32> = self
+        let dirty: Vec<TaskId> = self
             .tasks
             .iter()
             .filter(|(_, t)| t.dirty)
@@ -914,20 +1313,20 @@ impl Worker {
             self.flush()?;
         }
         if self.stateful {
-            for p in &dirty {
-                self.write_state(*p)?;
+            for id in dirty.iter().filter(|id| id.role == Role::Run) {
+                self.write_state(*id)?;
             }
             if !self.exactly_once {
                 self.flush()?;
             }
         }
         let mut tpl = TopicPartitionList::new();
-        for p in &dirty {
-            let task = &self.tasks[p];
-            for (input, offset) in &task.offsets {
+        for id in &dirty {
+            let task = &self.tasks[id];
+            for (source, offset) in &task.offsets {
                 tpl.add_partition_offset(
-                    &self.job.input_topics[*input],
-                    *p,
+                    &self.sources(id.role)[*source],
+                    id.partition,
                     Offset::Offset(*offset),
                 )
                 .map_err(|e| anyhow!("{e}"))?;
@@ -957,10 +1356,10 @@ impl Worker {
         let metrics = &self.health.metrics;
         if self.sized.elapsed() > Duration::from_secs(10) {
             self.sized = Instant::now();
-            for (p, t) in &self.tasks {
+            for (id, t) in self.tasks.iter().filter(|(id, _)| id.role == Role::Run) {
                 metrics
                     .state_bytes
-                    .get_or_create(&crate::metrics::TaskLabels { task: *p })
+                    .get_or_create(&crate::metrics::TaskLabels { task: id.partition })
                     .set(t.engine.stats().state_bytes as i64);
             }
         }
@@ -983,8 +1382,9 @@ impl Worker {
 
     /// Sends a task's changed state entries and its meta record to its changelog
     /// partition.
-    fn write_state(&mut self, partition: i32) -> Result<(), Failure> {
-        let Some(task) = self.tasks.get_mut(&partition) else {
+    fn write_state(&mut self, id: TaskId) -> Result<(), Failure> {
+        let partition = id.partition;
+        let Some(task) = self.tasks.get_mut(&id) else {
             return Ok(());
         };
         let entries = task
@@ -996,9 +1396,10 @@ impl Worker {
             offsets: task
                 .offsets
                 .iter()
-                .map(|(i, o)| (self.job.input_topics[*i].clone(), *o))
+                .map(|(i, o)| (self.run_sources[*i].clone(), *o))
                 .collect(),
             commits: task.commits + 1,
+            watermarks: task.progress.marks().collect(),
         };
         let mut bytes = 0u64;
         for (k, v) in &entries {
@@ -1042,15 +1443,15 @@ impl Worker {
             let _ = self.producer.flush(Timeout::Never);
             self.delivery_failures.store(0, Ordering::Relaxed);
         }
-        let partitions: Vec<i32> = self.tasks.keys().copied().collect();
+        let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         self.tasks.clear();
         self.restore = None;
         self.restoring.clear();
         self.buffered = 0;
         let mut tpl = TopicPartitionList::new();
-        for p in &partitions {
-            for t in &self.job.input_topics {
-                tpl.add_partition(t, *p);
+        for id in &ids {
+            for t in self.sources(id.role) {
+                tpl.add_partition(t, id.partition);
             }
         }
         let assigned = consumer.assignment().unwrap_or_default();
@@ -1058,9 +1459,20 @@ impl Worker {
         self.add_tasks(consumer, &tpl)
     }
 
+    /// The task reading partition `partition` of `topic`.
+    fn task_of(&self, topic: &str, partition: i32) -> Option<TaskId> {
+        self.topic_index.get(topic).map(|(role, _)| TaskId {
+            role: *role,
+            partition,
+        })
+    }
+
     fn drop_tasks(&mut self, tpl: &TopicPartitionList) {
         for e in tpl.elements() {
-            if self.tasks.remove(&e.partition()).is_some() {
+            let Some(id) = self.task_of(e.topic(), e.partition()) else {
+                continue;
+            };
+            if self.tasks.remove(&id).is_some() && id.role == Role::Run {
                 self.health
                     .metrics
                     .state_bytes
@@ -1068,12 +1480,8 @@ impl Worker {
                         task: e.partition(),
                     });
             }
-            self.restoring.retain(|p| *p != e.partition());
-            if self
-                .restore
-                .as_ref()
-                .is_some_and(|r| r.partition == e.partition())
-            {
+            self.restoring.retain(|r| *r != id);
+            if self.restore.as_ref().is_some_and(|r| r.id == id) {
                 self.restore = None;
             }
         }
@@ -1089,14 +1497,26 @@ impl Worker {
             .pause(tpl)
             .context("pausing newly assigned partitions")?;
         for e in tpl.elements() {
-            let p = e.partition();
-            if self.tasks.contains_key(&p) {
+            let Some(id) = self.task_of(e.topic(), e.partition()) else {
+                continue;
+            };
+            if self.tasks.contains_key(&id) {
                 continue;
             }
+            let inputs = self.job.compiled.inputs.len();
+            // A routing task or a task of a co-partitioned plan hears from one partition
+            // per input; a task behind the repartition topic from all of them.
+            let progress = match (id.role, &self.route) {
+                (Role::Run, Some(_)) => Progress::new(self.input_partitions.clone()),
+                _ => Progress::new(vec![1; inputs]),
+            };
             self.tasks.insert(
-                p,
+                id,
                 Task {
                     engine: Engine::new(&self.job.compiled).map_err(|e| anyhow!("{e}"))?,
+                    progress,
+                    heard: vec![Instant::now(); inputs],
+                    sent: vec![None; inputs],
                     buffer: Vec::new(),
                     offsets: BTreeMap::new(),
                     dirty: false,
@@ -1106,7 +1526,7 @@ impl Worker {
                     late_seen: 0,
                 },
             );
-            self.restoring.push_back(p);
+            self.restoring.push_back(id);
         }
         self.update_ready();
         Ok(())
@@ -1120,10 +1540,10 @@ impl Worker {
     /// Advances the restore in progress by a slice, or starts the next one.
     fn restore_step(&mut self, consumer: &Consumer_) -> anyhow::Result<()> {
         if self.restore.is_none() {
-            let Some(p) = self.restoring.pop_front() else {
+            let Some(id) = self.restoring.pop_front() else {
                 return Ok(());
             };
-            self.restore = Some(self.start_restore(consumer, p)?);
+            self.restore = Some(self.start_restore(consumer, id)?);
         }
         let slice = Instant::now() + Duration::from_millis(100);
         let Some(r) = self.restore.as_mut() else {
@@ -1136,16 +1556,16 @@ impl Worker {
                 Some(Err(e)) => tracing::warn!(error = %e, "reading the changelog"),
                 Some(Ok(m)) => match changelog::parse(m.key(), m.payload()) {
                     Ok(changelog::Record::Entry(k, v)) => {
-                        r.engine.apply_state_entry(k, v).map_err(|e| {
-                            anyhow!("{}: task {}: {e}", self.names.changelog, r.partition)
-                        })?;
+                        r.engine
+                            .apply_state_entry(k, v)
+                            .map_err(|e| anyhow!("{}: task {}: {e}", self.names.changelog, r.id))?;
                         r.entries += 1;
                     }
                     Ok(changelog::Record::Meta(meta)) => r.meta = Some(meta),
                     Err(e) => bail!(
                         "the changelog {} partition {} at offset {}: {e}",
                         self.names.changelog,
-                        r.partition,
+                        r.id.partition,
                         m.offset()
                     ),
                 },
@@ -1158,19 +1578,19 @@ impl Worker {
         self.finish_restore(consumer, r)
     }
 
-    fn start_restore(&mut self, consumer: &Consumer_, partition: i32) -> anyhow::Result<Restore> {
+    fn start_restore(&mut self, consumer: &Consumer_, id: TaskId) -> anyhow::Result<Restore> {
+        let partition = id.partition;
         // The committed offsets first: librdkafka waits until no open transaction holds
         // offsets of these partitions, so the changelog read next is complete.
         let mut tpl = TopicPartitionList::new();
-        for t in &self.job.input_topics {
+        for t in self.sources(id.role) {
             tpl.add_partition(t, partition);
         }
         let committed = consumer
             .committed_offsets(tpl, Duration::from_secs(60))
-            .with_context(|| format!("reading the committed offsets of task {partition}"))?;
+            .with_context(|| format!("reading the committed offsets of task {id}"))?;
         let committed = self
-            .job
-            .input_topics
+            .sources(id.role)
             .iter()
             .enumerate()
             .map(|(i, t)| {
@@ -1183,7 +1603,7 @@ impl Worker {
                 (i, o)
             })
             .collect();
-        let reading = self.stateful;
+        let reading = self.stateful && id.role == Role::Run;
         if reading {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition_offset(&self.names.changelog, partition, Offset::Beginning)?;
@@ -1192,7 +1612,7 @@ impl Worker {
                 .context("assigning the changelog partition")?;
         }
         Ok(Restore {
-            partition,
+            id,
             started: Instant::now(),
             engine: Engine::new(&self.job.compiled).map_err(|e| anyhow!("{e}"))?,
             meta: None,
@@ -1204,7 +1624,7 @@ impl Worker {
 
     fn finish_restore(&mut self, consumer: &Consumer_, r: Restore) -> anyhow::Result<()> {
         let Restore {
-            partition,
+            id,
             started,
             mut engine,
             meta,
@@ -1213,20 +1633,22 @@ impl Worker {
             ..
         } = r;
         let _ = self.restore_consumer.unassign();
+        let partition = id.partition;
+        let sources = self.sources(id.role).to_vec();
+        let task_id = id;
         let id = &self.job.id;
         let changelog = &self.names.changelog;
         let state_offsets: BTreeMap<usize, i64> = meta
             .as_ref()
             .map(|m| {
-                self.job
-                    .input_topics
+                sources
                     .iter()
                     .enumerate()
                     .filter_map(|(i, t)| Some((i, *m.offsets.get(t)?)))
                     .collect()
             })
             .unwrap_or_default();
-        if self.stateful {
+        if self.stateful && task_id.role == Role::Run {
             if let Some(m) = &meta
                 && m.fingerprint != self.job.compiled.fingerprint
             {
@@ -1238,7 +1660,7 @@ impl Worker {
                 );
             }
             for (i, c) in &committed {
-                let topic = &self.job.input_topics[*i];
+                let topic = &sources[*i];
                 let s = state_offsets.get(i);
                 let ok = match (c, s) {
                     (None, None) => true,
@@ -1269,7 +1691,7 @@ impl Worker {
         // Where each input resumes: the state's offset, else the group's, else startFrom.
         let mut tpl = TopicPartitionList::new();
         let mut offsets = BTreeMap::new();
-        for (i, t) in self.job.input_topics.iter().enumerate() {
+        for (i, t) in sources.iter().enumerate() {
             let at = match state_offsets
                 .get(&i)
                 .copied()
@@ -1307,21 +1729,26 @@ impl Worker {
             .metrics
             .restore_seconds
             .observe(elapsed.as_secs_f64());
-        if let Some(task) = self.tasks.get_mut(&partition) {
+        if let Some(task) = self.tasks.get_mut(&task_id) {
             task.engine = engine;
             task.offsets = offsets;
+            for (input, from, mark) in meta.iter().flat_map(|m| &m.watermarks) {
+                task.progress.update(*input, *from, *mark);
+            }
             task.commits = meta.as_ref().map_or(0, |m| m.commits);
             task.running = true;
             task.buffer.clear();
             task.late_seen = task.engine.late_records();
-            self.health
-                .metrics
-                .state_bytes
-                .get_or_create(&crate::metrics::TaskLabels { task: partition })
-                .set(task.engine.stats().state_bytes as i64);
+            if task_id.role == Role::Run {
+                self.health
+                    .metrics
+                    .state_bytes
+                    .get_or_create(&crate::metrics::TaskLabels { task: partition })
+                    .set(task.engine.stats().state_bytes as i64);
+            }
         }
         tracing::info!(
-            task = partition,
+            task = %task_id,
             entries,
             ms = elapsed.as_millis() as u64,
             "task restored"

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use weir_crds::transform::{DeliveryGuarantee, OnFailure};
 use weir_crds::{DataStream, Transform};
+use weir_engine::sql::partitioning::{self, Partitioning};
 use weir_engine::sql::{CompiledTransform, StreamKind};
 
 use crate::cli::{self, Resources};
@@ -34,6 +35,9 @@ pub struct Job {
     pub start_from: StartFrom,
     /// How long an input partition may be silent before it stops holding time back.
     pub idle_timeout: Duration,
+    /// How the inputs reach the stateful operators, or why no single repartition stage
+    /// makes the plan correct at more than one partition.
+    pub partitioning: Result<Partitioning, String>,
 }
 
 /// Where a partition with no committed offset starts reading.
@@ -136,6 +140,7 @@ impl Job {
             id,
             namespace,
             name,
+            partitioning: partitioning::plan(&compiled),
             compiled,
             input_topics,
             output_topic,

@@ -77,7 +77,12 @@ fn explain_shows_kind_lineage_and_plan() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("output: append-only"), "{out}");
     // Counting per URL over a stream keyed by user needs the records re-keyed.
-    assert!(out.contains("needs a repartition topic"), "{out}");
+    assert!(
+        out.contains(
+            "1. route web/page-views by (url) to topic analytics.views-per-page.repartition"
+        ),
+        "{out}"
+    );
     assert!(out.contains("url Utf8  <- web/page-views.url"), "{out}");
     assert!(
         out.contains("Aggregate TUMBLE(web.page_views.ts, 1m) emit=on-close"),
