@@ -912,3 +912,84 @@ async fn a_worker_refuses_a_plan_it_was_not_deployed_for_in_one_line() {
     assert!(last.contains("refusing to start"), "{last}");
     assert!(last.contains(&s.job.compiled.fingerprint), "{last}");
 }
+
+/// Crashes a worker at `point` (a `crash_point!` in the worker) on its `after`+1-th pass,
+/// then runs a fresh one to the end: the output must equal the oracle.
+async fn crash_at(ns: &str, point: &str, after: u32) {
+    let s = Scenario::new(
+        ns,
+        2,
+        "SELECT user_id, COUNT(*) AS c, SUM(n) AS total FROM clicks GROUP BY user_id",
+        "",
+    )
+    .await;
+    let (all, rows) = clicks(0, 4000, 60);
+    let mut env = fast();
+    env.push(("FAILPOINTS", format!("{point}={after}*off->return")));
+    let mut doomed = s.worker("w0", &env);
+    doomed.wait_ready(Duration::from_secs(60)).await.unwrap();
+    // In small batches, so the worker commits several times before its crash.
+    for chunk in all[..2000].chunks(100) {
+        s.produce(chunk).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    doomed.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        !doomed.is_running(),
+        "{point}: the worker never reached its crash point:\n{}",
+        doomed.log_tail(20)
+    );
+    s.produce(&all[2000..]).await;
+    let mut w = s.worker("w0", &fast());
+    s.await_output(&s.oracle(&rows), Duration::from_secs(120), &[&w])
+        .await;
+    w.stop();
+    s.assert_no_open_transactions();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_each_step_of_a_commit_loses_and_repeats_nothing() {
+    futures::future::join_all(
+        [
+            ("crash-state", "weir.commit.before_state"),
+            ("crash-offsets", "weir.commit.before_offsets"),
+            ("crash-commit", "weir.commit.before_commit"),
+            ("crash-after", "weir.commit.after_commit"),
+        ]
+        .map(|(ns, point)| crash_at(ns, point, 3)),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_in_the_middle_of_a_restore_restores_again_from_the_start() {
+    let s = Scenario::new(
+        "crash-restore",
+        1,
+        "SELECT user_id, COUNT(*) AS c, SUM(n) AS total FROM clicks GROUP BY user_id",
+        "",
+    )
+    .await;
+    let (all, rows) = clicks(0, 3000, 200);
+    let mut w = s.worker("w0", &fast());
+    s.produce(&all[..1500]).await;
+    s.await_output(&s.oracle(&rows[..1500]), Duration::from_secs(60), &[&w])
+        .await;
+    w.stop();
+    // 200 groups in the changelog: crash after reading 50 of them.
+    let mut env = fast();
+    env.push(("FAILPOINTS", "weir.restore.entry=50*off->return".to_owned()));
+    let mut doomed = s.worker("w0", &env);
+    doomed.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        !doomed.is_running(),
+        "the restore never reached its crash point:\n{}",
+        doomed.log_tail(20)
+    );
+    s.produce(&all[1500..]).await;
+    let mut w = s.worker("w0", &fast());
+    s.await_output(&s.oracle(&rows), Duration::from_secs(60), &[&w])
+        .await;
+    w.stop();
+    s.assert_no_open_transactions();
+}

@@ -54,6 +54,15 @@ use crate::route::{self, Control, Route};
 use crate::transform::{Job, StartFrom};
 use crate::watermark::{Mark, Progress};
 
+/// A crash point for tests: when the `FAILPOINTS` environment variable configures it
+/// (`weir.commit.before_offsets=3*off->return` crashes on the fourth pass), the process
+/// aborts right there, as if killed. Otherwise it costs a map lookup.
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| std::process::abort())
+    };
+}
+
 /// The topics and names a worker uses, resolved from the job and the flags.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -1312,6 +1321,7 @@ impl Worker {
             // Output and dead letters first: state never runs ahead of what was written.
             self.flush()?;
         }
+        crash_point!("weir.commit.before_state");
         if self.stateful {
             for id in dirty.iter().filter(|id| id.role == Role::Run) {
                 self.write_state(*id)?;
@@ -1332,6 +1342,7 @@ impl Worker {
                 .map_err(|e| anyhow!("{e}"))?;
             }
         }
+        crash_point!("weir.commit.before_offsets");
         if self.exactly_once {
             let meta = consumer
                 .group_metadata()
@@ -1340,6 +1351,7 @@ impl Worker {
                 self.producer
                     .send_offsets_to_transaction(&tpl, &meta, Timeout::Never)
             })?;
+            crash_point!("weir.commit.before_commit");
             retry(|| self.producer.commit_transaction(Timeout::Never))?;
             self.txn_open = false;
         } else if tpl.count() > 0 {
@@ -1347,6 +1359,7 @@ impl Worker {
                 .commit(&tpl, CommitMode::Sync)
                 .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
         }
+        crash_point!("weir.commit.after_commit");
         for p in &dirty {
             if let Some(t) = self.tasks.get_mut(p) {
                 t.dirty = false;
@@ -1556,6 +1569,7 @@ impl Worker {
                 Some(Err(e)) => tracing::warn!(error = %e, "reading the changelog"),
                 Some(Ok(m)) => match changelog::parse(m.key(), m.payload()) {
                     Ok(changelog::Record::Entry(k, v)) => {
+                        crash_point!("weir.restore.entry");
                         r.engine
                             .apply_state_entry(k, v)
                             .map_err(|e| anyhow!("{}: task {}: {e}", self.names.changelog, r.id))?;

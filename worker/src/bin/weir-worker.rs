@@ -26,6 +26,8 @@ enum Command {
 fn main() -> ExitCode {
     let Command::Run(config) = Cli::parse().command;
     init_logs(config.log_format);
+    // Crash points for tests, from FAILPOINTS; none are configured otherwise.
+    let _crash_points = fail::FailScenario::setup();
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
