@@ -242,6 +242,28 @@ spec:
         }
     }
 
+    /// Waits until the output equals `expected`, restarting a worker that gave up (as
+    /// its pod would be restarted), without crash points.
+    async fn await_output_restarting(&self, expected: &Rows, workers: &mut [Worker]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            for w in workers.iter_mut() {
+                if !w.is_running() {
+                    eprintln!("{} gave up:\n{}", w.name(), w.log_tail(5));
+                    *w = self.worker(&w.name().to_owned(), &fast());
+                }
+            }
+            if &self.output().await == expected {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let refs: Vec<&Worker> = workers.iter().collect();
+                self.await_output(expected, Duration::ZERO, &refs).await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     fn assert_no_open_transactions(&self) {
         for t in ["out", "t.changelog", "t.dead-letters", "t.repartition"] {
             assert!(
@@ -661,47 +683,77 @@ async fn a_stream_table_join_at_parallelism_3_looks_up_each_users_current_row() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_aggregate_is_exactly_once_across_a_broker_restart() {
+async fn the_broker_going_away_during_a_commit_and_during_a_restore_loses_and_repeats_nothing() {
     // Its own broker: this test stops it.
     let dir = tempfile::tempdir().unwrap();
     let mut kafka = Kafka::start(&dir.path().join("kafka")).await.unwrap();
     let sql = "SELECT user_id, COUNT(*) AS c, SUM(n) AS total FROM clicks GROUP BY user_id";
     let s = Scenario::on(kafka.bootstrap_servers(), "outage", 2, sql, "").await;
-    let (all, rows) = clicks(0, 20_000, 100);
-    let mut workers: Vec<Worker> = (0..2)
-        .map(|i| s.worker(&format!("w{i}"), &fast()))
-        .collect();
-    s.produce(&all[..10_000]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // The broker goes away mid-stream, for longer than a commit cycle, and comes back.
+    let (all, rows) = clicks(0, 8000, 100);
+
+    // 1. The worker pauses between send_offsets and commit_transaction on its fourth
+    // commit; the broker goes away right then, for longer than the pause.
+    let mut env = fast();
+    env.push((
+        "FAILPOINTS",
+        "weir.commit.before_commit=3*off->1*sleep(6000)".to_owned(),
+    ));
+    let mut workers = vec![s.worker("w0", &env)];
+    workers[0]
+        .wait_ready(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut chunks = all[..4000].chunks(200);
+    let (mut seen, mut since) = (-1.0, tokio::time::Instant::now());
+    loop {
+        if let Some(chunk) = chunks.next() {
+            s.produce(chunk).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let commits = workers[0].metric_sum("weir_worker_commits_total").await;
+        if commits != seen {
+            (seen, since) = (commits, tokio::time::Instant::now());
+        } else if commits >= 3.0 && since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "the worker stopped committing:\n{}",
+            workers[0].log_tail(20)
+        );
+    }
     kafka.stop();
     tokio::time::sleep(Duration::from_secs(8)).await;
     kafka.resume().await.unwrap();
-    s.produce(&all[10_000..]).await;
-    // A worker that gave up while the broker was away is restarted, as its pod would be.
-    let expected = s.oracle(&rows);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let mut restarts = 0;
-    loop {
-        for (i, w) in workers.iter_mut().enumerate() {
-            if !w.is_running() {
-                restarts += 1;
-                *w = s.worker(&format!("w{i}"), &fast());
-            }
-        }
-        if s.output().await == expected {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let refs: Vec<&Worker> = workers.iter().collect();
-            s.await_output(&expected, Duration::ZERO, &refs).await;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    for chunk in chunks {
+        s.produce(chunk).await;
     }
-    eprintln!("workers restarted after the outage: {restarts}");
-    for w in &mut workers {
-        w.stop();
+    s.await_output_restarting(&s.oracle(&rows[..4000]), &mut workers)
+        .await;
+    workers[0].stop();
+
+    // 2. A new worker pauses in the middle of reading its state back; the broker goes
+    // away right then.
+    let mut env = fast();
+    env.push((
+        "FAILPOINTS",
+        "weir.restore.entry=20*off->1*sleep(6000)".to_owned(),
+    ));
+    workers[0] = s.worker("w0", &env);
+    let restoring = r#"weir_worker_tasks{role="run",state="restoring"}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while workers[0].metric_sum(restoring).await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no restore began");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kafka.stop();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    kafka.resume().await.unwrap();
+    s.produce(&all[4000..]).await;
+    s.await_output_restarting(&s.oracle(&rows), &mut workers)
+        .await;
+    workers[0].stop();
     s.assert_no_open_transactions();
 }
 

@@ -48,6 +48,15 @@ pub struct TaskLabels {
     pub task: i32,
 }
 
+/// Labels of a count of tasks.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskStateLabels {
+    /// route or run (what the task does).
+    pub role: String,
+    /// restoring or running.
+    pub state: String,
+}
+
 /// Labels of a rebalance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RebalanceLabels {
@@ -90,6 +99,8 @@ pub struct Metrics {
     pub restore_seconds: Histogram,
     /// Rebalances, by kind.
     pub rebalances: Family<RebalanceLabels, Counter>,
+    /// The worker's tasks, by role and state.
+    pub tasks: Family<TaskStateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +123,7 @@ impl Default for Metrics {
             changelog_bytes: Counter::default(),
             restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             rebalances: Family::default(),
+            tasks: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -190,6 +202,11 @@ impl Default for Metrics {
             m.restore_seconds.clone(),
         );
         registry.register("rebalances", "Rebalances, by kind", m.rebalances.clone());
+        registry.register(
+            "tasks",
+            "The worker's tasks, by role (route, run) and state (restoring, running)",
+            m.tasks.clone(),
+        );
         Self { registry, ..m }
     }
 }

@@ -1548,6 +1548,23 @@ impl Worker {
     fn update_ready(&self) {
         let ready = !self.tasks.is_empty() && self.tasks.values().all(|t| t.running);
         self.health.ready.store(ready, Ordering::Relaxed);
+        for role in [Role::Route, Role::Run] {
+            for running in [false, true] {
+                let n = self
+                    .tasks
+                    .iter()
+                    .filter(|(id, t)| id.role == role && t.running == running)
+                    .count();
+                self.health
+                    .metrics
+                    .tasks
+                    .get_or_create(&crate::metrics::TaskStateLabels {
+                        role: if role == Role::Route { "route" } else { "run" }.into(),
+                        state: if running { "running" } else { "restoring" }.into(),
+                    })
+                    .set(n as i64);
+            }
+        }
     }
 
     /// Advances the restore in progress by a slice, or starts the next one.
