@@ -100,6 +100,11 @@ impl Worker {
         &self.name
     }
 
+    /// The worker's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
+
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()

@@ -1,0 +1,511 @@
+//! Benchmark: `weir-worker` between Kafka topics on Nexmark bids as JSON, against a plain
+//! rdkafka consume-and-produce loop (no engine) on the same broker and the same records.
+//!
+//! One broker, one input partition, one worker process: per-core figures. For each query
+//! and delivery guarantee a fresh worker reads the same pre-produced bids from the start;
+//! the time runs from its `/readyz` until its group's committed offset reaches the end of
+//! the input. Also measured: CPU seconds of the worker (records per CPU-second), its
+//! resident memory idle and at peak, end-to-end latency at half the measured exactly-once
+//! rate, and the time to restore a task from its changelog.
+//!
+//! Run with `make bench` (which builds the release binaries first). Records:
+//! `WEIR_BENCH_RECORDS` (default 200,000).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_tests::Kafka;
+use weir_tests::records::{self, Record};
+use weir_tests::worker::Worker;
+
+const STREAMS: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: bids, namespace: NS }
+spec:
+  description: Nexmark bids.
+  owner: bench@example.com
+  topic: INPUT
+  key: [auction]
+  eventTime: { field: date_time, maxOutOfOrderness: 1s }
+  schema:
+    fields:
+      - { name: auction, type: bigint, nullable: false }
+      - { name: bidder, type: bigint, nullable: false }
+      - { name: price, type: bigint, nullable: false }
+      - { name: channel, type: string }
+      - { name: url, type: string }
+      - { name: date_time, type: timestamp, nullable: false }
+      - { name: extra, type: string }
+---
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: auctions, namespace: NS }
+spec:
+  description: Nexmark auctions, a table.
+  owner: bench@example.com
+  topic: bench.auctions
+  key: [id]
+  cleanupPolicy: compact
+  schema:
+    fields:
+      - { name: id, type: bigint, nullable: false }
+      - { name: seller, type: bigint, nullable: false }
+      - { name: category, type: bigint, nullable: false }
+---
+apiVersion: weir.dev/v1alpha1
+kind: Transform
+metadata: { name: t, namespace: NS }
+spec:
+  description: Under benchmark.
+  owner: bench@example.com
+  output: { name: out }
+  deliveryGuarantee: DELIVERY
+  sql: "SQL"
+"#;
+
+const QUERIES: [(&str, &str); 6] = [
+    ("passthrough", "SELECT * FROM bids"),
+    ("filter", "SELECT * FROM bids WHERE price % 10 = 0"),
+    (
+        "projection",
+        "SELECT auction, bidder, price * 908 / 1000 AS euros, date_time FROM bids",
+    ),
+    (
+        "tumbling window",
+        "SELECT auction, window_start, COUNT(*) AS bids, MAX(price) AS top FROM bids \
+         GROUP BY auction, TUMBLE(date_time, INTERVAL '10' SECOND)",
+    ),
+    (
+        "stream-table join",
+        "SELECT b.auction, b.price, a.category FROM bids b JOIN auctions a ON b.auction = a.id",
+    ),
+    (
+        "aggregate (many groups)",
+        "SELECT auction, bidder, COUNT(*) AS n, MAX(price) AS top FROM bids \
+         GROUP BY auction, bidder",
+    ),
+];
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("worker_throughput: skipped (a benchmark; run `make bench`)");
+        return Ok(());
+    }
+    let n: usize = std::env::var("WEIR_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
+    let kafka = Kafka::start(&dir.path().join("kafka")).await?;
+    let bootstrap = kafka.bootstrap_servers();
+    let (bids, auctions) = nexmark(n);
+    for (topic, compact) in [
+        ("bench.bids", false),
+        ("bench.auctions", true),
+        ("bench.empty", false),
+    ] {
+        let configs: &[(&str, &str)] = if compact {
+            &[("cleanup.policy", "compact")]
+        } else {
+            &[]
+        };
+        records::create_topic_with(&bootstrap, topic, 1, configs).await?;
+    }
+    records::produce(&bootstrap, "bench.auctions", &auctions).await?;
+    for chunk in bids.chunks(50_000) {
+        records::produce(&bootstrap, "bench.bids", chunk).await?;
+    }
+    println!("{n} bids ({} auctions) on the broker", auctions.len());
+
+    // Baseline: consume and produce every record, nothing else.
+    let raw = {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await??
+    };
+    let raw_rate = n as f64 / raw.as_secs_f64();
+    println!(
+        "raw rdkafka loop: {:.2} s, {raw_rate:.0} records/s",
+        raw.as_secs_f64()
+    );
+
+    // Idle memory: a worker with nothing to read.
+    let idle_rss = {
+        let (s, mut w) = start(
+            &dir,
+            &bootstrap,
+            "idle",
+            "bench.empty",
+            QUERIES[0].1,
+            "exactlyOnce",
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss = rss_kib(&w, "VmRSS");
+        w.stop();
+        drop(s);
+        rss
+    };
+
+    let mut rows = Vec::new();
+    let mut eos_passthrough = 0.0;
+    let mut restore = None;
+    for (qi, (name, sql)) in QUERIES.iter().enumerate() {
+        for delivery in ["exactlyOnce", "atLeastOnce"] {
+            if qi == QUERIES.len() - 1 && delivery == "atLeastOnce" {
+                continue;
+            }
+            let ns = format!("q{qi}{}", &delivery[..1]);
+            let (files, mut w) = start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery).await?;
+            let started = Instant::now();
+            let cpu0 = cpu_seconds(&w);
+            wait_committed(&bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
+            let secs = started.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(&w) - cpu0;
+            let peak = rss_kib(&w, "VmHWM");
+            w.stop();
+            let rate = n as f64 / secs;
+            if *name == "passthrough" && delivery == "exactlyOnce" {
+                eos_passthrough = rate;
+            }
+            rows.push(format!(
+                "| {name} | {delivery} | {rate:.0} | {:.0} | {:.2}× | {:.1} MiB |",
+                n as f64 / cpu.max(1e-3),
+                rate / raw_rate,
+                peak as f64 / 1024.0
+            ));
+            println!("{}", rows.last().unwrap());
+            if qi == QUERIES.len() - 1 {
+                // Restore: a new worker reads this task's state back.
+                let bytes = dir_bytes(&kafka_log_dir(dir.path(), &format!("{ns}.t.changelog-0")));
+                let mut again = Worker::start(dir.path(), &bootstrap, &files, "again", &[])?;
+                let t = Instant::now();
+                again.wait_ready(Duration::from_secs(600)).await?;
+                restore = Some((bytes, t.elapsed()));
+                again.stop();
+            }
+        }
+    }
+
+    // Latency at half the exactly-once passthrough rate.
+    let (p50, p99) = latency(&dir, &bootstrap, eos_passthrough / 2.0).await?;
+
+    println!(
+        "\n| query | delivery | records/s | records per CPU-second | ratio to raw loop | peak RSS |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for r in &rows {
+        println!("{r}");
+    }
+    println!("\nraw rdkafka loop: {raw_rate:.0} records/s");
+    println!("idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
+    println!(
+        "passthrough exactly-once at {:.0} records/s: p50 {p50} ms, p99 {p99} ms",
+        eos_passthrough / 2.0
+    );
+    if let Some((bytes, t)) = restore {
+        let mib = bytes as f64 / (1 << 20) as f64;
+        println!(
+            "restore: {mib:.1} MiB of changelog in {:.2} s ({:.1} MiB/s; 1 GiB at this rate: {:.0} s)",
+            t.as_secs_f64(),
+            mib / t.as_secs_f64(),
+            1024.0 / (mib / t.as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
+/// `n` bids and the auctions they bid on, as JSON records keyed like their DataStreams.
+fn nexmark(n: usize) -> (Vec<Record>, Vec<Record>) {
+    use nexmark::event::Event;
+    let mut bids = Vec::with_capacity(n);
+    let mut auctions = Vec::new();
+    let config = nexmark::config::NexmarkConfig::default();
+    for e in nexmark::EventGenerator::new(config) {
+        match e {
+            Event::Bid(b) => {
+                bids.push(Record::new(
+                    serde_json::json!({ "auction": b.auction }).to_string(),
+                    serde_json::json!({
+                        "auction": b.auction, "bidder": b.bidder, "price": b.price,
+                        "channel": b.channel, "url": b.url, "date_time": b.date_time,
+                        "extra": b.extra,
+                    })
+                    .to_string(),
+                ));
+                if bids.len() == n {
+                    break;
+                }
+            }
+            Event::Auction(a) => auctions.push(Record::new(
+                serde_json::json!({ "id": a.id }).to_string(),
+                serde_json::json!({ "id": a.id, "seller": a.seller, "category": a.category })
+                    .to_string(),
+            )),
+            Event::Person(_) => {}
+        }
+    }
+    (bids, auctions)
+}
+
+/// Writes the files for `sql` over `input` under namespace `ns`, creates its topics and
+/// starts a release worker; returns when the worker is ready.
+async fn start(
+    dir: &tempfile::TempDir,
+    bootstrap: &str,
+    ns: &str,
+    input: &str,
+    sql: &str,
+    delivery: &str,
+) -> anyhow::Result<(Vec<PathBuf>, Worker)> {
+    let text = STREAMS
+        .replace("NS", ns)
+        .replace("INPUT", input)
+        .replace("DELIVERY", delivery)
+        .replace("SQL", sql);
+    let file = dir.path().join(format!("{ns}.yaml"));
+    std::fs::write(&file, text)?;
+    for (t, compact) in [
+        ("out", false),
+        ("t.dead-letters", false),
+        ("t.changelog", true),
+        ("t.repartition", false),
+    ] {
+        let configs: &[(&str, &str)] = if compact {
+            &[("cleanup.policy", "compact")]
+        } else {
+            &[]
+        };
+        records::create_topic_with(bootstrap, &format!("{ns}.{t}"), 1, configs).await?;
+    }
+    let files = vec![file];
+    let mut w = Worker::start(
+        dir.path(),
+        bootstrap,
+        &files,
+        ns,
+        &[("RUST_LOG", "warn".to_owned())],
+    )?;
+    w.wait_ready(Duration::from_secs(120)).await?;
+    Ok((files, w))
+}
+
+fn raw_loop(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
+    let consumer: BaseConsumer = records::client_config(bootstrap)
+        .set("group.id", "bench.raw")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let producer: ThreadedProducer<_> = records::client_config(bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    records_topic(&consumer, "bench.bids")?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to("bench.raw-out");
+            if let Some(k) = m.key() {
+                rec = rec.key(k);
+            }
+            if let Some(v) = m.payload() {
+                rec = rec.payload(v);
+            }
+            while let Err((e, r)) = producer.send(rec) {
+                anyhow::ensure!(
+                    matches!(
+                        e,
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull
+                        )
+                    ),
+                    "{e}"
+                );
+                rec = r;
+                producer.poll(Duration::from_millis(5));
+            }
+            seen += 1;
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(started.elapsed())
+}
+
+fn records_topic(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    Ok(())
+}
+
+/// Waits until `group` has committed offset `end` of partition 0 of `topic`.
+async fn wait_committed(bootstrap: &str, group: &str, topic: &str, end: i64) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = records::client_config(bootstrap)
+        .set("group.id", group)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(topic, 0);
+        let c = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+        if let Some(e) = c.find_partition(topic, 0)
+            && e.offset() == Offset::Offset(end)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{group} never reached the end of {topic}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// p50 and p99 milliseconds from producing a bid to reading it, committed, from the output
+/// of an exactly-once passthrough, at `rate` records/s for 10 s.
+async fn latency(
+    dir: &tempfile::TempDir,
+    bootstrap: &str,
+    rate: f64,
+) -> anyhow::Result<(u64, u64)> {
+    records::create_topic_with(bootstrap, "bench.live", 1, &[]).await?;
+    let (_, mut w) = start(
+        dir,
+        bootstrap,
+        "lat",
+        "bench.live",
+        QUERIES[0].1,
+        "exactlyOnce",
+    )
+    .await?;
+    let bootstrap = bootstrap.to_owned();
+    let total = (rate * 10.0) as usize;
+    let reader = {
+        let bootstrap = bootstrap.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
+            let consumer: BaseConsumer = records::client_config(&bootstrap)
+                .set("group.id", "bench.latency")
+                .set("isolation.level", "read_committed")
+                .create()?;
+            records_topic(&consumer, "lat.out")?;
+            let mut lat = Vec::with_capacity(total);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while lat.len() < total && Instant::now() < deadline {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    let now = now_ms();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(m.payload().unwrap_or_default())?;
+                    let sent: u64 = v["extra"].as_str().unwrap_or("0").parse().unwrap_or(0);
+                    lat.push(now.saturating_sub(sent));
+                }
+            }
+            Ok(lat)
+        })
+    };
+    let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let producer: ThreadedProducer<_> = records::client_config(&bootstrap)
+            .set("linger.ms", "0")
+            .create()?;
+        let started = Instant::now();
+        for i in 0..total {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let value = serde_json::json!({
+                "auction": i % 1000, "bidder": i, "price": i, "channel": "c", "url": "u",
+                "date_time": now_ms(), "extra": now_ms().to_string(),
+            })
+            .to_string();
+            let key = serde_json::json!({ "auction": i % 1000 }).to_string();
+            let mut rec = BaseRecord::to("bench.live")
+                .key(key.as_bytes())
+                .payload(value.as_bytes());
+            while let Err((_, r)) = producer.send(rec) {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        producer.flush(Duration::from_secs(30))?;
+        Ok(())
+    });
+    writer.await??;
+    let mut lat = reader.await??;
+    w.stop();
+    anyhow::ensure!(!lat.is_empty(), "no output was read");
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn proc_file(w: &Worker, file: &str) -> String {
+    w.pid()
+        .and_then(|p| std::fs::read_to_string(format!("/proc/{p}/{file}")).ok())
+        .unwrap_or_default()
+}
+
+/// A `/proc/<pid>/status` field in KiB.
+fn rss_kib(w: &Worker, field: &str) -> u64 {
+    proc_file(w, "status")
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User and system CPU seconds of the worker process so far.
+fn cpu_seconds(w: &Worker) -> f64 {
+    let stat = proc_file(w, "stat");
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat (utime, stime), counted after the command's ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn kafka_log_dir(root: &Path, name: &str) -> PathBuf {
+    fn find(dir: &Path, name: &str) -> Option<PathBuf> {
+        for e in std::fs::read_dir(dir).ok()?.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|f| f == name) {
+                return Some(p);
+            }
+            if p.is_dir()
+                && let Some(found) = find(&p, name)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    find(root, name).unwrap_or_default()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|es| {
+            es.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
