@@ -77,8 +77,9 @@ pub struct TransformSpec {
     #[schemars(length(max = 200))]
     pub tests: Vec<TransformTest>,
 
-    /// Data checks on every output record, while running. Accepted but not checked by
-    /// the workers yet.
+    /// Data checks on every output row, while running: a row for which a check is false
+    /// is not written to the output and follows the check's `onFailure` (a NULL check
+    /// passes, as in SQL). On a changelog output, a withheld row leaves its key deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub expectations: Vec<Expectation>,

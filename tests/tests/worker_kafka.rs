@@ -1045,3 +1045,74 @@ async fn a_crash_in_the_middle_of_a_restore_restores_again_from_the_start() {
     w.stop();
     s.assert_no_open_transactions();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_rows_breaking_an_expectation_follow_its_policy() {
+    let sql = "SELECT user_id, url, n FROM clicks";
+    let checks = "  expectations:\n    - { name: small-n, check: \"n < 900\", onFailure: deadLetter }\n    - { name: no-p6, check: \"url <> '/p6'\", onFailure: drop }";
+    let (s, stopping) = futures::future::join(
+        Scenario::new("expected", 2, sql, checks),
+        Scenario::new(
+            "expected-fail",
+            1,
+            sql,
+            "  expectations:\n    - { name: small-n, check: \"n < 900\", onFailure: fail }",
+        ),
+    )
+    .await;
+    let (all, rows) = clicks(0, 1000, 20);
+    let (_, _) = futures::future::join(s.produce(&all), stopping.produce(&all)).await;
+    let mut w = s.worker("w0", &fast());
+    let mut doomed = stopping.worker("w0", &fast());
+
+    // deadLetter and drop: the output holds only the rows passing both checks.
+    let mut expected = s.oracle(&rows);
+    expected.retain(|(r, _)| r[2].parse::<i64>().unwrap() < 900 && r[1] != "/p6");
+    s.await_output(&expected, Duration::from_secs(90), &[&w])
+        .await;
+    let dead = records::consume_all(
+        &s.bootstrap,
+        &s.topic("t.dead-letters"),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    // n ≥ 900 goes to the dead letters, whatever its URL: the first failing check's
+    // policy applies (rows 900..1000, one per n).
+    assert_eq!(dead.len(), 100, "{:?}", dead.first());
+    for r in &dead {
+        assert_eq!(r.header("weir.error.stage").as_deref(), Some("expectation"));
+        assert_eq!(
+            r.header("weir.error.class").as_deref(),
+            Some("expectation_failed")
+        );
+        assert!(
+            r.header("weir.error.message")
+                .is_some_and(|m| m.contains("small-n") && m.contains("n < 900")),
+            "{:?}",
+            r.header("weir.error.message")
+        );
+        assert_eq!(r.header("weir.source.topic"), Some(s.topic("out")));
+        let row: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+        assert!(row["n"].as_i64().unwrap() >= 900, "{row}");
+    }
+    assert!(w.metric_sum("weir_worker_expectation_failures_total").await > 100.0);
+    w.stop();
+    s.assert_no_open_transactions();
+
+    // fail: the worker stops with the expectation's name, and commits nothing past it.
+    let code = doomed.wait_exit(Duration::from_secs(90)).await;
+    assert_eq!(code, Some(1), "{}", doomed.log_tail(10));
+    assert!(
+        doomed.log_tail(10).contains("expectation small-n"),
+        "{}",
+        doomed.log_tail(10)
+    );
+    let written = stopping.output().await;
+    assert!(
+        written
+            .iter()
+            .all(|(r, _)| r[2].parse::<i64>().unwrap() < 900),
+        "no row breaking the check was committed"
+    );
+}

@@ -48,6 +48,13 @@ pub struct TaskLabels {
     pub task: i32,
 }
 
+/// Labels of an expectation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExpectationLabels {
+    /// The expectation's name.
+    pub expectation: String,
+}
+
 /// Labels of a count of tasks.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskStateLabels {
@@ -101,6 +108,8 @@ pub struct Metrics {
     pub rebalances: Family<RebalanceLabels, Counter>,
     /// The worker's tasks, by role and state.
     pub tasks: Family<TaskStateLabels, Gauge>,
+    /// Output rows that broke an expectation, by expectation.
+    pub expectation_failures: Family<ExpectationLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -124,6 +133,7 @@ impl Default for Metrics {
             restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             rebalances: Family::default(),
             tasks: Family::default(),
+            expectation_failures: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -202,6 +212,11 @@ impl Default for Metrics {
             m.restore_seconds.clone(),
         );
         registry.register("rebalances", "Rebalances, by kind", m.rebalances.clone());
+        registry.register(
+            "expectation_failures",
+            "Output rows that broke an expectation, by expectation",
+            m.expectation_failures.clone(),
+        );
         registry.register(
             "tasks",
             "The worker's tasks, by role (route, run) and state (restoring, running)",

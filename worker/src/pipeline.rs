@@ -230,6 +230,8 @@ struct Worker {
     delivery_failures: Arc<std::sync::atomic::AtomicU64>,
     decoders: Vec<Decoder>,
     encoder: Encoder,
+    /// `spec.expectations`, compiled.
+    checks: weir_engine::Expectations,
     /// Each subscribed topic: the role of the tasks reading it, and its index among
     /// their sources.
     topic_index: BTreeMap<String, (Role, usize)>,
@@ -397,7 +399,11 @@ pub fn run(
         &job.compiled.output_key,
         job.compiled.output_kind,
     );
+    let checks: Vec<&str> = job.expectations.iter().map(|e| e.check.as_str()).collect();
+    let checks = weir_engine::Expectations::compile(&job.compiled, &checks)
+        .map_err(|(i, e)| anyhow!("Transform {}: spec.expectations[{i}]: {e}", job.id))?;
     let worker = Arc::new(Mutex::new(Worker {
+        checks,
         job: job.clone(),
         names: names.clone(),
         config: config.clone(),
@@ -867,7 +873,7 @@ impl Worker {
                         t.dirty = true;
                     }
                     for changes in &out {
-                        self.send_output(changes)?;
+                        self.send_output(id, changes)?;
                     }
                 }
                 Ok(())
@@ -1183,7 +1189,7 @@ impl Worker {
 
         // Send what the task produced: output records, then dead letters.
         for changes in &sends {
-            self.send_output(changes)?;
+            self.send_output(id, changes)?;
         }
         for (i, stage, why) in rejects {
             self.reject(id, &polled[i], stage, &why)?;
@@ -1191,7 +1197,96 @@ impl Worker {
         Ok(())
     }
 
-    fn send_output(&self, changes: &ChangeBatch) -> Result<(), Failure> {
+    /// Checks the output rows against `spec.expectations`, then sends the rows that pass.
+    fn send_output(&mut self, id: TaskId, changes: &ChangeBatch) -> Result<(), Failure> {
+        let failures = self
+            .checks
+            .failures(changes)
+            .map_err(|e| anyhow!("Transform {}: checking expectations: {e}", self.job.id))?;
+        if failures.is_empty() {
+            return self.write_output(changes);
+        }
+        let mut keep = vec![true; changes.len()];
+        for (row, check) in failures {
+            let expectation = &self.job.expectations[check];
+            let one = changes.slice(row, 1);
+            self.health
+                .metrics
+                .dead_letters
+                .get_or_create(&DeadLetterLabels {
+                    stage: Stage::Expectation.as_str().into(),
+                    class: "expectation_failed".into(),
+                    policy: policy_name(expectation.on_failure).into(),
+                })
+                .inc();
+            self.health
+                .metrics
+                .expectation_failures
+                .get_or_create(&crate::metrics::ExpectationLabels {
+                    expectation: expectation.name.clone(),
+                })
+                .inc();
+            if !std::mem::replace(&mut keep[row], false) {
+                continue; // already set aside by an earlier check
+            }
+            let record = self
+                .encoder
+                .encode(&one)
+                .map_err(|e| anyhow!("encoding an output row: {e}"))?
+                .into_iter()
+                .next();
+            let why = Rejection {
+                class: "expectation_failed",
+                message: format!(
+                    "expectation {} failed: {}",
+                    expectation.name, expectation.check
+                ),
+                field: None,
+            };
+            match expectation.on_failure {
+                OnFailure::Drop => {}
+                OnFailure::Fail => {
+                    return Err(Failure::Fatal(anyhow!(
+                        "Transform {}: expectation {} (onFailure: fail) failed on an output row \
+                         of task {id}: {}",
+                        self.job.id,
+                        expectation.name,
+                        record
+                            .as_ref()
+                            .and_then(|r| r.value.as_ref())
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default()
+                    )));
+                }
+                OnFailure::DeadLetter => {
+                    let polled = Polled {
+                        source: 0,
+                        input: None,
+                        control: None,
+                        offset: -1,
+                        key: record.as_ref().and_then(|r| r.key.clone()),
+                        value: record.and_then(|r| r.value),
+                        headers: Vec::new(),
+                        timestamp: None,
+                    };
+                    let from = dead_letter::Source {
+                        topic: &self.job.output_topic,
+                        partition: id.partition,
+                        offset: -1,
+                        timestamp: None,
+                    };
+                    self.dead_letter(&polled, Stage::Expectation, &why, &from)?;
+                }
+            }
+        }
+        let mask: arrow::array::BooleanArray = keep.into_iter().map(Some).collect();
+        let passed = changes
+            .filter(&mask)
+            .map_err(|e| anyhow!("filtering output rows: {e}"))?;
+        self.write_output(&passed)
+    }
+
+    fn write_output(&self, changes: &ChangeBatch) -> Result<(), Failure> {
         let records = self
             .encoder
             .encode(changes)
@@ -1230,12 +1325,7 @@ impl Worker {
             .get_or_create(&DeadLetterLabels {
                 stage: stage.as_str().into(),
                 class: why.class.into(),
-                policy: match policy {
-                    OnFailure::DeadLetter => "deadLetter",
-                    OnFailure::Drop => "drop",
-                    OnFailure::Fail => "fail",
-                }
-                .into(),
+                policy: policy_name(policy).into(),
             })
             .inc();
         match policy {
@@ -1256,37 +1346,48 @@ impl Worker {
                     offset: p.offset,
                     timestamp: p.timestamp,
                 };
-                let mut headers = OwnedHeaders::new_with_capacity(p.headers.len() + 12);
-                for (k, v) in &p.headers {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: v.as_deref(),
-                    });
-                }
-                for (k, v) in dead_letter::headers(
-                    stage,
-                    why,
-                    &from,
-                    &self.job.id,
-                    &self.job.compiled.fingerprint,
-                    &self.config.worker_name,
-                ) {
-                    headers = headers.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    });
-                }
-                let mut rec: BaseRecord<'_, [u8], [u8], ()> =
-                    BaseRecord::to(&self.names.dead_letters).headers(headers);
-                if let Some(k) = &p.key {
-                    rec = rec.key(k.as_slice());
-                }
-                if let Some(v) = &p.value {
-                    rec = rec.payload(v.as_slice());
-                }
-                self.send(rec)
+                self.dead_letter(p, stage, why, &from)
             }
         }
+    }
+
+    /// Writes `p` to the dead-letter topic with its headers and the `weir.*` ones.
+    fn dead_letter(
+        &self,
+        p: &Polled,
+        stage: Stage,
+        why: &Rejection,
+        from: &dead_letter::Source<'_>,
+    ) -> Result<(), Failure> {
+        let mut headers = OwnedHeaders::new_with_capacity(p.headers.len() + 12);
+        for (k, v) in &p.headers {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        for (k, v) in dead_letter::headers(
+            stage,
+            why,
+            from,
+            &self.job.id,
+            &self.job.compiled.fingerprint,
+            &self.config.worker_name,
+        ) {
+            headers = headers.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8], ()> =
+            BaseRecord::to(&self.names.dead_letters).headers(headers);
+        if let Some(k) = &p.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &p.value {
+            rec = rec.payload(v.as_slice());
+        }
+        self.send(rec)
     }
 
     /// Queues a record, waiting while the producer's queue is full.
@@ -1807,6 +1908,15 @@ impl Worker {
             .map(|e| e.offset())
             .filter(|o| matches!(o, Offset::Offset(_)))
             .unwrap_or(Offset::End))
+    }
+}
+
+/// The metric label of a policy.
+fn policy_name(policy: OnFailure) -> &'static str {
+    match policy {
+        OnFailure::DeadLetter => "deadLetter",
+        OnFailure::Drop => "drop",
+        OnFailure::Fail => "fail",
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use weir_crds::transform::{DeliveryGuarantee, OnFailure};
+use weir_crds::transform::{DeliveryGuarantee, Expectation, OnFailure};
 use weir_crds::{DataStream, Transform};
 use weir_engine::sql::partitioning::{self, Partitioning};
 use weir_engine::sql::{CompiledTransform, StreamKind};
@@ -38,6 +38,8 @@ pub struct Job {
     /// How the inputs reach the stateful operators, or why no single repartition stage
     /// makes the plan correct at more than one partition.
     pub partitioning: Result<Partitioning, String>,
+    /// `spec.expectations`, each known to compile.
+    pub expectations: Vec<Expectation>,
 }
 
 /// Where a partition with no committed offset starts reading.
@@ -136,10 +138,23 @@ impl Job {
                 .with_context(|| format!("Transform {id}: spec.windows.idleTimeout: {d:?}"))?,
             None => Duration::from_secs(30),
         };
+        let checks: Vec<&str> = tf
+            .spec
+            .expectations
+            .iter()
+            .map(|e| e.check.as_str())
+            .collect();
+        if let Err((i, e)) = weir_engine::Expectations::compile(&compiled, &checks) {
+            bail!(
+                "Transform {id}: spec.expectations[{i}] ({}): {e}",
+                tf.spec.expectations[i].name
+            );
+        }
         Ok(Self {
             id,
             namespace,
             name,
+            expectations: tf.spec.expectations.clone(),
             partitioning: partitioning::plan(&compiled),
             compiled,
             input_topics,

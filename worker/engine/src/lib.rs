@@ -29,12 +29,14 @@ pub use weir_sql as sql;
 
 mod changes;
 mod engine;
+pub mod expectations;
 mod exprs;
 mod ops;
 pub mod runner;
 
 pub use changes::{ChangeBatch, concat};
 pub use engine::{Engine, EngineStats, StateEntry};
+pub use expectations::Expectations;
 
 /// Something went wrong while running changes through the engine.
 #[derive(Debug, thiserror::Error)]
