@@ -156,6 +156,18 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
                 continue;
             }
         };
+        let checks: Vec<&str> = tf
+            .spec
+            .expectations
+            .iter()
+            .map(|e| e.check.as_str())
+            .collect();
+        if let Err((i, e)) = weir_engine::Expectations::compile(&compiled, &checks) {
+            let name = &tf.spec.expectations[i].name;
+            let _ = writeln!(report, "FAIL  {id}: spec.expectations[{i}] ({name}): {e}");
+            failed += 1;
+            continue;
+        }
         let _ = writeln!(report, "{id}");
         if tf.spec.tests.is_empty() {
             let _ = writeln!(report, "      (no tests)");

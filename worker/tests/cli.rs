@@ -54,6 +54,19 @@ fn a_wrong_expectation_fails_with_a_diff() {
 }
 
 #[test]
+fn an_expectation_that_does_not_compile_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let broken = variant(&dir, "broken.yaml", "views > 0", "viewz > 0");
+    let (code, out, _) = weir(&["test", STREAM, &broken]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  analytics/views-per-page: spec.expectations[0] (counted):"),
+        "{out}"
+    );
+    assert!(out.contains("viewz"), "{out}");
+}
+
+#[test]
 fn bad_sql_names_the_resource_and_the_position() {
     let dir = tempfile::tempdir().expect("tempdir");
     let broken = variant(
