@@ -250,7 +250,7 @@ spec:
             for w in workers.iter_mut() {
                 if !w.is_running() {
                     eprintln!("{} gave up:\n{}", w.name(), w.log_tail(5));
-                    *w = self.worker(&w.name().to_owned(), &fast());
+                    *w = self.worker(w.name(), &fast());
                 }
             }
             if &self.output().await == expected {
