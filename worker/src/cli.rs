@@ -156,15 +156,8 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
                 continue;
             }
         };
-        let checks: Vec<&str> = tf
-            .spec
-            .expectations
-            .iter()
-            .map(|e| e.check.as_str())
-            .collect();
-        if let Err((i, e)) = weir_engine::Expectations::compile(&compiled, &checks) {
-            let name = &tf.spec.expectations[i].name;
-            let _ = writeln!(report, "FAIL  {id}: spec.expectations[{i}] ({name}): {e}");
+        if let Err(e) = compile_expectations(&tf.spec.expectations, &compiled) {
+            let _ = writeln!(report, "FAIL  {id}: {e}");
             failed += 1;
             continue;
         }
@@ -200,6 +193,17 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
     }
     let _ = writeln!(report, "\n{passed} passed, {failed} failed");
     Ok((report, failed == 0))
+}
+
+/// Compiles `spec.expectations` against the plan they check; an error names the
+/// expectation by index and name.
+pub fn compile_expectations(
+    expectations: &[weir_crds::transform::Expectation],
+    compiled: &weir_engine::sql::CompiledTransform,
+) -> Result<weir_engine::Expectations, String> {
+    let checks: Vec<&str> = expectations.iter().map(|e| e.check.as_str()).collect();
+    weir_engine::Expectations::compile(compiled, &checks)
+        .map_err(|(i, e)| format!("spec.expectations[{i}] ({}): {e}", expectations[i].name))
 }
 
 /// `weir explain`: the compiled plan of every Transform.

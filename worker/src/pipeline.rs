@@ -399,9 +399,8 @@ pub fn run(
         &job.compiled.output_key,
         job.compiled.output_kind,
     );
-    let checks: Vec<&str> = job.expectations.iter().map(|e| e.check.as_str()).collect();
-    let checks = weir_engine::Expectations::compile(&job.compiled, &checks)
-        .map_err(|(i, e)| anyhow!("Transform {}: spec.expectations[{i}]: {e}", job.id))?;
+    let checks = crate::cli::compile_expectations(&job.expectations, &job.compiled)
+        .map_err(|e| anyhow!("Transform {}: {e}", job.id))?;
     let worker = Arc::new(Mutex::new(Worker {
         checks,
         job: job.clone(),
@@ -977,14 +976,7 @@ impl Worker {
                 .position(|p| p.source != source)
                 .map_or(polled.len(), |n| start + n);
             let run = &polled[start..end];
-            let payloads: Vec<Payload<'_>> = run
-                .iter()
-                .map(|p| Payload {
-                    key: p.key.as_deref(),
-                    value: p.value.as_deref(),
-                })
-                .collect();
-            let decoded = self.decoders[source].decode(&payloads);
+            let decoded = decode_run(&self.decoders[source], run);
             rejects.extend(
                 decoded
                     .rejected
@@ -1095,14 +1087,7 @@ impl Worker {
                 .position(|p| p.input != Some(input) || p.control.is_some())
                 .map_or(polled.len(), |n| start + n);
             let run = &polled[start..end];
-            let payloads: Vec<Payload<'_>> = run
-                .iter()
-                .map(|p| Payload {
-                    key: p.key.as_deref(),
-                    value: p.value.as_deref(),
-                })
-                .collect();
-            let decoded = self.decoders[input].decode(&payloads);
+            let decoded = decode_run(&self.decoders[input], run);
             for (i, why) in decoded.rejected {
                 rejects.push((start + i, Stage::Decode, why));
             }
@@ -1909,6 +1894,18 @@ impl Worker {
             .filter(|o| matches!(o, Offset::Offset(_)))
             .unwrap_or(Offset::End))
     }
+}
+
+/// Decodes a run of records of one input.
+fn decode_run(decoder: &Decoder, run: &[Polled]) -> crate::codec::Decoded {
+    let payloads: Vec<Payload<'_>> = run
+        .iter()
+        .map(|p| Payload {
+            key: p.key.as_deref(),
+            value: p.value.as_deref(),
+        })
+        .collect();
+    decoder.decode(&payloads)
 }
 
 /// The metric label of a policy.

@@ -138,17 +138,8 @@ impl Job {
                 .with_context(|| format!("Transform {id}: spec.windows.idleTimeout: {d:?}"))?,
             None => Duration::from_secs(30),
         };
-        let checks: Vec<&str> = tf
-            .spec
-            .expectations
-            .iter()
-            .map(|e| e.check.as_str())
-            .collect();
-        if let Err((i, e)) = weir_engine::Expectations::compile(&compiled, &checks) {
-            bail!(
-                "Transform {id}: spec.expectations[{i}] ({}): {e}",
-                tf.spec.expectations[i].name
-            );
+        if let Err(e) = cli::compile_expectations(&tf.spec.expectations, &compiled) {
+            bail!("Transform {id}: {e}");
         }
         Ok(Self {
             id,
