@@ -85,7 +85,8 @@ pub struct TransformSpec {
     pub expectations: Vec<Expectation>,
 
     /// What happens to an input record the worker cannot process (bad JSON, wrong types,
-    /// missing fields, too large, a row the engine cannot compute).
+    /// missing fields, too large, a row the engine cannot compute, a record arriving
+    /// after its window closed).
     #[serde(default)]
     pub error_policy: OnFailure,
 
@@ -126,7 +127,8 @@ pub struct WindowPolicy {
     #[serde(default)]
     pub emit: WindowEmit,
     /// How long after the watermark passes a window's end the window still accepts
-    /// records, such as `30s`. Records later than that are dropped and counted.
+    /// records, such as `30s`. Records later than that are counted and follow
+    /// `spec.errorPolicy`.
     /// Defaults to `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]

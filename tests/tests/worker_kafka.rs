@@ -584,7 +584,7 @@ async fn an_idle_partition_does_not_stop_windows_closing_and_its_late_records_co
     s.await_output(&expected, Duration::from_secs(120), &[&w])
         .await;
     assert_eq!(w.metric_sum("weir_worker_late_records_total").await, 0.0);
-    // Partition 2 speaks, ten minutes behind: its record is late, counted, not emitted.
+    // Partition 2 speaks, ten minutes behind: its record is late, counted, set aside.
     let (mut late, _) = clicks(30, 1, 30);
     late[0].partition = Some(2);
     s.produce(&late).await;
@@ -602,6 +602,17 @@ async fn an_idle_partition_does_not_stop_windows_closing_and_its_late_records_co
         expected,
         "a late record changed no window"
     );
+    // It follows the error policy: a dead letter, with its original value.
+    let dead = records::consume_all(
+        &s.bootstrap,
+        &s.topic("t.dead-letters"),
+        Duration::from_secs(3),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].header("weir.error.class").as_deref(), Some("late"));
+    assert_eq!(dead[0].value, late[0].value);
     w.stop();
     s.assert_no_open_transactions();
 }

@@ -22,8 +22,8 @@ use weir_engine::sql::{StreamInput, StreamKind};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejection {
     /// A stable, low-cardinality class: `json_syntax`, `type_mismatch`, `missing_field`,
-    /// `too_large`, `time_out_of_range`, `unexpected_tombstone`, `engine`,
-    /// `expectation_failed`.
+    /// `too_large`, `time_out_of_range`, `unexpected_tombstone`, `engine`, `late`,
+    /// `expectation_failed`, `not_a_weir_record`.
     pub class: &'static str,
     /// What is wrong, for a person.
     pub message: String,

@@ -1106,8 +1106,14 @@ impl Worker {
                     for (r, row) in rows.iter().enumerate() {
                         let one = batch.slice(r, 1);
                         let snapshot = task.engine.snapshot().map_err(|e| anyhow!("{e}"))?;
+                        let late_before = task.engine.late_records();
                         match task.engine.push(input, one) {
-                            Ok(out) => sends.extend(out),
+                            Ok(out) => {
+                                sends.extend(out);
+                                if task.engine.late_records() > late_before {
+                                    rejects.push((start + row, Stage::Engine, late()));
+                                }
+                            }
                             Err(e) => {
                                 task.engine.restore(&snapshot).map_err(|e| anyhow!("{e}"))?;
                                 rejects.push((
@@ -1123,14 +1129,27 @@ impl Worker {
                         }
                     }
                 } else {
-                    match task.engine.push(input, batch) {
-                        Ok(out) => sends.extend(out),
-                        Err(e) => {
-                            return Err(Failure::Engine {
-                                task: id,
-                                until: last,
-                                error: e.to_string(),
-                            });
+                    // Rows behind the watermark go one at a time, so a late one is known
+                    // and follows the error policy; the others go in runs, in order.
+                    let behind = task
+                        .engine
+                        .behind_watermark(input, &batch.data)
+                        .map_err(|e| anyhow!("reading event times: {e}"))?;
+                    for (offset, len) in pieces(behind.as_ref(), batch.len()) {
+                        let late_before = task.engine.late_records();
+                        match task.engine.push(input, batch.slice(offset, len)) {
+                            Ok(out) => sends.extend(out),
+                            Err(e) => {
+                                return Err(Failure::Engine {
+                                    task: id,
+                                    until: last,
+                                    error: e.to_string(),
+                                });
+                            }
+                        }
+                        if behind.is_some() && len == 1 && task.engine.late_records() > late_before
+                        {
+                            rejects.push((start + rows[offset], Stage::Engine, late()));
                         }
                     }
                 }
@@ -1896,6 +1915,40 @@ impl Worker {
     }
 }
 
+/// Splits `len` rows into pieces to push: each row where `single` is true alone, the
+/// rows between in runs.
+fn pieces(single: Option<&arrow::array::BooleanArray>, len: usize) -> Vec<(usize, usize)> {
+    let Some(single) = single else {
+        return vec![(0, len)];
+    };
+    let mut out = Vec::new();
+    let mut run = 0;
+    for i in 0..len {
+        if single.value(i) {
+            if run < i {
+                out.push((run, i - run));
+            }
+            out.push((i, 1));
+            run = i + 1;
+        }
+    }
+    if run < len {
+        out.push((run, len - run));
+    }
+    out
+}
+
+/// Why a late record is set aside.
+fn late() -> Rejection {
+    Rejection {
+        class: "late",
+        message: "the record arrived after the watermark had closed its window (or expired \
+                  the join state it needed)"
+            .into(),
+        field: None,
+    }
+}
+
 /// Decodes a run of records of one input.
 fn decode_run(decoder: &Decoder, run: &[Polled]) -> crate::codec::Decoded {
     let payloads: Vec<Payload<'_>> = run
@@ -1955,5 +2008,21 @@ fn classify(e: KafkaError) -> Failure {
         }
         KafkaError::Flush(_) => Failure::Abort(format!("{e}")),
         _ => Failure::Fatal(anyhow!("an unexpected Kafka error: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rows_behind_the_watermark_are_pushed_alone_and_the_rest_in_runs() {
+        let mask: arrow::array::BooleanArray = [false, true, true, false, false, true]
+            .into_iter()
+            .map(Some)
+            .collect();
+        assert_eq!(
+            super::pieces(Some(&mask), 6),
+            vec![(0, 1), (1, 1), (2, 1), (3, 2), (5, 1)]
+        );
+        assert_eq!(super::pieces(None, 4), vec![(0, 4)]);
     }
 }

@@ -223,6 +223,30 @@ impl Engine {
         Ok(arrow::compute::max(times.as_ref()).map(|t| t.saturating_sub(*ooo)))
     }
 
+    /// The rows of an input batch whose event time is behind the input's watermark: the
+    /// only ones a window or an interval join can find late (a row at or after the
+    /// watermark never is). `None` when no row is, or the input has no event time.
+    pub fn behind_watermark(
+        &self,
+        input: usize,
+        batch: &RecordBatch,
+    ) -> Result<Option<arrow::array::BooleanArray>> {
+        let (Some(Some((col, _))), Some(&wm)) =
+            (self.event_time.get(input), self.input_watermarks.get(input))
+        else {
+            return Ok(None);
+        };
+        if wm == i64::MIN {
+            return Ok(None);
+        }
+        let times = time_nanos(batch.column(*col))?;
+        let behind: arrow::array::BooleanArray = times
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t < wm)))
+            .collect();
+        Ok((behind.true_count() > 0).then_some(behind))
+    }
+
     /// Moves input `input`'s watermark forward to `watermark` (nanoseconds); it never
     /// moves back. Returns the output's changes this completes.
     pub fn advance_watermark(&mut self, input: usize, watermark: i64) -> Result<Vec<ChangeBatch>> {
