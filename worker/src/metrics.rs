@@ -101,7 +101,7 @@ pub struct Metrics {
     /// Approximate bytes of state per task.
     pub state_bytes: Family<TaskLabels, Gauge>,
     /// Bytes written to the changelog.
-    pub changelog_bytes: Counter,
+    pub changelog_bytes: Family<TaskLabels, Counter>,
     /// How long restoring a task from its changelog takes.
     pub restore_seconds: Histogram,
     /// Rebalances, by kind.
@@ -129,7 +129,7 @@ impl Default for Metrics {
             watermark_seconds: Family::default(),
             consumer_lag: Family::default(),
             state_bytes: Family::default(),
-            changelog_bytes: Counter::default(),
+            changelog_bytes: Family::default(),
             restore_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             rebalances: Family::default(),
             tasks: Family::default(),
@@ -203,7 +203,7 @@ impl Default for Metrics {
         );
         registry.register(
             "changelog_bytes",
-            "Bytes written to the changelog",
+            "Bytes written to the changelog, per task",
             m.changelog_bytes.clone(),
         );
         registry.register(

@@ -1539,7 +1539,11 @@ impl Worker {
                 .key(&changelog::META_KEY[..])
                 .payload(value.as_slice()),
         )?;
-        self.health.metrics.changelog_bytes.inc_by(bytes);
+        self.health
+            .metrics
+            .changelog_bytes
+            .get_or_create(&crate::metrics::TaskLabels { task: partition })
+            .inc_by(bytes);
         Ok(())
     }
 
