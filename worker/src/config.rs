@@ -120,6 +120,16 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_TOPICS_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub topics_timeout: Duration,
 
+    /// The most bytes of fetched records the consumer keeps queued per input partition
+    /// (librdkafka's `queued.max.messages.kbytes`, in KiB).
+    #[arg(long, env = "WEIR_FETCH_QUEUE_KIB", default_value_t = 8 * 1024)]
+    pub fetch_queue_kib: u64,
+
+    /// The most bytes of records the producer holds before they are acknowledged
+    /// (librdkafka's `queue.buffering.max.kbytes`, in KiB); processing waits when full.
+    #[arg(long, env = "WEIR_PRODUCE_QUEUE_KIB", default_value_t = 64 * 1024)]
+    pub produce_queue_kib: u64,
+
     /// Records larger than this (key and value) are set aside as `too_large`.
     #[arg(long, env = "WEIR_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
     pub max_record_bytes: usize,

@@ -342,7 +342,13 @@ pub fn run(
 
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut pc = base();
+    // Memory is bounded by these queues, not by the input: see `--produce-queue-kib` and
+    // `--fetch-queue-kib`.
     pc.set("enable.idempotence", "true")
+        .set(
+            "queue.buffering.max.kbytes",
+            config.produce_queue_kib.to_string(),
+        )
         .set("linger.ms", "5")
         .set("partitioner", "murmur2_random");
     if exactly_once {
@@ -441,6 +447,10 @@ pub fn run(
         .set("isolation.level", "read_committed")
         .set("auto.offset.reset", "earliest")
         .set("statistics.interval.ms", "5000")
+        .set(
+            "queued.max.messages.kbytes",
+            config.fetch_queue_kib.to_string(),
+        )
         .set(
             "session.timeout.ms",
             config.session_timeout.as_millis().to_string(),
