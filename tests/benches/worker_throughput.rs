@@ -109,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         ("bench.bids", false),
         ("bench.auctions", true),
         ("bench.empty", false),
+        ("bench.raw-out", false),
     ] {
         let configs: &[(&str, &str)] = if compact {
             &[("cleanup.policy", "compact")]
