@@ -451,6 +451,9 @@ pub fn run(
             "queued.max.messages.kbytes",
             config.fetch_queue_kib.to_string(),
         )
+        // Fetch again soon after the queue drains below its bound; librdkafka's default
+        // (1 s) leaves a bounded queue empty for most of each second.
+        .set("fetch.queue.backoff.ms", "10")
         .set(
             "session.timeout.ms",
             config.session_timeout.as_millis().to_string(),
