@@ -2,7 +2,7 @@
 //!
 //! `weir-worker run` consumes a Transform's input topics, decodes JSON records into Arrow
 //! batches of changes ([`codec`]), runs them through the compiled plan on `weir-engine`
-//! with one engine per input partition, and produces the results. With exactly-once
+//! with one engine per input partition (or per repartition partition), and produces the results. With exactly-once
 //! delivery (the default) the output records, the dead letters ([`dead_letter`]), each
 //! task's changed state entries ([`changelog`]) and the consumed offsets commit in one
 //! Kafka transaction ([`pipeline`]). `/metrics`, `/healthz` and `/readyz` are served by

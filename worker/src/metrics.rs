@@ -44,7 +44,8 @@ pub struct ReasonLabels {
 /// Labels of a task (one input partition number).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
-    /// The task: the partition number of its inputs.
+    /// The task: the partition number of its inputs (of the repartition topic when the
+    /// plan repartitions).
     pub task: i32,
 }
 

@@ -44,15 +44,13 @@ impl Progress {
     }
 
     /// Records what `partition` of `input` says; its watermark never moves back.
-    /// Returns whether anything changed.
-    pub fn update(&mut self, input: usize, partition: i32, mark: Mark) -> bool {
+    pub fn update(&mut self, input: usize, partition: i32, mark: Mark) {
         let prev = self.marks.get(&(input, partition)).copied();
         let next = Mark {
             watermark: prev.map_or(mark.watermark, |p| p.watermark.max(mark.watermark)),
             idle: mark.idle,
         };
         self.marks.insert((input, partition), next);
-        prev != Some(next)
     }
 
     /// What `partition` of `input` last said.
@@ -172,14 +170,5 @@ mod tests {
         assert_eq!(p.effective(), vec![Some(300), Some(100)]);
         p.update(1, 0, idle(100));
         assert_eq!(p.effective(), vec![Some(300), Some(300)]);
-    }
-
-    #[test]
-    fn update_says_whether_anything_changed() {
-        let mut p = Progress::new(vec![1]);
-        assert!(p.update(0, 0, at(1)));
-        assert!(!p.update(0, 0, at(1)));
-        assert!(!p.update(0, 0, at(0)));
-        assert!(p.update(0, 0, idle(0)));
     }
 }

@@ -33,6 +33,8 @@ pub struct Engine {
     input_schemas: Vec<SchemaRef>,
     output_schema: SchemaRef,
     fingerprint: String,
+    /// Whether an operator can drop a record as late (a window or an interval join).
+    drops_late: bool,
     /// Whether operators have emitted what they hold before any input (a global
     /// aggregate's first row). Part of the snapshot, so that row is emitted exactly once
     /// across a restore.
@@ -99,6 +101,7 @@ impl Engine {
             input_schemas: compiled.inputs.iter().map(|i| i.schema.clone()).collect(),
             output_schema: compiled.output_schema.clone(),
             fingerprint: compiled.fingerprint.clone(),
+            drops_late: false,
             primed: false,
             meta_sent: None,
             meta_applied: false,
@@ -130,6 +133,11 @@ impl Engine {
         parent: Option<(usize, usize)>,
         compiled: &CompiledTransform,
     ) -> Result<usize> {
+        self.drops_late |= match &n.op {
+            Op::Aggregate(a) => a.window.is_some(),
+            Op::Join(j) => matches!(j.mode, plan::JoinMode::Interval { .. }),
+            _ => false,
+        };
         let op: Box<dyn Operator> = match &n.op {
             Op::Source {
                 input, projection, ..
@@ -225,7 +233,8 @@ impl Engine {
 
     /// The rows of an input batch whose event time is behind the input's watermark: the
     /// only ones a window or an interval join can find late (a row at or after the
-    /// watermark never is). `None` when no row is, or the input has no event time.
+    /// watermark never is). `None` when no row is, the input has no event time, or no
+    /// operator can find a record late.
     pub fn behind_watermark(
         &self,
         input: usize,
@@ -236,7 +245,7 @@ impl Engine {
         else {
             return Ok(None);
         };
-        if wm == i64::MIN {
+        if wm == i64::MIN || !self.drops_late {
             return Ok(None);
         }
         let times = time_nanos(batch.column(*col))?;
