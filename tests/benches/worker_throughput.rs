@@ -9,7 +9,8 @@
 //! rate, and the time to restore a task from its changelog.
 //!
 //! Run with `make bench` (which builds the release binaries first). Records:
-//! `WEIR_BENCH_RECORDS` (default 200,000).
+//! `WEIR_BENCH_RECORDS` (default 200,000); `WEIR_BENCH_QUERIES` (names, comma-separated) runs
+//! only those queries.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = rss_kib(&w, "VmRSS");
+        let rss = ["VmRSS", "RssAnon", "RssFile"].map(|f| rss_kib(&w, f));
         w.stop();
         drop(s);
         rss
@@ -156,7 +157,15 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     let mut eos_passthrough = 0.0;
     let mut restore = None;
+    // `WEIR_BENCH_QUERIES=passthrough,filter` runs only those queries (when profiling).
+    let only = std::env::var("WEIR_BENCH_QUERIES").ok();
     for (qi, (name, sql)) in QUERIES.iter().enumerate() {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|q| q == *name))
+        {
+            continue;
+        }
         for delivery in ["exactlyOnce", "atLeastOnce"] {
             if qi == QUERIES.len() - 1 && delivery == "atLeastOnce" {
                 continue;
@@ -204,7 +213,11 @@ async fn main() -> anyhow::Result<()> {
         println!("{r}");
     }
     println!("\nraw rdkafka loop: {raw_rate:.0} records/s");
-    println!("idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
+    let [rss, anon, file] = idle_rss.map(|k| k as f64 / 1024.0);
+    println!(
+        "idle RSS: {rss:.1} MiB ({anon:.1} MiB anonymous, {file:.1} MiB mapped from files: \
+         the binary's pages in the page cache)"
+    );
     println!(
         "passthrough exactly-once at {:.0} records/s: p50 {p50} ms, p99 {p99} ms",
         eos_passthrough / 2.0
@@ -370,7 +383,8 @@ async fn wait_committed(bootstrap: &str, group: &str, topic: &str, end: i64) -> 
 }
 
 /// p50 and p99 milliseconds from producing a bid to reading it, committed, from the output
-/// of an exactly-once passthrough, at `rate` records/s for 10 s.
+/// of an exactly-once passthrough, at `rate` records/s for 12 s. The first 2 s are a
+/// warm-up and not counted (the clients' first fetches and metadata requests).
 async fn latency(
     dir: &tempfile::TempDir,
     bootstrap: &str,
@@ -387,7 +401,8 @@ async fn latency(
     )
     .await?;
     let bootstrap = bootstrap.to_owned();
-    let total = (rate * 10.0) as usize;
+    let total = (rate * 12.0) as usize;
+    let warm_up = (rate * 2.0) as usize;
     let reader = {
         let bootstrap = bootstrap.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u64>> {
@@ -411,8 +426,10 @@ async fn latency(
         })
     };
     let writer = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        // librdkafka's default linger (5 ms): a producer batching as real ones do, not
+        // one request per record.
         let producer: ThreadedProducer<_> = records::client_config(&bootstrap)
-            .set("linger.ms", "0")
+            .set("linger.ms", "5")
             .create()?;
         let started = Instant::now();
         for i in 0..total {
@@ -439,6 +456,7 @@ async fn latency(
     });
     writer.await??;
     let mut lat = reader.await??;
+    lat.drain(..warm_up.min(lat.len()));
     w.stop();
     anyhow::ensure!(!lat.is_empty(), "no output was read");
     lat.sort_unstable();

@@ -102,6 +102,12 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_COMMIT_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub commit_interval: Duration,
 
+    /// How long a cycle gathers records at least before it commits early because the
+    /// input is caught up (nothing more queued to read). Under load a cycle ends at
+    /// `--commit-interval` or `--commit-records`; at lower rates this bounds latency.
+    #[arg(long, env = "WEIR_COMMIT_LINGER", default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub commit_linger: Duration,
+
     /// The most records in one commit.
     #[arg(long, env = "WEIR_COMMIT_RECORDS", default_value_t = 10_000)]
     pub commit_records: usize,

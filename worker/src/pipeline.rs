@@ -8,8 +8,8 @@
 //! forwards records to the repartition topic, and a running task per repartition
 //! partition runs the engine; both kinds commit in the same transactions.
 //!
-//! Each cycle (every `--commit-interval` or `--commit-records`, whichever comes first)
-//! the worker decodes what it polled, runs it through each task's engine, and, in one
+//! Each cycle (every `--commit-interval` or `--commit-records`, whichever comes first,
+//! or after `--commit-linger` once nothing more is queued to read) the worker decodes what it polled, runs it through each task's engine, and, in one
 //! Kafka transaction, writes the output records, the dead letters, each changed task's
 //! state entries and the consumed offsets (KIP-447: `send_offsets_to_transaction` with
 //! the consumer's group metadata, so a worker that lost its partitions cannot commit).
@@ -287,9 +287,7 @@ impl ConsumerContext for Ctx {
                 w.count_rebalance(if lost { "lost" } else { "revoke" });
                 if lost {
                     // Another worker may already own these partitions: never commit.
-                    if let Err(e) = w.abort_and_rebuild(consumer, "partitions lost") {
-                        w.fatal.get_or_insert(e);
-                    }
+                    w.exit_lost();
                 } else if let Err(e) = w.commit(consumer) {
                     w.handle(consumer, e);
                 }
@@ -534,15 +532,28 @@ fn run_loop(
             }
             w.restore_step(consumer)?;
         }
-        let deadline = Instant::now() + config.commit_interval;
+        // A cycle gathers records until the commit interval or the record budget, or,
+        // once it has lingered, until the input is caught up: commit then, for latency.
+        let started = Instant::now();
+        let deadline = started + config.commit_interval;
+        let linger = started + config.commit_linger;
+        let mut gathered = 0usize;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 break;
             }
-            match consumer.poll(left.min(Duration::from_millis(20))) {
+            let wait = if gathered > 0 {
+                linger.saturating_duration_since(now)
+            } else {
+                left.min(Duration::from_millis(20))
+            };
+            match consumer.poll(wait) {
+                None if gathered > 0 && Instant::now() >= linger => break,
                 None => {}
                 Some(Ok(m)) => {
+                    gathered += 1;
                     let mut w = lock(worker);
                     w.buffer(&m);
                     if w.buffered >= config.commit_records {
@@ -556,6 +567,10 @@ fn run_loop(
             }
         }
         let mut w = lock(worker);
+        if let Some(e) = w.fatal.take() {
+            // Set by a rebalance callback during the polls: commit nothing more.
+            return Err(e);
+        }
         if let Err(f) = w.cycle(consumer) {
             w.handle(consumer, f);
         }
@@ -719,6 +734,11 @@ impl Worker {
     /// Handles a failed cycle or commit.
     fn handle(&mut self, consumer: &Consumer_, failure: Failure) {
         let result = match failure {
+            Failure::Abort(_) if consumer.assignment_lost() => {
+                // The commit failed because the group moved on without this worker.
+                self.exit_lost();
+                Ok(())
+            }
             Failure::Abort(reason) => {
                 tracing::warn!(%reason, "aborting the transaction and rebuilding the tasks");
                 self.abort_and_rebuild(consumer, &reason)
@@ -1470,6 +1490,10 @@ impl Worker {
                     .send_offsets_to_transaction(&tpl, &meta, Timeout::Never)
             })?;
             crash_point!("weir.commit.before_commit");
+            // commit_transaction waits for the deliveries itself, but in steps of 100 ms
+            // (librdkafka's flush with rust-rdkafka's polling thread): waiting here first
+            // makes a commit take milliseconds, not a tenth of a second.
+            self.wait_delivered();
             retry(|| self.producer.commit_transaction(Timeout::Never))?;
             self.txn_open = false;
         } else if tpl.count() > 0 {
@@ -1501,10 +1525,19 @@ impl Worker {
         Ok(())
     }
 
+    /// Waits until every record sent so far is acknowledged or has failed (a failed one
+    /// is counted by the delivery callback). Records that cannot be delivered fail after
+    /// librdkafka's `message.timeout.ms`, so this ends.
+    fn wait_delivered(&self) {
+        while self.producer.in_flight_count() > 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Waits for every record sent so far and fails if any was not delivered. Not
+    /// `Producer::flush`, which waits in steps of 100 ms.
     fn flush(&self) -> Result<(), Failure> {
-        self.producer
-            .flush(Timeout::Never)
-            .map_err(|e| Failure::Abort(format!("flushing: {e}")))?;
+        self.wait_delivered();
         if self.delivery_failures.swap(0, Ordering::Relaxed) > 0 {
             return Err(Failure::Abort("records could not be delivered".into()));
         }
@@ -1561,7 +1594,30 @@ impl Worker {
     }
 
     /// Aborts the open transaction and rebuilds every task from its changelog.
-    fn abort_and_rebuild(&mut self, consumer: &Consumer_, reason: &str) -> anyhow::Result<()> {
+    /// This worker lost its partitions to another one: it was stopped or cut off for
+    /// longer than the session timeout (a zombie). It aborts what it had open, never
+    /// commits for them, and exits non-zero, so that it restarts, rejoins the group and
+    /// reads its state back from the changelog.
+    fn exit_lost(&mut self) {
+        let error = match self.abort_open("partitions lost") {
+            Ok(()) => anyhow!(
+                "worker {} lost its partitions to another worker of the group (it was stopped \
+                 or cut off for longer than the session timeout, {:?}); its open transaction \
+                 was aborted and it exits to rejoin",
+                self.config.worker_name,
+                self.config.session_timeout
+            ),
+            Err(e) => e.context(format!(
+                "worker {} lost its partitions to another worker of the group",
+                self.config.worker_name
+            )),
+        };
+        self.fatal.get_or_insert(error);
+    }
+
+    /// Aborts the open transaction (exactly once) or waits out the sent records (at
+    /// least once), counting the abort by `reason`.
+    fn abort_open(&mut self, reason: &str) -> anyhow::Result<()> {
         self.health
             .metrics
             .aborts
@@ -1575,9 +1631,14 @@ impl Worker {
             }
             self.txn_open = false;
         } else if !self.exactly_once {
-            let _ = self.producer.flush(Timeout::Never);
+            self.wait_delivered();
             self.delivery_failures.store(0, Ordering::Relaxed);
         }
+        Ok(())
+    }
+
+    fn abort_and_rebuild(&mut self, consumer: &Consumer_, reason: &str) -> anyhow::Result<()> {
+        self.abort_open(reason)?;
         let ids: Vec<TaskId> = self.tasks.keys().copied().collect();
         self.tasks.clear();
         self.restore = None;
