@@ -125,16 +125,16 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("{n} bids ({} auctions) on the broker", auctions.len());
 
-    // Baseline: consume and produce every record, nothing else.
-    let raw = {
+    // Baseline: consume and produce every record, nothing else. The fastest of three runs
+    // (the machine is noisy; the ratios are against the best the loop did).
+    let mut raw = Duration::MAX;
+    for _ in 0..3 {
         let bootstrap = bootstrap.clone();
-        tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await??
-    };
+        let t = tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await??;
+        println!("raw rdkafka loop: {:.2} s", t.as_secs_f64());
+        raw = raw.min(t);
+    }
     let raw_rate = n as f64 / raw.as_secs_f64();
-    println!(
-        "raw rdkafka loop: {:.2} s, {raw_rate:.0} records/s",
-        raw.as_secs_f64()
-    );
 
     // Idle memory: a worker with nothing to read.
     let idle_rss = {
@@ -212,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
     for r in &rows {
         println!("{r}");
     }
-    println!("\nraw rdkafka loop: {raw_rate:.0} records/s");
+    println!("\nraw rdkafka loop, fastest of three: {raw_rate:.0} records/s");
     let [rss, anon, file] = idle_rss.map(|k| k as f64 / 1024.0);
     println!(
         "idle RSS: {rss:.1} MiB ({anon:.1} MiB anonymous, {file:.1} MiB mapped from files: \
@@ -348,7 +348,16 @@ fn raw_loop(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
             seen += 1;
         }
     }
-    producer.flush(Duration::from_secs(60))?;
+    // Not `flush`, which waits in steps of 100 ms: the baseline's wait ends with its last
+    // delivery, as the worker's does.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while producer.in_flight_count() > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the raw loop's records were not delivered"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
     Ok(started.elapsed())
 }
 

@@ -774,16 +774,6 @@ impl Worker {
             // Fetched before the pause took hold; the task seeks back once restored.
             return;
         }
-        let labels = PartitionLabels {
-            topic: m.topic().to_owned(),
-            partition: m.partition(),
-        };
-        let metrics = &self.health.metrics;
-        metrics.records_in.get_or_create(&labels).inc();
-        metrics
-            .bytes_in
-            .get_or_create(&labels)
-            .inc_by((m.key().map_or(0, <[u8]>::len) + m.payload().map_or(0, <[u8]>::len)) as u64);
         let mut headers: Vec<(String, Option<Vec<u8>>)> = m
             .headers()
             .map(|h| {
@@ -835,6 +825,7 @@ impl Worker {
         let records = self.buffered;
         for id in ids {
             if !self.tasks[&id].buffer.is_empty() {
+                self.count_in(id);
                 self.begin()?;
                 match id.role {
                     Role::Route => self.route_records(id)?,
@@ -848,6 +839,31 @@ impl Worker {
             self.health.metrics.batch_records.observe(records as f64);
         }
         self.commit(consumer)
+    }
+
+    /// Counts a task's buffered records and bytes by topic and partition (once per cycle,
+    /// not per record: the metrics' label lookups cost more than a record's copy).
+    fn count_in(&self, id: TaskId) {
+        let sources = self.sources(id.role);
+        let mut counts = vec![(0u64, 0u64); sources.len()];
+        for p in &self.tasks[&id].buffer {
+            let c = &mut counts[p.source];
+            c.0 += 1;
+            c.1 +=
+                (p.key.as_ref().map_or(0, Vec::len) + p.value.as_ref().map_or(0, Vec::len)) as u64;
+        }
+        let metrics = &self.health.metrics;
+        for (source, (records, bytes)) in counts.into_iter().enumerate() {
+            if records == 0 {
+                continue;
+            }
+            let labels = PartitionLabels {
+                topic: sources[source].clone(),
+                partition: id.partition,
+            };
+            metrics.records_in.get_or_create(&labels).inc_by(records);
+            metrics.bytes_in.get_or_create(&labels).inc_by(bytes);
+        }
     }
 
     fn begin(&mut self) -> Result<(), Failure> {
@@ -1037,9 +1053,14 @@ impl Worker {
             start = end;
         }
         sends.sort_unstable_by_key(|(i, _)| *i);
-        let labels = TopicLabels {
-            topic: route.topic.clone(),
-        };
+        let routed = self
+            .health
+            .metrics
+            .records_out
+            .get_or_create(&TopicLabels {
+                topic: route.topic.clone(),
+            })
+            .clone();
         for (i, q) in sends {
             let p = &polled[i];
             let Some(input) = p.input else { continue };
@@ -1067,7 +1088,7 @@ impl Worker {
                 rec = rec.payload(v.as_slice());
             }
             self.send(rec)?;
-            self.health.metrics.records_out.get_or_create(&labels).inc();
+            routed.inc();
         }
         for (i, why) in rejects {
             self.reject(id, &polled[i], Stage::Decode, &why)?;
@@ -1331,9 +1352,8 @@ impl Worker {
         let labels = TopicLabels {
             topic: self.job.output_topic.clone(),
         };
-        let metrics = &self.health.metrics;
-        for r in records {
-            let bytes = r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+        let (mut sent, mut bytes) = (0u64, 0u64);
+        let result = records.iter().try_for_each(|r| {
             let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.job.output_topic);
             if let Some(k) = &r.key {
                 rec = rec.key(k.as_slice());
@@ -1342,13 +1362,15 @@ impl Worker {
                 rec = rec.payload(v.as_slice());
             }
             self.send(rec)?;
-            metrics.records_out.get_or_create(&labels).inc();
-            metrics
-                .bytes_out
-                .get_or_create(&labels)
-                .inc_by(bytes as u64);
-        }
-        Ok(())
+            sent += 1;
+            bytes +=
+                (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64;
+            Ok(())
+        });
+        let metrics = &self.health.metrics;
+        metrics.records_out.get_or_create(&labels).inc_by(sent);
+        metrics.bytes_out.get_or_create(&labels).inc_by(bytes);
+        result
     }
 
     /// Follows `spec.errorPolicy` for a record that could not be processed.
