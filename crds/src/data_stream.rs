@@ -40,7 +40,7 @@ pub const ADOPT_ANNOTATION: &str = "weir.dev/adopt-existing-topic";
         .reason(Reason::FieldValueForbidden),
 )]
 #[x_kube(
-    validation = Rule::new("self.key.all(k, self.schema.fields.exists(f, f.name == k))")
+    validation = Rule::new("!has(self.key) || self.key.all(k, self.schema.fields.exists(f, f.name == k))")
         .message("every spec.key field must be a field of spec.schema")
         .field_path(".key"),
     validation = Rule::new("!has(self.eventTime) || self.schema.fields.exists(f, f.name == self.eventTime.field)")

@@ -41,6 +41,56 @@ async fn the_examples_pass_server_side_validation() {
         .args(["get", "datastreams,weir", "-A"]));
 }
 
+/// Admission as users meet it: YAML through kubectl, where an optional field is absent
+/// (kube-rs clients send `key: []` and never see what a missing key does to a CEL rule).
+#[tokio::test]
+async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_a_key_outside_the_schema() {
+    let stack = Stack::shared().await;
+    let client = stack.kube_client().await.expect("client");
+    install_crds(&client).await.expect("crds");
+    let kubeconfig = stack.control_plane.kubeconfig_path();
+    let kubectl = binary("kubectl").expect("kubectl");
+    let apply = |yaml: &str| {
+        use std::io::Write;
+        let mut child = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["apply", "--dry-run=server", "-n", "default", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("kubectl")
+    };
+    let stream = |key: &str| {
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: DataStream\nmetadata: {{ name: clicks }}\n\
+             spec:\n  description: Clicks.\n  owner: web@example.com\n{key}  schema:\n    \
+             fields:\n      - {{ name: user_id, type: string }}\n"
+        )
+    };
+    let out = apply(&stream(""));
+    assert!(
+        out.status.success(),
+        "a DataStream without spec.key was refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = apply(&stream("  key: [page]\n"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("every spec.key field must be a field of spec.schema"),
+        "a key outside the schema was not refused with the rule's message:\n{err}"
+    );
+}
+
 #[tokio::test]
 async fn the_helm_chart_lints_and_installs_against_the_apiserver() {
     let stack = Stack::shared().await;
