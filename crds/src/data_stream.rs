@@ -58,9 +58,17 @@ pub struct DataStreamSpec {
     #[schemars(length(min = 1, max = 256))]
     pub owner: String,
 
-    /// The Kafka topic's name. Defaults to `<namespace>.<name>`. Immutable.
+    /// The Kafka topic's name. Defaults to `<namespace>.<name>`. Immutable. Kafka's
+    /// internal topics (names starting with `__`) and the names `.` and `..` are refused.
+    /// Not enforced yet: a bound on which names a namespace may use (issue 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
+    #[x_kube(
+        validation = Rule::new("self != '.' && self != '..'")
+            .message("spec.topic cannot be '.' or '..': Kafka refuses those names"),
+        validation = Rule::new("!self.startsWith('__')")
+            .message("spec.topic cannot start with '__': those are Kafka's internal topics, which Weir never manages"),
+    )]
     pub topic: Option<String>,
 
     /// The number of partitions. Can be raised, never lowered.

@@ -44,7 +44,7 @@ async fn the_examples_pass_server_side_validation() {
 /// Admission as users meet it: YAML through kubectl, where an optional field is absent
 /// (kube-rs clients send `key: []` and never see what a missing key does to a CEL rule).
 #[tokio::test]
-async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_a_key_outside_the_schema() {
+async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_bad_keys_and_kafkas_topics() {
     let stack = Stack::shared().await;
     let client = stack.kube_client().await.expect("client");
     install_crds(&client).await.expect("crds");
@@ -89,6 +89,15 @@ async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_a_key_outside_
             && err.contains("every spec.key field must be a field of spec.schema"),
         "a key outside the schema was not refused with the rule's message:\n{err}"
     );
+    // Kafka's own topics are never Weir's to manage, whatever a tenant writes.
+    for topic in ["__consumer_offsets", "__transaction_state", ".."] {
+        let out = apply(&stream(&format!("  topic: {topic:?}\n")));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("spec.topic cannot"),
+            "spec.topic {topic} was not refused:\n{err}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -138,6 +138,16 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         configs.insert("retention.bytes".into(), bytes.to_string());
     }
 
+    let name = ds.topic_name();
+    check_topic_name(&name).map_err(|m| {
+        let field = if spec.topic.is_some() {
+            "spec.topic"
+        } else {
+            "metadata.name"
+        };
+        SpecError::new(field, m)
+    })?;
+
     let adopt = ds
         .metadata
         .annotations
@@ -146,7 +156,7 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         .is_some_and(|v| v == "true");
     Ok(ValidatedDataStream {
         topic: DesiredTopic {
-            name: ds.topic_name(),
+            name,
             partitions: spec.partitions,
             replication_factor: spec
                 .replication_factor
@@ -159,6 +169,37 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
 }
 
 /// Parses a duration such as `7d`, `12h`, `1h30m` or `500ms` into milliseconds.
+/// Kafka's rules for a topic name, and Weir's: never one of Kafka's internal topics.
+/// The CRD checks `spec.topic` at admission; this also covers the default
+/// `<namespace>.<name>`, which the CRD cannot see whole (and objects admitted before a rule).
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(format!("the topic name {name:?} is not allowed by Kafka"));
+    }
+    if name.len() > 249 {
+        return Err(format!(
+            "the topic name {name:?} is {} characters; Kafka allows at most 249 (set spec.topic \
+             or use a shorter name)",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "the topic name {name:?} contains {c:?}; Kafka allows letters, digits, '.', '_' and '-'"
+        ));
+    }
+    if name.starts_with("__") {
+        return Err(format!(
+            "the topic name {name:?} starts with '__': Kafka's internal topics are never \
+             managed by Weir"
+        ));
+    }
+    Ok(())
+}
+
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration such as 7d, 12h or 30m ({e})"))?;
@@ -295,6 +336,30 @@ spec:
         let ds = data_stream(&BASE.replace("retention: 7d", "retention: forever"));
         let v = validate(&ds, &defaults()).expect("valid");
         assert_eq!(v.topic.configs["retention.ms"], "-1");
+    }
+
+    #[test]
+    fn topic_names_follow_kafka_and_never_name_an_internal_topic() {
+        assert!(check_topic_name("web.page-views_2").is_ok());
+        for bad in ["", ".", "..", "__consumer_offsets", "__transaction_state", "a/b", "é"] {
+            assert!(check_topic_name(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check_topic_name(&"a".repeat(249)).is_ok());
+        let long = check_topic_name(&"a".repeat(250)).unwrap_err();
+        assert!(long.contains("at most 249"), "{long}");
+    }
+
+    #[test]
+    fn a_default_topic_name_over_kafkas_limit_names_metadata_name() {
+        let mut ds = data_stream(BASE);
+        ds.metadata.name = Some("x".repeat(250));
+        let e = validate(&ds, &defaults()).unwrap_err();
+        assert_eq!(e.field, "metadata.name");
+        let mut ds = data_stream(BASE);
+        ds.spec.topic = Some("__consumer_offsets".into());
+        let e = validate(&ds, &defaults()).unwrap_err();
+        assert_eq!(e.field, "spec.topic");
+        assert!(e.message.contains("internal"), "{}", e.message);
     }
 
     #[test]
