@@ -517,6 +517,7 @@ fn run_loop(
     config: &RunConfig,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
+    let mut restoring;
     loop {
         {
             let mut w = lock(worker);
@@ -531,11 +532,18 @@ fn run_loop(
                 return w.fatal.take().map_or(Ok(()), Err);
             }
             w.restore_step(consumer)?;
+            restoring = w.restore.is_some() || !w.restoring.is_empty();
         }
         // A cycle gathers records until the commit interval or the record budget, or,
         // once it has lingered, until the input is caught up: commit then, for latency.
+        // While a task restores, cycles are short so that the restore gets the time.
         let started = Instant::now();
-        let deadline = started + config.commit_interval;
+        let deadline = started
+            + if restoring {
+                config.commit_linger
+            } else {
+                config.commit_interval
+            };
         let linger = started + config.commit_linger;
         let mut gathered = 0usize;
         loop {

@@ -168,7 +168,6 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
     })
 }
 
-/// Parses a duration such as `7d`, `12h`, `1h30m` or `500ms` into milliseconds.
 /// Kafka's rules for a topic name, and Weir's: never one of Kafka's internal topics.
 /// The CRD checks `spec.topic` at admission; this also covers the default
 /// `<namespace>.<name>`, which the CRD cannot see whole (and objects admitted before a rule).
@@ -200,6 +199,7 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a duration such as `7d`, `12h`, `1h30m` or `500ms` into milliseconds.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration such as 7d, 12h or 30m ({e})"))?;
@@ -341,7 +341,15 @@ spec:
     #[test]
     fn topic_names_follow_kafka_and_never_name_an_internal_topic() {
         assert!(check_topic_name("web.page-views_2").is_ok());
-        for bad in ["", ".", "..", "__consumer_offsets", "__transaction_state", "a/b", "é"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "__consumer_offsets",
+            "__transaction_state",
+            "a/b",
+            "é",
+        ] {
             assert!(check_topic_name(bad).is_err(), "{bad:?} was accepted");
         }
         assert!(check_topic_name(&"a".repeat(249)).is_ok());

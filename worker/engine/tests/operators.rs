@@ -321,3 +321,29 @@ fn state_from_another_plan_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot restore plan"), "{err}");
 }
+
+/// A SUM over integers that leaves the 64-bit range is an error, not i64::MAX; the
+/// engine's state is left for the caller to restore (the worker snapshots per record).
+#[test]
+fn an_integer_sum_that_overflows_is_an_error() {
+    let c = compiled("SELECT k, SUM(v) AS s FROM e GROUP BY k");
+    let mut engine = Engine::new(&c).unwrap();
+    let schema = c.inputs[0].schema.clone();
+    let half = i64::MAX / 2 + 1;
+    engine
+        .push(0, batch(&schema, &[(1, Some(half), 1)], 1))
+        .unwrap();
+    let err = engine
+        .push(0, batch(&schema, &[(1, Some(half), 2)], 1))
+        .unwrap_err();
+    assert!(err.to_string().contains("overflow"), "{err}");
+    // Within range again (a retraction) is fine in a fresh engine.
+    let mut engine = Engine::new(&c).unwrap();
+    let out = engine
+        .push(
+            0,
+            batch(&schema, &[(1, Some(half), 1), (1, Some(-half), 2)], 1),
+        )
+        .unwrap();
+    assert!(!out.is_empty());
+}

@@ -536,6 +536,13 @@ fn update(acc: &mut Acc, kind: Kind, p: &Prepared, i: usize, w: i64) -> Result<(
             if a.is_valid(i) {
                 *sum += i128::from(a.value(i)) * i128::from(w);
                 *n += w;
+                // An AVG's sum may grow past 64 bits (its result is a double); a SUM's
+                // may not: it would be emitted as a BIGINT.
+                if matches!(kind, Kind::SumInt) && i64::try_from(*sum).is_err() {
+                    return Err(EngineError::Overflow(format!(
+                        "an integer SUM overflowed the 64-bit range (it reached {sum})"
+                    )));
+                }
             }
         }
         (Acc::SumI { sum, n }, Prepared::Dec(a)) => {
