@@ -104,6 +104,9 @@ impl Topics {
             .to_owned();
         config
             .set("socket.timeout.ms", "10000")
+            // Reading a missing topic's metadata must never create it (librdkafka allows
+            // it by default, and so do brokers with auto.create.topics.enable).
+            .set("allow.auto.create.topics", "false")
             .set("log_level", "3");
         let admin = config
             .create()

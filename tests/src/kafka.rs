@@ -25,6 +25,9 @@ pub struct Kafka {
     port: u16,
     controller_port: u16,
     sasl_port: u16,
+    /// Whether the broker creates topics a client merely asks about (Kafka's default;
+    /// off in the test kit unless a test needs it).
+    auto_create: bool,
     process: Option<Supervised>,
 }
 
@@ -32,6 +35,16 @@ impl Kafka {
     /// Formats a fresh log directory and starts a broker in `dir`, waiting until it serves
     /// metadata. Retries on new ports if another process took a port in between.
     pub async fn start(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, false).await
+    }
+
+    /// Like [`Kafka::start`], with `auto.create.topics.enable=true` as Kafka ships it: a
+    /// metadata request for a missing topic creates it unless the client says not to.
+    pub async fn start_auto_creating(dir: &Path) -> Result<Self> {
+        Self::start_with(dir, true).await
+    }
+
+    async fn start_with(dir: &Path, auto_create: bool) -> Result<Self> {
         let mut last = None;
         for _ in 0..3 {
             let kafka = Self {
@@ -39,6 +52,7 @@ impl Kafka {
                 port: free_port()?,
                 controller_port: free_port()?,
                 sasl_port: free_port()?,
+                auto_create,
                 process: None,
             };
             match kafka.first_start().await {
@@ -188,13 +202,14 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 transaction.state.log.num.partitions=4
 group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
+auto.create.topics.enable={auto_create}
 log.cleaner.backoff.ms=1000
 log.flush.interval.messages=9223372036854775807
 ",
             port = self.port,
             controller = self.controller_port,
             sasl = self.sasl_port,
+            auto_create = self.auto_create,
             user = SASL_USERNAME,
             password = SASL_PASSWORD,
             data = self.data_dir().display(),

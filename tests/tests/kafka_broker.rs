@@ -109,3 +109,67 @@ async fn read_committed_sees_only_committed_transactions() {
     assert_eq!(everything.len(), 6);
     assert!(everything.iter().any(|r| r.value_str() == "aborted-0"));
 }
+
+/// Kafka ships with `auto.create.topics.enable=true`: a metadata request for a missing
+/// topic creates it with the broker's defaults unless the client says not to. Neither
+/// the operator (describing a topic before creating it) nor a worker (waiting for its
+/// topics at start-up) may create one that way.
+#[tokio::test]
+async fn asking_about_a_missing_topic_never_creates_it() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = weir_tests::Kafka::start_auto_creating(&dir.path().join("kafka"))
+        .await
+        .unwrap();
+    let bootstrap = kafka.bootstrap_servers();
+
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", &bootstrap);
+    let topics = weir_operator::topics::Topics::new(config).unwrap();
+    assert!(topics.describe("ns.never-created").await.unwrap().is_none());
+
+    // A worker whose output topic is missing refuses to start after its wait.
+    let yaml = dir.path().join("t.yaml");
+    std::fs::write(
+        &yaml,
+        "apiVersion: weir.dev/v1alpha1\nkind: DataStream\nmetadata: { name: a, namespace: ns }\n\
+         spec:\n  description: A.\n  owner: o@example.com\n  topic: ns.worker-in\n  schema:\n    \
+         fields: [ { name: x, type: bigint } ]\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: Transform\nmetadata: { name: t, namespace: ns }\n\
+         spec:\n  description: T.\n  owner: o@example.com\n  output: { name: b }\n  sql: SELECT x FROM a\n",
+    )
+    .unwrap();
+    let mut w = weir_tests::worker::Worker::start(
+        dir.path(),
+        &bootstrap,
+        &[yaml],
+        "w",
+        &[("WEIR_TOPICS_TIMEOUT", "3s".to_owned())],
+    )
+    .unwrap();
+    let code = w.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "the worker ran without its topics ({code:?}):\n{}",
+        w.log_tail(20)
+    );
+
+    let admin: BaseConsumer = client_config(&bootstrap)
+        .set("allow.auto.create.topics", "false")
+        .create()
+        .unwrap();
+    let metadata = admin.fetch_metadata(None, Duration::from_secs(10)).unwrap();
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    for missing in [
+        "ns.never-created",
+        "ns.worker-in",
+        "ns.b",
+        "ns.t.dead-letters",
+    ] {
+        assert!(
+            !names.contains(&missing),
+            "{missing} was created by asking about it: {names:?}"
+        );
+    }
+}

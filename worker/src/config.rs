@@ -155,6 +155,9 @@ impl RunConfig {
         let mut s = BTreeMap::new();
         s.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
         s.insert("security.protocol".into(), self.security_protocol.clone());
+        // Asking about a missing topic (waiting for it at start-up) must never create it
+        // with the broker's defaults.
+        s.insert("allow.auto.create.topics".into(), "false".into());
         s.insert(
             "client.id".into(),
             format!("weir-worker-{}", self.worker_name),
