@@ -162,8 +162,16 @@ impl ScalarUDFImpl for WindowUdf {
     }
 }
 
-/// A constant interval's length in nanoseconds; months are refused (their length varies).
+/// A constant interval's length in nanoseconds; months are refused (their length varies),
+/// and so is an interval too long for 64-bit nanoseconds (about 292 years).
 pub fn interval_nanos(value: &ScalarValue) -> Result<i64> {
+    const DAY: i64 = 86_400_000_000_000;
+    let too_long = || {
+        datafusion::error::DataFusionError::Plan(format!(
+            "the interval is too long: at most {} days (about 292 years)",
+            i64::MAX / DAY
+        ))
+    };
     let nanos = match value {
         ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano {
             months,
@@ -175,17 +183,25 @@ pub fn interval_nanos(value: &ScalarValue) -> Result<i64> {
                     "a window measured in months or years varies in length; use days"
                 );
             }
-            i64::from(*days) * 86_400_000_000_000 + nanoseconds
+            i64::from(*days)
+                .checked_mul(DAY)
+                .and_then(|d| d.checked_add(*nanoseconds))
+                .ok_or_else(too_long)?
         }
-        ScalarValue::IntervalDayTime(Some(v)) => {
-            i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000
-        }
+        ScalarValue::IntervalDayTime(Some(v)) => i64::from(v.days)
+            .checked_mul(DAY)
+            .and_then(|d| d.checked_add(i64::from(v.milliseconds) * 1_000_000))
+            .ok_or_else(too_long)?,
         ScalarValue::IntervalYearMonth(Some(_)) => {
             return plan_err!("a window measured in months or years varies in length; use days");
         }
-        ScalarValue::DurationSecond(Some(v)) => v * 1_000_000_000,
-        ScalarValue::DurationMillisecond(Some(v)) => v * 1_000_000,
-        ScalarValue::DurationMicrosecond(Some(v)) => v * 1_000,
+        ScalarValue::DurationSecond(Some(v)) => {
+            v.checked_mul(1_000_000_000).ok_or_else(too_long)?
+        }
+        ScalarValue::DurationMillisecond(Some(v)) => {
+            v.checked_mul(1_000_000).ok_or_else(too_long)?
+        }
+        ScalarValue::DurationMicrosecond(Some(v)) => v.checked_mul(1_000).ok_or_else(too_long)?,
         ScalarValue::DurationNanosecond(Some(v)) => *v,
         other => return plan_err!("expected a constant interval, found {other}"),
     };
