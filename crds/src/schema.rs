@@ -72,7 +72,8 @@ pub struct FieldSpec {
     #[schemars(range(min = 0, max = 38))]
     pub scale: Option<i8>,
 
-    /// For `struct`: its fields (each with the same shape as a top-level field).
+    /// For `struct`: its fields (each with the same shape as a top-level field). Structs
+    /// and lists nest at most three levels below a top-level field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "nested_fields_schema")]
     pub fields: Vec<FieldSpec>,
@@ -93,18 +94,68 @@ fn default_true() -> bool {
     true
 }
 
-// Structural schemas cannot be recursive, so nested fields are admitted as objects and
-// checked by `Schema::to_arrow`, which names the offending path.
-fn nested_fields_schema(_: &mut SchemaGenerator) -> JsonSchemaObject {
-    json_schema!({
-        "type": "array",
-        "maxItems": 500,
-        "items": { "type": "object", "x-kubernetes-preserve-unknown-fields": true },
-    })
+/// How deep `struct` fields and `list` items may nest below a top-level field. The CRD
+/// spells out the field schema at every level down to here, so the apiserver checks
+/// nested fields as it checks top-level ones (a structural schema cannot be recursive).
+pub const MAX_NESTING: usize = 3;
+
+thread_local! {
+    static NESTING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-fn nested_field_schema(_: &mut SchemaGenerator) -> JsonSchemaObject {
-    json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
+/// The schema of a nested field, one level down, or `None` at [`MAX_NESTING`].
+fn nested(generator: &mut SchemaGenerator) -> Option<JsonSchemaObject> {
+    let depth = NESTING.with(std::cell::Cell::get);
+    if depth >= MAX_NESTING {
+        return None;
+    }
+    NESTING.with(|n| n.set(depth + 1));
+    let schema = FieldSpec::json_schema(generator);
+    NESTING.with(|n| n.set(depth));
+    // The top-level field documents each property; nested copies would repeat it
+    // 2^MAX_NESTING times over.
+    let mut value = schema.to_value();
+    strip_descriptions(&mut value);
+    JsonSchemaObject::try_from(value).ok()
+}
+
+fn strip_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if map
+                .get("description")
+                .is_some_and(serde_json::Value::is_string)
+            {
+                map.remove("description");
+            }
+            map.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
+}
+
+fn nested_fields_schema(generator: &mut SchemaGenerator) -> JsonSchemaObject {
+    match nested(generator) {
+        Some(field) => json_schema!({ "type": "array", "maxItems": 500, "items": field }),
+        None => json_schema!({
+            "type": "array",
+            "maxItems": 0,
+            "items": { "type": "object" },
+            "description": format!("Fields nest at most {MAX_NESTING} levels deep."),
+        }),
+    }
+}
+
+fn nested_field_schema(generator: &mut SchemaGenerator) -> JsonSchemaObject {
+    match nested(generator) {
+        Some(field) => field,
+        None => json_schema!({
+            "type": "object",
+            "maxProperties": 0,
+            "description": format!("Fields nest at most {MAX_NESTING} levels deep."),
+        }),
+    }
 }
 
 /// The documented set of field types.

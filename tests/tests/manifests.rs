@@ -89,6 +89,42 @@ async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_bad_keys_and_k
             && err.contains("every spec.key field must be a field of spec.schema"),
         "a key outside the schema was not refused with the rule's message:\n{err}"
     );
+    // Nested fields are checked like top-level ones (an unknown nested type once reached
+    // the operator and broke its watch), down to the supported depth.
+    let nested = |inner: &str| {
+        format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: DataStream\nmetadata: {{ name: orders }}\n\
+             spec:\n  description: Orders.\n  owner: web@example.com\n  schema:\n    fields:\n      \
+             - {{ name: o, type: struct, fields: [ {inner} ] }}\n"
+        )
+    };
+    let out = apply(&nested(
+        "{ name: a, type: struct, fields: [ { name: b, type: list, items: { type: bigint } } ] }",
+    ));
+    assert!(
+        out.status.success(),
+        "nesting within the supported depth was refused:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (inner, expect) in [
+        ("{ name: id, type: uuid }", "uuid"),
+        ("{ name: id, type: bigint, nullable: maybe }", "nullable"),
+        ("{ name: d, type: decimal, precision: 300 }", "precision"),
+        (
+            "{ name: a, type: struct, fields: [ { name: b, type: struct, fields: [ { name: c, \
+             type: struct, fields: [ { name: d, type: int } ] } ] } ] }",
+            "fields",
+        ),
+    ] {
+        let out = apply(&nested(inner));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains("spec.schema.fields[0].fields[0]")
+                && err.contains(expect),
+            "the nested field {inner} was not refused by path:\n{err}"
+        );
+    }
     // Kafka's own topics are never Weir's to manage, whatever a tenant writes.
     for topic in ["__consumer_offsets", "__transaction_state", ".."] {
         let out = apply(&stream(&format!("  topic: {topic:?}\n")));
