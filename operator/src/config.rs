@@ -14,8 +14,9 @@ pub struct Config {
     pub kafka_bootstrap_servers: String,
 
     /// Extra librdkafka settings for the default cluster, as `key=value` (repeatable),
-    /// for example `security.protocol=SASL_SSL`.
-    #[arg(long = "kafka-config", env = "WEIR_KAFKA_CONFIG", value_delimiter = ',', value_parser = parse_key_value)]
+    /// for example `security.protocol=SASL_SSL`. They may hold a password, so `--help`
+    /// never shows the environment's value.
+    #[arg(long = "kafka-config", env = "WEIR_KAFKA_CONFIG", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,
 
     /// The replication factor of new topics whose spec does not set one.
