@@ -9,10 +9,11 @@
 //! partition runs the engine; both kinds commit in the same transactions.
 //!
 //! Each cycle (every `--commit-interval` or `--commit-records`, whichever comes first,
-//! or after `--commit-linger` once nothing more is queued to read) the worker decodes what it polled, runs it through each task's engine, and, in one
-//! Kafka transaction, writes the output records, the dead letters, each changed task's
-//! state entries and the consumed offsets (KIP-447: `send_offsets_to_transaction` with
-//! the consumer's group metadata, so a worker that lost its partitions cannot commit).
+//! or after `--commit-linger` once nothing more is queued to read) the worker decodes
+//! what it polled, runs it through each task's engine, and, in one Kafka transaction,
+//! writes the output records, the dead letters, each changed task's state entries and
+//! the consumed offsets (KIP-447: `send_offsets_to_transaction` with the consumer's group
+//! metadata, so a worker that lost its partitions cannot commit).
 //! Retriable errors are retried; an abortable error aborts the transaction and rebuilds
 //! every task from its changelog; a fatal error (the producer was fenced, or anything
 //! unclassified) stops the worker without writing more.
