@@ -27,10 +27,34 @@ pub struct Resources {
 
 #[derive(Deserialize)]
 struct Kind {
+    #[serde(rename = "apiVersion")]
+    api_version: Option<String>,
     kind: Option<String>,
 }
 
-/// Reads every YAML document in `files`; documents of other kinds are skipped.
+/// The kinds Weir reads.
+const KINDS: [&str; 2] = ["DataStream", "Transform"];
+
+/// Decodes `value` as a `T`, refusing fields `T` does not have (a misspelled field would
+/// otherwise be ignored silently), each named by its path.
+fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> anyhow::Result<T> {
+    let mut unknown = Vec::new();
+    let decoded = serde_ignored::deserialize(value, |path| {
+        let path = path.to_string();
+        // Read by the kind's own deserializer rather than stored as fields.
+        if path != "apiVersion" && path != "kind" {
+            unknown.push(path);
+        }
+    })?;
+    if !unknown.is_empty() {
+        bail!("unknown field {}", unknown.join(", "));
+    }
+    Ok(decoded)
+}
+
+/// Reads every YAML document in `files`. Documents of other kinds are skipped; a document
+/// of a `weir.dev` API with a kind Weir does not have, or a field a Weir kind does not
+/// have, is an error that names it.
 pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
     let mut out = Resources::default();
     for file in files {
@@ -43,18 +67,41 @@ pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
             if value.is_null() {
                 continue;
             }
-            let kind: Kind = serde_yaml::from_value(value.clone()).unwrap_or(Kind { kind: None });
+            let kind: Kind = serde_yaml::from_value(value.clone()).unwrap_or(Kind {
+                api_version: None,
+                kind: None,
+            });
             let at = || format!("{}: document {}", file.display(), i + 1);
             match kind.kind.as_deref() {
-                Some("DataStream") => out.data_streams.push(
-                    serde_yaml::from_value(value)
-                        .with_context(|| format!("{}: DataStream", at()))?,
-                ),
-                Some("Transform") => out.transforms.push(
-                    serde_yaml::from_value(value)
-                        .with_context(|| format!("{}: Transform", at()))?,
-                ),
-                _ => {}
+                Some("DataStream") => out
+                    .data_streams
+                    .push(decode(value).with_context(|| format!("{}: DataStream", at()))?),
+                Some("Transform") => out
+                    .transforms
+                    .push(decode(value).with_context(|| format!("{}: Transform", at()))?),
+                other => {
+                    let weir_api = kind
+                        .api_version
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with("weir.dev/"));
+                    let near =
+                        other.and_then(|k| KINDS.into_iter().find(|w| w.eq_ignore_ascii_case(k)));
+                    if let Some(w) = near {
+                        bail!(
+                            "{}: kind {:?} is not a Weir kind; did you mean {w}?",
+                            at(),
+                            other.unwrap_or_default()
+                        );
+                    }
+                    if weir_api {
+                        bail!(
+                            "{}: kind {:?} is not a kind of {}: use DataStream or Transform",
+                            at(),
+                            other.unwrap_or_default(),
+                            kind.api_version.as_deref().unwrap_or_default()
+                        );
+                    }
+                }
             }
         }
     }

@@ -143,3 +143,30 @@ fn the_window_policy_sets_emit_mode_and_lateness() {
         "{err}"
     );
 }
+
+#[test]
+fn a_misspelled_field_or_kind_is_named_not_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let field = variant(
+        &dir,
+        "field.yaml",
+        "  owner: analytics@example.com",
+        "  owner: analytics@example.com\n  errorPolicyy: drop",
+    );
+    let (code, out, err) = weir(&["test", STREAM, &field]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("Transform") && err.contains("unknown field spec.errorPolicyy"),
+        "{err}"
+    );
+    let kind = variant(&dir, "kind.yaml", "kind: Transform", "kind: Tranform");
+    let (code, out, err) = weir(&["test", STREAM, &kind]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("\"Tranform\" is not a kind of weir.dev/"),
+        "{err}"
+    );
+    let case = variant(&dir, "case.yaml", "kind: Transform", "kind: transform");
+    let (_, _, err) = weir(&["test", STREAM, &case]);
+    assert!(err.contains("did you mean Transform?"), "{err}");
+}
