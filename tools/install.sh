@@ -2,7 +2,7 @@
 # Installs the pinned real components Weir's tests and demo run against into .tools/:
 #   - Apache Kafka (KRaft broker) from its official jars on Maven Central (tools/kafka/pom.xml)
 #   - etcd, built from source through the Go module proxy (tools/etcd/go.mod)
-#   - kube-apiserver, kube-controller-manager, kubectl, built the same way (tools/kubernetes/go.mod)
+#   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, built the same way (tools/kubernetes/go.mod)
 #   - helm, built the same way (tools/helm/go.mod)
 # Each component is rebuilt only when its pin files change: a second run is a no-op.
 set -euo pipefail
@@ -76,11 +76,11 @@ if ! up_to_date etcd "$pins/etcd/go.mod" "$pins/etcd/go.sum" || [ ! -x "$dest/bi
 fi
 
 # --- Kubernetes --------------------------------------------------------------------------
-kube_bins=(kube-apiserver kube-controller-manager kubectl)
+kube_bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 kube_missing=0
 for b in "${kube_bins[@]}"; do [ -x "$dest/bin/$b" ] || kube_missing=1; done
 if ! up_to_date kubernetes "$pins/kubernetes/go.mod" "$pins/kubernetes/go.sum" || [ $kube_missing = 1 ]; then
-  step "Kubernetes $kube_version: building kube-apiserver, kube-controller-manager and kubectl from source"
+  step "Kubernetes $kube_version: building kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from source"
   minor=$(cut -d. -f2 <<<"$kube_version")
   ldflags="-s -w \
     -X k8s.io/component-base/version.gitVersion=$kube_version \
@@ -91,6 +91,7 @@ if ! up_to_date kubernetes "$pins/kubernetes/go.mod" "$pins/kubernetes/go.sum" |
   (cd "$pins/kubernetes" && go build -ldflags "$ldflags" -o "$dest/bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl)
   mark_done kubernetes "$pins/kubernetes/go.mod" "$pins/kubernetes/go.sum"
 fi
@@ -110,6 +111,7 @@ check_version kafka "$kafka_version" java -cp "$dest/kafka/libs/*" kafka.Kafka -
 check_version etcd "${etcd_version#v}" "$dest/bin/etcd" --version
 check_version kube-apiserver "$kube_version" "$dest/bin/kube-apiserver" --version
 check_version kube-controller-manager "$kube_version" "$dest/bin/kube-controller-manager" --version
+check_version kube-scheduler "$kube_version" "$dest/bin/kube-scheduler" --version
 check_version kubectl "$kube_version" "$dest/bin/kubectl" version --client
 check_version helm "$helm_version" "$dest/bin/helm" version --short
 echo "Tools are installed in $dest"

@@ -4,8 +4,13 @@
 //! as Rust types from which the CustomResourceDefinitions are generated (the `crdgen`
 //! binary writes them to `manifests/crds/` and `charts/weir/crds/`). It also turns a
 //! DataStream's schema into an Arrow schema ([`schema::Schema::to_arrow`]), which is all the
-//! SQL compiler needs. It depends on no other Weir crate.
+//! SQL compiler needs. With the `compile` feature, [`compile`] maps a Transform and its
+//! DataStreams onto the compiler and the engine — the one mapping the operator, the worker
+//! and the CLI share; without it, it depends on no other Weir crate (the compiler and the
+//! engine never depend on it).
 
+#[cfg(feature = "compile")]
+pub mod compile;
 pub mod connection;
 pub mod data_stream;
 pub mod schema;

@@ -7,14 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
-use weir_crds::data_stream::CleanupPolicy;
-use weir_crds::transform::WindowEmit;
 use weir_crds::{DataStream, Transform};
-use weir_engine::runner::{Record, run_test};
 use weir_engine::sql::partitioning::Partitioning;
-use weir_engine::sql::{
-    CompileOptions, CompiledTransform, EmitMode, StreamInput, StreamKind, compile,
-};
+use weir_engine::sql::{StreamInput, StreamKind};
 
 /// The resources found in some YAML files.
 #[derive(Default)]
@@ -108,75 +103,16 @@ pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
     Ok(out)
 }
 
-fn namespace_of(meta: &kube_meta::ObjectMeta) -> String {
-    meta.namespace
-        .clone()
-        .unwrap_or_else(|| "default".to_owned())
-}
-
-mod kube_meta {
-    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-}
-
-fn parse_duration_ms(s: &str) -> anyhow::Result<i64> {
-    let d = humantime::parse_duration(s).with_context(|| format!("{s:?} is not a duration"))?;
-    Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A DataStream as the compiler sees it.
-pub fn stream_input(ds: &DataStream) -> anyhow::Result<StreamInput> {
-    let ns = namespace_of(&ds.metadata);
-    let name = ds.metadata.name.clone().unwrap_or_default();
-    let schema = ds
-        .spec
-        .schema
-        .to_arrow()
-        .with_context(|| format!("DataStream {ns}/{name}"))?;
-    let mut input =
-        StreamInput::new(ns, name, std::sync::Arc::new(schema)).with_key(ds.spec.key.clone());
-    if let Some(et) = &ds.spec.event_time {
-        let ooo = match &et.max_out_of_orderness {
-            Some(d) => parse_duration_ms(d)?,
-            None => 0,
-        };
-        input = input.with_event_time(&et.field, ooo);
-    }
-    if ds.spec.cleanup_policy == CleanupPolicy::Compact && !ds.spec.key.is_empty() {
-        input = input.as_table();
-    }
-    Ok(input)
-}
-
-/// Compiles a Transform against the DataStreams loaded with it.
-pub fn compile_transform(
-    tf: &Transform,
-    streams: &[StreamInput],
-) -> anyhow::Result<CompiledTransform> {
-    let ns = namespace_of(&tf.metadata);
-    let name = tf.metadata.name.clone().unwrap_or_default();
-    let options = compile_options(tf)
-        .map_err(|e| anyhow::anyhow!("Transform {ns}/{name}: spec.windows: {e:#}"))?;
-    compile(&tf.spec.sql, streams, &options)
-        .map_err(|e| anyhow::anyhow!("Transform {ns}/{name}: spec.sql: {e}"))
-}
-
-/// The compile options a Transform's spec asks for.
-pub fn compile_options(tf: &Transform) -> anyhow::Result<CompileOptions> {
-    let mut options = CompileOptions::new(namespace_of(&tf.metadata));
-    if let Some(w) = &tf.spec.windows {
-        options.emit = match w.emit {
-            WindowEmit::OnClose => EmitMode::OnWindowClose,
-            WindowEmit::Updates => EmitMode::Updates,
-        };
-        if let Some(l) = &w.allowed_lateness {
-            options.allowed_lateness_ms = parse_duration_ms(l).context("allowedLateness")?;
-        }
-    }
-    Ok(options)
-}
+use weir_crds::compile::{
+    compile_expectations, compile_transform, id_of, namespace_of, run_tests, stream_input,
+};
 
 fn inputs(res: &Resources) -> anyhow::Result<Vec<StreamInput>> {
-    res.data_streams.iter().map(stream_input).collect()
+    res.data_streams
+        .iter()
+        .map(stream_input)
+        .collect::<Result<_, _>>()
+        .map_err(anyhow::Error::msg)
 }
 
 /// `weir test`: runs every Transform's fixture tests. Returns the report and whether all
@@ -190,15 +126,11 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
     let mut report = String::new();
     let (mut passed, mut failed) = (0, 0);
     for tf in &res.transforms {
-        let id = format!(
-            "{}/{}",
-            namespace_of(&tf.metadata),
-            tf.metadata.name.clone().unwrap_or_default()
-        );
+        let id = id_of(&tf.metadata);
         let compiled = match compile_transform(tf, &streams) {
             Ok(c) => c,
             Err(e) => {
-                let _ = writeln!(report, "FAIL  {id}: {e}");
+                let _ = writeln!(report, "FAIL  {id}: Transform {id}: {e}");
                 failed += 1;
                 continue;
             }
@@ -212,13 +144,8 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
         if tf.spec.tests.is_empty() {
             let _ = writeln!(report, "      (no tests)");
         }
-        for (i, t) in tf.spec.tests.iter().enumerate() {
-            let given: Vec<(String, Vec<Record>)> = t
-                .given
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            match run_test(&compiled, &t.name, &given, &t.expect) {
+        for (_, outcome) in run_tests(tf, &compiled) {
+            match outcome {
                 Ok(r) => {
                     if r.passed() {
                         passed += 1;
@@ -233,24 +160,13 @@ pub fn test(files: &[impl AsRef<Path>]) -> anyhow::Result<(String, bool)> {
                 }
                 Err(e) => {
                     failed += 1;
-                    let _ = writeln!(report, "  FAIL  {}: spec.tests[{i}]: {e}", t.name);
+                    let _ = writeln!(report, "  FAIL  {e}");
                 }
             }
         }
     }
     let _ = writeln!(report, "\n{passed} passed, {failed} failed");
     Ok((report, failed == 0))
-}
-
-/// Compiles `spec.expectations` against the plan they check; an error names the
-/// expectation by index and name.
-pub fn compile_expectations(
-    expectations: &[weir_crds::transform::Expectation],
-    compiled: &weir_engine::sql::CompiledTransform,
-) -> Result<weir_engine::Expectations, String> {
-    let checks: Vec<&str> = expectations.iter().map(|e| e.check.as_str()).collect();
-    weir_engine::Expectations::compile(compiled, &checks)
-        .map_err(|(i, e)| format!("spec.expectations[{i}] ({}): {e}", expectations[i].name))
 }
 
 /// `weir explain`: the compiled plan of every Transform.
@@ -262,12 +178,9 @@ pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
     let streams = inputs(&res)?;
     let mut out = String::new();
     for tf in &res.transforms {
-        let c = compile_transform(tf, &streams)?;
-        let id = format!(
-            "{}/{}",
-            namespace_of(&tf.metadata),
-            tf.metadata.name.clone().unwrap_or_default()
-        );
+        let id = id_of(&tf.metadata);
+        let c = compile_transform(tf, &streams)
+            .map_err(|e| anyhow::anyhow!("Transform {id}: {e}"))?;
         let _ = writeln!(out, "Transform {id}");
         let _ = writeln!(out, "fingerprint: {}", c.fingerprint);
         let kind = match c.output_kind {

@@ -404,7 +404,7 @@ pub fn run(
         &job.compiled.output_key,
         job.compiled.output_kind,
     );
-    let checks = crate::cli::compile_expectations(&job.expectations, &job.compiled)
+    let checks = weir_crds::compile::compile_expectations(&job.expectations, &job.compiled)
         .map_err(|e| anyhow!("Transform {}: {e}", job.id))?;
     let worker = Arc::new(Mutex::new(Worker {
         checks,

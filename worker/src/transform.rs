@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use weir_crds::transform::{DeliveryGuarantee, Expectation, OnFailure};
-use weir_crds::{DataStream, Transform};
+use weir_crds::{DataStream, Transform, compile};
 use weir_engine::sql::partitioning::{self, Partitioning};
-use weir_engine::sql::{CompiledTransform, StreamKind};
+use weir_engine::sql::CompiledTransform;
 
 use crate::cli::{self, Resources};
 
@@ -100,9 +100,11 @@ impl Job {
         let streams = res
             .data_streams
             .iter()
-            .map(cli::stream_input)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let compiled = cli::compile_transform(tf, &streams)?;
+            .map(compile::stream_input)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let compiled = compile::compile_transform(tf, &streams)
+            .map_err(|e| anyhow::anyhow!("Transform {id}: {e}"))?;
         let ds_of = |ns: &str, n: &str| {
             res.data_streams.iter().find(|d| {
                 d.metadata.namespace.as_deref().unwrap_or("default") == ns
@@ -128,17 +130,9 @@ impl Job {
                  a Transform cannot read its own output"
             );
         }
-        let idle_timeout = match tf
-            .spec
-            .windows
-            .as_ref()
-            .and_then(|w| w.idle_timeout.as_ref())
-        {
-            Some(d) => humantime::parse_duration(d)
-                .with_context(|| format!("Transform {id}: spec.windows.idleTimeout: {d:?}"))?,
-            None => Duration::from_secs(30),
-        };
-        if let Err(e) = cli::compile_expectations(&tf.spec.expectations, &compiled) {
+        let idle_timeout =
+            compile::idle_timeout(tf).map_err(|e| anyhow::anyhow!("Transform {id}: {e}"))?;
+        if let Err(e) = compile::compile_expectations(&tf.spec.expectations, &compiled) {
             bail!("Transform {id}: {e}");
         }
         Ok(Self {
@@ -161,18 +155,7 @@ impl Job {
 
     /// Whether the plan keeps state between records (and so needs a changelog).
     pub fn is_stateful(&self) -> bool {
-        fn stateful(n: &weir_engine::sql::plan::Node, c: &CompiledTransform) -> bool {
-            use weir_engine::sql::plan::Op;
-            match &n.op {
-                Op::Aggregate(_) | Op::Join(_) => true,
-                Op::Source { input, .. } => {
-                    let i = &c.inputs[*input];
-                    i.kind == StreamKind::Changelog && !i.key.is_empty()
-                }
-                _ => n.children().into_iter().any(|c2| stateful(c2, c)),
-            }
-        }
-        stateful(&self.compiled.plan, &self.compiled)
+        self.compiled.is_stateful()
     }
 
     /// The default name of an internal topic of this Transform: `<ns>.<name>.<suffix>`.

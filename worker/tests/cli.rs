@@ -139,7 +139,7 @@ fn the_window_policy_sets_emit_mode_and_lateness() {
     let (code, out, err) = weir(&["explain", STREAM, &bad]);
     assert_ne!(code, 0, "{out}");
     assert!(
-        err.contains("analytics/views-per-page: spec.windows: allowedLateness"),
+        err.contains("analytics/views-per-page: spec.windows.allowedLateness: \"soon\""),
         "{err}"
     );
 }

@@ -218,4 +218,20 @@ impl CompiledTransform {
     pub fn input_schema(&self, index: usize) -> Arc<Schema> {
         self.inputs[index].schema.clone()
     }
+
+    /// Whether the plan keeps state between records (an aggregate, a join, or a table
+    /// input), and so needs a changelog topic.
+    pub fn is_stateful(&self) -> bool {
+        fn stateful(n: &plan::Node, c: &CompiledTransform) -> bool {
+            match &n.op {
+                plan::Op::Aggregate(_) | plan::Op::Join(_) => true,
+                plan::Op::Source { input, .. } => {
+                    let i = &c.inputs[*input];
+                    i.kind == StreamKind::Changelog && !i.key.is_empty()
+                }
+                _ => n.children().into_iter().any(|child| stateful(child, c)),
+            }
+        }
+        stateful(&self.plan, self)
+    }
 }
