@@ -306,6 +306,12 @@ pub struct TransformStatus {
     /// The DataStreams the SQL reads, as `namespace/name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<String>,
+    /// The output DataStream, as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The internal topics the workers use (dead letters, changelog, repartition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub internal_topics: Vec<String>,
     /// `Ready` and the other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::telemetry::LogFormat;
 
-/// Weir's Kubernetes operator: reconciles DataStreams into Kafka topics.
+/// Weir's Kubernetes operator: reconciles DataStreams into Kafka topics and Transforms into
+/// checked, tested worker Deployments.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "weir-operator", version, about)]
 pub struct Config {
@@ -50,6 +51,15 @@ pub struct Config {
     /// This replica's identity in the Lease and in Events (defaults to the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+
+    /// The container image of the workers the operator deploys for Transforms.
+    #[arg(long, env = "WEIR_WORKER_IMAGE", default_value = concat!("ghcr.io/weir-dev/weir-worker:", env!("CARGO_PKG_VERSION")))]
+    pub worker_image: String,
+
+    /// The Kafka bootstrap servers workers connect to, when they reach Kafka by another
+    /// address than the operator. Defaults to `--kafka-bootstrap-servers`.
+    #[arg(long, env = "WEIR_WORKER_KAFKA_BOOTSTRAP_SERVERS")]
+    pub worker_kafka_bootstrap_servers: Option<String>,
 
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "json")]

@@ -7,12 +7,13 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use tracing::warn;
-use weir_crds::DataStream;
+use weir_crds::{DataStream, Transform};
 
 use crate::data_stream::Backoff;
 use crate::data_stream::validated::Defaults;
 use crate::metrics::Metrics;
 use crate::topics::Topics;
+use crate::transform::build::WorkerSettings;
 
 /// A named connection that cannot be used, with a message naming what is missing.
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub struct Context {
     pub recorder: Recorder,
     /// Every DataStream, as the controller's watch sees them (to find a topic's owner).
     pub data_streams: Store<DataStream>,
+    /// Every Transform, as the Transform controller's watch sees them.
+    pub transforms: Store<Transform>,
+    /// What the workers the operator deploys run and connect to.
+    pub workers: WorkerSettings,
     /// How often a Ready DataStream is checked against Kafka for drift.
     pub resync: Duration,
     /// Per-object retry delays after transient errors.
@@ -42,12 +47,14 @@ pub struct Context {
 
 impl Context {
     /// Builds a context; `instance` identifies this operator replica in Events.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         topics: Topics,
         defaults: Defaults,
         metrics: Arc<Metrics>,
-        data_streams: Store<DataStream>,
+        (data_streams, transforms): (Store<DataStream>, Store<Transform>),
+        workers: WorkerSettings,
         resync: Duration,
         instance: String,
     ) -> Self {
@@ -62,6 +69,8 @@ impl Context {
             defaults,
             metrics,
             data_streams,
+            transforms,
+            workers,
             resync,
             backoff: Backoff::default(),
             connections: Default::default(),

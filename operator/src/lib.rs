@@ -2,7 +2,7 @@
 //!
 //! It watches the `weir.dev` resources in the apiserver and converges the world to them:
 //! DataStreams become Kafka topics ([`data_stream`]); Transforms become checked, tested
-//! worker deployments. Reconciles are level-triggered and idempotent, write status by
+//! worker Deployments ([`transform`]). Reconciles are level-triggered and idempotent, write status by
 //! server-side apply under one field manager ([`FIELD_MANAGER`]), and never write a
 //! resource's spec. One replica leads at a time through a Lease; the reconcile stays safe
 //! if two overlap.
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod run;
 pub mod telemetry;
 pub mod topics;
+pub mod transform;
 
 /// The field manager (and Event reporter) for everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";

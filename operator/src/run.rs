@@ -10,7 +10,9 @@ use kube::runtime::{Controller, watcher};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use weir_crds::DataStream;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::reflector::ObjectRef;
+use weir_crds::{DataStream, Transform};
 
 use crate::config::Config;
 use crate::context::Context;
@@ -18,6 +20,7 @@ use crate::data_stream::{self, validated::Defaults};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::topics::Topics;
+use crate::transform::{self, build::WorkerSettings};
 
 /// Why the operator could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -125,8 +128,30 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
 
     let api: Api<DataStream> = Api::all(client.clone());
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(config.concurrency);
+    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
+        .with_config(controller_config.clone());
+    // The Transform controller watches what it deploys (by the operator's label) and the
+    // DataStreams its Transforms read and write.
+    let managed = watcher::Config::default()
+        .labels(&format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER))
+        .any_semantic();
+    let transforms = Controller::new(
+        Api::<Transform>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(controller_config);
+    let transform_store = transforms.store();
+    let lookup = transform_store.clone();
+    let transforms = transforms
+        .owns(Api::<Deployment>::all(client.clone()), managed)
+        .watches(api, watcher::Config::default().any_semantic(), move |ds| {
+            transform::transforms_for(&ds, &lookup.state())
+                .into_iter()
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>()
+        });
     let ctx = Arc::new(Context::new(
         client.clone(),
         topics,
@@ -134,12 +159,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             replication_factor: config.default_replication_factor,
         },
         metrics.clone(),
-        controller.store(),
+        (controller.store(), transform_store),
+        WorkerSettings {
+            image: config.worker_image.clone(),
+            bootstrap_servers: config
+                .worker_kafka_bootstrap_servers
+                .clone()
+                .unwrap_or_else(|| config.kafka_bootstrap_servers.clone()),
+        },
         config.resync_interval,
         identity.clone(),
     ));
     ready.store(true, Ordering::Relaxed);
-    info!("reconciling DataStreams");
+    info!("reconciling DataStreams and Transforms");
 
     let stop = shutdown.clone();
     let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
@@ -158,18 +190,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         });
     }
 
-    controller
+    let stop_transforms = stop.clone();
+    let data_streams = controller
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(data_stream::reconcile, data_stream::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!(error = %other, "controller event"),
-                }
-            }
-        })
-        .await;
+        .run(data_stream::reconcile, data_stream::error_policy, ctx.clone())
+        .for_each(log_controller_event);
+    let transforms = transforms
+        .graceful_shutdown_on(async move { stop_transforms.cancelled().await })
+        .run(transform::reconcile, transform::error_policy, ctx)
+        .for_each(log_controller_event);
+    futures::join!(data_streams, transforms);
 
     shutdown.cancel();
     let _ = server.await;
@@ -182,6 +212,17 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     }
     info!("stopped");
     Ok(())
+}
+
+async fn log_controller_event<K, E: std::fmt::Display>(
+    result: Result<K, kube::runtime::controller::Error<E, kube::runtime::watcher::Error>>,
+) {
+    if let Err(e) = result {
+        match e {
+            kube::runtime::controller::Error::ObjectNotFound(_) => {}
+            other => warn!(error = %other, "controller event"),
+        }
+    }
 }
 
 /// Checks that the CRDs the operator serves are installed.

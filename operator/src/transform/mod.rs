@@ -1,0 +1,575 @@
+//! The Transform controller: turns a Transform into checked, tested, running workers.
+//!
+//! Reconcile is resolve → compile → test → build → apply → status:
+//! - **resolve** the DataStreams the Transform may read: those of its namespace, and those
+//!   of other namespaces whose `spec.access.readers` names it. The compiler never sees
+//!   any other; a SQL naming one gets a condition saying which DataStream must grant
+//!   which namespace.
+//! - **compile** with the same mapping and compiler as the worker and the `weir` CLI
+//!   ([`weir_crds::compile`]), and run `spec.tests` with the engine. A failure is written
+//!   to status and deploys nothing: the running version keeps running.
+//! - **build** the output DataStream, the worker ConfigMap, ServiceAccount, Deployment,
+//!   Service and PodDisruptionBudget with pure functions ([`build`]), and **apply** each
+//!   by server-side apply only when its hash differs from what is stored, so a steady
+//!   state writes nothing. Internal topics are created (or given more partitions) only
+//!   when Kafka lacks them.
+
+pub mod build;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+use weir_crds::compile::{
+    TransformError, compile_expectations, compile_transform, id_of, run_tests, stream_input,
+};
+use weir_crds::data_stream::DeletionPolicy;
+use weir_crds::{DataStream, Transform};
+use weir_engine::sql::partitioning::{self, Partitioning};
+use weir_engine::sql::{StreamInput, sql_ident};
+
+use crate::context::Context;
+use crate::{Error, FIELD_MANAGER, Result};
+use build::InternalTopics;
+use status::{Reason, Report, State};
+
+/// The finalizer that lets the operator remove a Transform's internal topics.
+pub const FINALIZER: &str = "weir.dev/internal-topics";
+
+/// The longest Transform name: the names derived from it (`<name>-worker-<hash>-<id>`
+/// pods, label values) must stay within Kubernetes' limits.
+pub const MAX_NAME: usize = 45;
+
+/// How soon to look again while something outside the Transform is not ready yet.
+const SOON: Duration = Duration::from_secs(5);
+
+/// Reconciles one Transform.
+#[instrument(skip_all, fields(namespace = tf.namespace().unwrap_or_default(), name = tf.name_any()))]
+pub async fn reconcile(tf: Arc<Transform>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer("transform");
+    let _ = ctx.data_streams.wait_until_ready().await;
+    let ns = tf
+        .namespace()
+        .ok_or_else(|| Error::MissingField("metadata.namespace"))?;
+    let api: Api<Transform> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, tf, |event| async {
+        match event {
+            Finalizer::Apply(tf) => apply(&tf, &api, &ctx).await,
+            Finalizer::Cleanup(tf) => cleanup(&tf, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Transient errors back off exponentially per object, up to five minutes.
+pub fn error_policy(tf: Arc<Transform>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failure("transform", error);
+    let delay = ctx.backoff.next(&tf.object_ref(&()));
+    warn!(error = %error, category = error.category(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// The DataStreams a Transform may read, and those of other namespaces it may not.
+pub fn readable<'a>(
+    tf: &Transform,
+    all: &'a [Arc<DataStream>],
+) -> (Vec<&'a DataStream>, Vec<&'a DataStream>) {
+    let ns = tf.namespace().unwrap_or_default();
+    let (mut allowed, mut denied) = (Vec::new(), Vec::new());
+    for ds in all {
+        if ds.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let own = ds.namespace().as_deref() == Some(ns.as_str());
+        // A Transform cannot read its own output.
+        if own && ds.name_any() == tf.spec.output.name {
+            continue;
+        }
+        let granted = ds
+            .spec
+            .access
+            .as_ref()
+            .is_some_and(|a| a.readers.iter().any(|r| r == &ns));
+        if own || granted {
+            allowed.push(ds.as_ref());
+        } else {
+            denied.push(ds.as_ref());
+        }
+    }
+    (allowed, denied)
+}
+
+/// When a compile error is about a table the SQL names and a DataStream of that name exists
+/// but does not grant the Transform's namespace, says so.
+pub fn denied_input(sql: &str, tf_namespace: &str, denied: &[&DataStream]) -> Option<String> {
+    let text = sql.to_ascii_lowercase();
+    denied.iter().find_map(|ds| {
+        let name = format!(
+            "{}.{}",
+            sql_ident(&ds.namespace().unwrap_or_default()),
+            sql_ident(&ds.name_any())
+        );
+        text.contains(&name.to_ascii_lowercase()).then(|| {
+            format!(
+                "the SQL reads DataStream {}, which does not grant namespace {tf_namespace}: \
+                 add {tf_namespace:?} to its spec.access.readers",
+                id_of(&ds.metadata)
+            )
+        })
+    })
+}
+
+async fn apply(tf: &Transform, api: &Api<Transform>, ctx: &Context) -> Result<Action> {
+    let mut report = Report::new(tf);
+    let action = converge(tf, ctx, &mut report).await;
+    status::write(api, tf, ctx, report).await?;
+    let action = action?;
+    ctx.backoff.reset(&tf.object_ref(&()));
+    Ok(action)
+}
+
+/// Everything but the status write: fills `report` and says when to look again.
+async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<Action> {
+    let ns = tf.namespace().unwrap_or_default();
+    let name = tf.name_any();
+    if name.len() > MAX_NAME {
+        report.compiled = State::no(
+            Reason::InvalidSpec,
+            format!(
+                "metadata.name: a Transform's name may be at most {MAX_NAME} characters (the \
+                 names of its workers derive from it)"
+            ),
+        );
+        return Ok(Action::await_change());
+    }
+
+    // Resolve and compile.
+    let all = ctx.data_streams.state();
+    let (allowed, denied) = readable(tf, &all);
+    let streams: Vec<StreamInput> = allowed
+        .iter()
+        .filter_map(|ds| stream_input(ds).ok())
+        .collect();
+    let compiled = match compile_transform(tf, &streams) {
+        Ok(c) => c,
+        Err(e) => {
+            report.compiled = match (&e, denied_input(&tf.spec.sql, &ns, &denied)) {
+                (TransformError::Sql(_), Some(why)) => State::no(Reason::InputNotGranted, why),
+                _ => State::no(Reason::CompileFailed, e.to_string()),
+            };
+            // A DataStream appearing or granting access triggers a reconcile by watch.
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
+    if let Err(e) = compile_expectations(&tf.spec.expectations, &compiled) {
+        report.compiled = State::no(Reason::CompileFailed, e.to_string());
+        return Ok(Action::await_change());
+    }
+    report.facts.plan_fingerprint = Some(compiled.fingerprint.clone());
+    report.facts.inputs = compiled.inputs.iter().map(StreamInput::id).collect();
+    report.facts.output = Some(format!("{ns}/{}", tf.spec.output.name));
+    report.compiled = State::yes(
+        Reason::Compiled,
+        format!(
+            "reads {}; plan {}",
+            report.facts.inputs.join(", "),
+            &compiled.fingerprint[..12.min(compiled.fingerprint.len())]
+        ),
+    );
+
+    // Test.
+    let outcomes = run_tests(tf, &compiled);
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Ok(r) if r.passed() => None,
+            Ok(r) => Some(r.to_string().trim_end().to_owned()),
+            Err(e) => Some(format!("FAIL  {e}")),
+        })
+        .collect();
+    report.tests = if failed.is_empty() {
+        State::yes(
+            Reason::TestsPassed,
+            match outcomes.len() {
+                0 => "no fixture tests".to_owned(),
+                n => format!("{n} of {n} fixture tests passed"),
+            },
+        )
+    } else {
+        State::no(
+            Reason::TestsFailed,
+            format!(
+                "{} of {} fixture tests failed; the running version keeps running:\n{}",
+                failed.len(),
+                outcomes.len(),
+                failed.join("\n")
+            ),
+        )
+    };
+
+    // Whatever happens next, the workers' state is reported.
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = deployments.get_opt(&build::worker_name(tf)).await?;
+    report.workers(tf, live.as_ref());
+    if !failed.is_empty() {
+        return Ok(Action::await_change());
+    }
+
+    let inputs: Vec<&DataStream> = compiled
+        .inputs
+        .iter()
+        .filter_map(|i| {
+            allowed
+                .iter()
+                .copied()
+                .find(|d| id_of(&d.metadata) == i.id())
+        })
+        .collect();
+    if let Some(d) = inputs.iter().find(|d| d.spec.kafka.is_some()) {
+        report.problem = Some(State::no(
+            Reason::InvalidSpec,
+            format!(
+                "DataStream {} lives on a named Kafka connection (spec.kafka); workers run only \
+                 on the operator's own Kafka cluster so far",
+                id_of(&d.metadata)
+            ),
+        ));
+        return Ok(Action::await_change());
+    }
+
+    // The output DataStream.
+    if let Some(other) = other_writer(tf, ctx) {
+        report.problem = Some(State::no(
+            Reason::OutputConflict,
+            format!(
+                "DataStream {ns}/{} is already written by Transform {other}; two Transforms \
+                 may not write one DataStream",
+                tf.spec.output.name
+            ),
+        ));
+        return Ok(Action::requeue(ctx.resync));
+    }
+    let built = match build::output_data_stream(tf, &compiled, &inputs) {
+        Ok(b) => b,
+        Err(e) => {
+            report.compiled = State::no(Reason::CompileFailed, format!("spec.sql: {}", e.0));
+            return Ok(Action::await_change());
+        }
+    };
+    let data_streams: Api<DataStream> = Api::namespaced(ctx.client.clone(), &ns);
+    let output = match data_streams.get_opt(&tf.spec.output.name).await? {
+        Some(declared) if !owned_by(&declared, tf) => {
+            if let Err(why) = build::check_declared_output(&declared, &built, &compiled) {
+                report.problem = Some(State::no(
+                    Reason::OutputConflict,
+                    format!(
+                        "DataStream {ns}/{} was declared by someone else and cannot hold this \
+                         Transform's output: {why}",
+                        tf.spec.output.name
+                    ),
+                ));
+                return Ok(Action::await_change());
+            }
+            declared
+        }
+        live => ensure(&data_streams, built, live).await?,
+    };
+
+    // Internal topics, once the inputs' topics exist.
+    let partitioning = match partitioning::plan(&compiled) {
+        Ok(p) => p,
+        Err(why) => {
+            if inputs.iter().any(|d| d.spec.partitions > 1) {
+                report.problem = Some(State::no(
+                    Reason::InvalidSpec,
+                    format!(
+                        "{why}: over inputs with more than one partition this plan cannot give \
+                         correct results; group and join each input by one set of columns, or \
+                         give the inputs one partition"
+                    ),
+                ));
+                return Ok(Action::await_change());
+            }
+            Partitioning::AsIs
+        }
+    };
+    let mut tasks = 1;
+    for d in &inputs {
+        match d.status.as_ref().and_then(|s| s.partitions) {
+            Some(p) => tasks = tasks.max(p),
+            None => {
+                report.problem = Some(State::no(
+                    Reason::InputsNotReady,
+                    format!(
+                        "waiting for the topic of DataStream {}",
+                        id_of(&d.metadata)
+                    ),
+                ));
+                return Ok(Action::requeue(SOON));
+            }
+        }
+    }
+    let internal = InternalTopics::of(tf, &compiled, &partitioning);
+    let desired = internal.desired(tasks, ctx.defaults.replication_factor);
+    report.facts.internal_topics = desired.iter().map(|t| t.name.clone()).collect();
+    for topic in &desired {
+        if let Err(e) = ensure_topic(ctx, tf, topic).await {
+            report.problem = Some(State::no(Reason::KafkaUnavailable, e.to_string()));
+            return Err(Error::KafkaUnavailable(e.to_string()));
+        }
+    }
+
+    // The workload.
+    let config_map = build::config_map(tf, &inputs, &output)
+        .map_err(|e| Error::KafkaUnavailable(format!("rendering the worker config: {e}")))?;
+    let config_hash = build::hash_of(&config_map.data);
+    let client = ctx.client.clone();
+    ensure_named(&Api::<ConfigMap>::namespaced(client.clone(), &ns), config_map).await?;
+    ensure_named(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        build::service_account(tf),
+    )
+    .await?;
+    ensure_named(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        build::service(tf),
+    )
+    .await?;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    if tf.spec.parallelism > 1 {
+        ensure_named(&pdbs, build::pod_disruption_budget(tf)).await?;
+    } else if pdbs.get_opt(&build::worker_name(tf)).await?.is_some() {
+        pdbs.delete(&build::worker_name(tf), &DeleteParams::default())
+            .await?;
+    }
+    let deployment = build::deployment(tf, &compiled, &ctx.workers, &config_hash);
+    let live = ensure(&deployments, deployment, live).await?;
+    report.workers(tf, Some(&live));
+    Ok(if report.available.status == "True" {
+        Action::requeue(ctx.resync)
+    } else {
+        // The Deployment's status changes wake us through the watch; this is a backstop.
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// Whether `tf` is the controller of `obj`.
+fn owned_by<K: Resource>(obj: &K, tf: &Transform) -> bool {
+    let uid = tf.metadata.uid.as_deref();
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+/// The oldest other Transform of the namespace writing the same output, as `ns/name`.
+fn other_writer(tf: &Transform, ctx: &Context) -> Option<String> {
+    let key = |t: &Transform| {
+        (
+            t.metadata.creation_timestamp.clone().map(|t| t.0),
+            t.name_any(),
+        )
+    };
+    ctx.transforms
+        .state()
+        .into_iter()
+        .filter(|t| {
+            t.metadata.deletion_timestamp.is_none()
+                && t.namespace() == tf.namespace()
+                && t.spec.output.name == tf.spec.output.name
+        })
+        .min_by_key(|t| key(t))
+        .filter(|t| t.metadata.uid != tf.metadata.uid)
+        .map(|t| id_of(&t.metadata))
+}
+
+/// Applies `obj` by server-side apply unless `live` already carries its hash.
+async fn ensure<K>(api: &Api<K>, obj: K, live: Option<K>) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let obj = build::stamp(obj);
+    if let Some(live) = live
+        && build::stamped_hash(&live) == build::stamped_hash(&obj)
+    {
+        return Ok(live);
+    }
+    let name = obj.meta().name.clone().unwrap_or_default();
+    info!(kind = %std::any::type_name::<K>().rsplit("::").next().unwrap_or_default(), name, "applying");
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&obj),
+        )
+        .await?)
+}
+
+/// [`ensure`] for an object looked up by its name.
+async fn ensure_named<K>(api: &Api<K>, obj: K) -> Result<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let live = api
+        .get_opt(obj.meta().name.as_deref().unwrap_or_default())
+        .await?;
+    ensure(api, obj, live).await
+}
+
+/// Creates an internal topic Kafka lacks, or raises its partitions to the task count.
+async fn ensure_topic(
+    ctx: &Context,
+    tf: &Transform,
+    topic: &crate::topics::DesiredTopic,
+) -> Result<(), crate::topics::TopicError> {
+    match ctx.topics.describe(&topic.name).await? {
+        None => {
+            if ctx.topics.create(topic).await? {
+                ctx.publish(
+                    tf,
+                    EventType::Normal,
+                    "TopicCreated",
+                    "Create",
+                    format!(
+                        "created internal topic {} with {} partitions",
+                        topic.name, topic.partitions
+                    ),
+                )
+                .await;
+            }
+        }
+        Some(state) if state.partitions < topic.partitions => {
+            ctx.topics
+                .raise_partitions(&topic.name, topic.partitions)
+                .await?;
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// On deletion: the owned objects go with the Transform (owner references); the internal
+/// topics are deleted when `spec.output.deletionPolicy` is `Delete`, and kept otherwise.
+async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
+    if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
+        return Ok(Action::await_change());
+    }
+    for topic in InternalTopics::all(tf) {
+        match ctx.topics.describe(&topic).await {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                ctx.topics
+                    .delete(&topic)
+                    .await
+                    .map_err(|e| Error::KafkaUnavailable(e.to_string()))?;
+                info!(topic, "deleted internal topic");
+            }
+            Err(e) => return Err(Error::KafkaUnavailable(e.to_string())),
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The Transforms a DataStream change concerns: those reading it, the one writing it,
+/// and those not Ready (a DataStream appearing or granting access may unblock them).
+pub fn transforms_for(ds: &DataStream, transforms: &[Arc<Transform>]) -> Vec<Arc<Transform>> {
+    let id = id_of(&ds.metadata);
+    let ns = ds.namespace();
+    transforms
+        .iter()
+        .filter(|t| {
+            let status = t.status.as_ref();
+            let reads = status.is_some_and(|s| s.inputs.contains(&id));
+            let writes = t.namespace() == ns && t.spec.output.name == ds.name_any();
+            let waiting = !status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            reads || writes || waiting
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(ns: &str, name: &str, readers: &[&str]) -> Arc<DataStream> {
+        let mut d: DataStream = serde_yaml::from_str(&format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: {{ name: {name}, namespace: {ns} }}
+spec:
+  description: d
+  owner: o
+  schema: {{ fields: [ {{ name: a, type: string }} ] }}
+"#
+        ))
+        .expect("valid");
+        if !readers.is_empty() {
+            d.spec.access = Some(weir_crds::data_stream::Access {
+                readers: readers.iter().map(|r| (*r).to_owned()).collect(),
+            });
+        }
+        Arc::new(d)
+    }
+
+    fn tf(sql: &str) -> Transform {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: weir.dev/v1alpha1
+kind: Transform
+metadata: {{ name: t, namespace: b }}
+spec: {{ description: d, owner: o, sql: "{sql}", output: {{ name: out }} }}
+"#
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn only_granted_streams_are_readable_and_a_denial_is_named() {
+        let all = vec![
+            ds("b", "own", &[]),
+            ds("b", "out", &[]),
+            ds("a", "open", &["b"]),
+            ds("a", "closed-stream", &["c"]),
+        ];
+        let t = tf("SELECT a FROM a.closed_stream");
+        let (allowed, denied) = readable(&t, &all);
+        let names: Vec<String> = allowed.iter().map(|d| id_of(&d.metadata)).collect();
+        assert_eq!(names, vec!["b/own", "a/open"], "never its own output");
+        assert_eq!(denied.len(), 1);
+        let why = denied_input(&t.spec.sql, "b", &denied).expect("named");
+        assert!(
+            why.contains("DataStream a/closed-stream, which does not grant namespace b"),
+            "{why}"
+        );
+        assert!(denied_input("SELECT a FROM own", "b", &denied).is_none());
+        // The compiler only sees what is allowed: the closed stream is unknown to it.
+        let streams: Vec<_> = allowed.iter().map(|d| stream_input(d).unwrap()).collect();
+        assert!(compile_transform(&t, &streams).is_err());
+        let open = tf("SELECT a FROM a.open");
+        assert!(compile_transform(&open, &streams).is_ok());
+    }
+}
