@@ -84,12 +84,13 @@ pub fn stream_input(ds: &DataStream) -> Result<StreamInput, String> {
     )
     .with_key(ds.spec.key.clone());
     if let Some(et) = &ds.spec.event_time {
-        let ooo = match &et.max_out_of_orderness {
-            Some(d) => millis(parse_duration(d).map_err(|e| {
-                format!("DataStream {id}: spec.eventTime.maxOutOfOrderness: {e}")
-            })?),
-            None => 0,
-        };
+        let ooo =
+            match &et.max_out_of_orderness {
+                Some(d) => millis(parse_duration(d).map_err(|e| {
+                    format!("DataStream {id}: spec.eventTime.maxOutOfOrderness: {e}")
+                })?),
+                None => 0,
+            };
         input = input.with_event_time(&et.field, ooo);
     }
     if ds.spec.cleanup_policy == CleanupPolicy::Compact && !ds.spec.key.is_empty() {

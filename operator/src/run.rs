@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::runtime::reflector::ObjectRef;
 use weir_crds::{DataStream, Transform};
 
 use crate::config::Config;
@@ -135,7 +135,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // The Transform controller watches what it deploys (by the operator's label) and the
     // DataStreams its Transforms read and write.
     let managed = watcher::Config::default()
-        .labels(&format!("app.kubernetes.io/managed-by={}", crate::FIELD_MANAGER))
+        .labels(&format!(
+            "app.kubernetes.io/managed-by={}",
+            crate::FIELD_MANAGER
+        ))
         .any_semantic();
     let transforms = Controller::new(
         Api::<Transform>::all(client.clone()),
@@ -193,7 +196,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let stop_transforms = stop.clone();
     let data_streams = controller
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(data_stream::reconcile, data_stream::error_policy, ctx.clone())
+        .run(
+            data_stream::reconcile,
+            data_stream::error_policy,
+            ctx.clone(),
+        )
         .for_each(log_controller_event);
     let transforms = transforms
         .graceful_shutdown_on(async move { stop_transforms.cancelled().await })

@@ -1,8 +1,11 @@
-//! A real Kubernetes control plane — etcd, kube-apiserver and kube-controller-manager —
-//! on free loopback ports, with its own CA and an admin client certificate.
+//! A real Kubernetes control plane — etcd, kube-apiserver, kube-controller-manager and
+//! kube-scheduler — on free loopback ports, with its own CA and an admin client
+//! certificate.
 //!
-//! There is no kubelet and no scheduler: objects are stored, validated, admitted, watched,
-//! garbage-collected and namespaces are finalized exactly as in a cluster, but no pod runs.
+//! There is no kubelet: objects are stored, validated, admitted, watched, garbage-collected,
+//! Deployments become ReplicaSets and pods, pods are scheduled and namespaces are
+//! finalized exactly as in a cluster, but a pod runs only where a [`crate::LocalNode`]
+//! serves the node it is bound to.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,7 +28,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct ControlPlane {
     dir: PathBuf,
     apiserver_port: u16,
-    // Field order is stop order: controller-manager, then apiserver, then etcd.
+    // Field order is stop order: scheduler, controller-manager, then apiserver, then etcd.
+    scheduler: Option<Supervised>,
     controller_manager: Option<Supervised>,
     apiserver: Option<Supervised>,
     etcd: Option<Supervised>,
@@ -51,6 +55,7 @@ impl ControlPlane {
         let mut cp = Self {
             dir: dir.to_owned(),
             apiserver_port: free_port()?,
+            scheduler: None,
             controller_manager: None,
             apiserver: None,
             etcd: None,
@@ -117,7 +122,9 @@ impl ControlPlane {
                 format!("--secure-port={}", free_port()?),
                 format!("--cert-dir={}", p("controller-manager-certs")),
                 "--controllers=namespace-controller,garbage-collector-controller,\
-                 serviceaccount-controller,deployment-controller,replicaset-controller"
+                 serviceaccount-controller,\
+                 deployment-controller,replicaset-controller,disruption-controller,\
+                 root-ca-certificate-publisher-controller"
                     .into(),
                 "--leader-elect=false".into(),
                 "--use-service-account-credentials=false".into(),
@@ -128,6 +135,28 @@ impl ControlPlane {
             &dir.join("kube-controller-manager.log"),
         )?);
         cp.wait_controller_manager().await?;
+        cp.scheduler = Some(Supervised::spawn(
+            "kube-scheduler",
+            &binary("kube-scheduler")?,
+            &[
+                format!("--kubeconfig={}", cp.kubeconfig_path().display()),
+                format!(
+                    "--authentication-kubeconfig={}",
+                    cp.kubeconfig_path().display()
+                ),
+                format!(
+                    "--authorization-kubeconfig={}",
+                    cp.kubeconfig_path().display()
+                ),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={}", free_port()?),
+                format!("--cert-dir={}", p("scheduler-certs")),
+                "--leader-elect=false".into(),
+                "--profiling=false".into(),
+                "--v=0".into(),
+            ],
+            &dir.join("kube-scheduler.log"),
+        )?);
         Ok(cp)
     }
 
@@ -182,11 +211,16 @@ impl ControlPlane {
 
     /// The process ids of every running component.
     pub fn pids(&self) -> Vec<u32> {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .into_iter()
-            .flatten()
-            .filter_map(Supervised::pid)
-            .collect()
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(Supervised::pid)
+        .collect()
     }
 
     /// The log files of every component, for a failing test's report.
@@ -195,6 +229,7 @@ impl ControlPlane {
             "etcd.log",
             "kube-apiserver.log",
             "kube-controller-manager.log",
+            "kube-scheduler.log",
         ]
         .iter()
         .map(|f| self.dir.join(f))

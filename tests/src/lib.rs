@@ -26,6 +26,7 @@
 pub mod control_plane;
 pub mod fixtures;
 pub mod kafka;
+pub mod local_node;
 pub mod namespace;
 pub mod operator;
 pub mod process;
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 pub use control_plane::ControlPlane;
 pub use kafka::Kafka;
+pub use local_node::{Images, LocalNode};
 pub use namespace::{await_condition, await_deletion, with_temp_ns};
 pub use operator::{Operator, OperatorOptions, install_crds};
 

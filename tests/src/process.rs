@@ -197,8 +197,12 @@ impl Drop for Supervised {
 }
 
 /// Deletes `dir` once this process has exited (for state that lives in a `static`, which
-/// is never dropped).
+/// is never dropped), unless `WEIR_KEEP_STACK` is set (to read the logs of a failed run).
 pub fn remove_when_owner_exits(dir: &Path) {
+    if std::env::var_os("WEIR_KEEP_STACK").is_some() {
+        eprintln!("keeping the stack's directory {}", dir.display());
+        return;
+    }
     let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; rm -rf "$2""#;
     let mut cmd = Command::new("bash");
     cmd.arg("-c")

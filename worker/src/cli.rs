@@ -179,8 +179,8 @@ pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
     let mut out = String::new();
     for tf in &res.transforms {
         let id = id_of(&tf.metadata);
-        let c = compile_transform(tf, &streams)
-            .map_err(|e| anyhow::anyhow!("Transform {id}: {e}"))?;
+        let c =
+            compile_transform(tf, &streams).map_err(|e| anyhow::anyhow!("Transform {id}: {e}"))?;
         let _ = writeln!(out, "Transform {id}");
         let _ = writeln!(out, "fingerprint: {}", c.fingerprint);
         let kind = match c.output_kind {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use weir_crds::transform::{DeliveryGuarantee, Expectation, OnFailure};
 use weir_crds::{DataStream, Transform, compile};
-use weir_engine::sql::partitioning::{self, Partitioning};
 use weir_engine::sql::CompiledTransform;
+use weir_engine::sql::partitioning::{self, Partitioning};
 
 use crate::cli::{self, Resources};
 

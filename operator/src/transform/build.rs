@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -71,9 +71,7 @@ impl InternalTopics {
         let base = internal_prefix(tf);
         Self {
             dead_letters: format!("{base}.dead-letters"),
-            changelog: compiled
-                .is_stateful()
-                .then(|| format!("{base}.changelog")),
+            changelog: compiled.is_stateful().then(|| format!("{base}.changelog")),
             repartition: matches!(partitioning, Partitioning::Repartition(_))
                 .then(|| format!("{base}.repartition")),
         }
@@ -247,13 +245,9 @@ pub fn output_data_stream(
     } else {
         CleanupPolicy::Delete
     });
-    let partitions = out.partitions.unwrap_or_else(|| {
-        inputs
-            .iter()
-            .map(|d| d.spec.partitions)
-            .max()
-            .unwrap_or(1)
-    });
+    let partitions = out
+        .partitions
+        .unwrap_or_else(|| inputs.iter().map(|d| d.spec.partitions).max().unwrap_or(1));
     let spec = DataStreamSpec {
         description: out
             .description
@@ -691,16 +685,20 @@ spec:
         assert_eq!(out.spec.partitions, 3, "as many partitions as the input");
         let email = out.spec.schema.field("email").expect("email");
         assert_eq!(email.classification, vec!["pii"]);
-        assert!(out.spec.schema.field("url").unwrap().classification.is_empty());
+        assert!(
+            out.spec
+                .schema
+                .field("url")
+                .unwrap()
+                .classification
+                .is_empty()
+        );
         assert_eq!(out.spec.schema.field("n").unwrap().type_, FieldType::Bigint);
         assert_eq!(
             out.spec.access.as_ref().map(|a| a.readers.clone()),
             Some(vec!["analytics".to_owned()])
         );
-        assert_eq!(
-            out.metadata.owner_references.as_ref().unwrap()[0].uid,
-            "t1"
-        );
+        assert_eq!(out.metadata.owner_references.as_ref().unwrap()[0].uid, "t1");
         // The built schema converts back to what the SQL produces.
         let arrow = out.spec.schema.to_arrow().expect("valid");
         for (a, b) in arrow.fields().iter().zip(c.output_schema.fields()) {
@@ -720,7 +718,10 @@ spec:
         let mut declared = built.clone();
         declared.spec.schema.fields.pop();
         let err = check_declared_output(&declared, &built, &c).unwrap_err();
-        assert!(err.contains("columns [user_id] but the SQL produces [user_id, url]"), "{err}");
+        assert!(
+            err.contains("columns [user_id] but the SQL produces [user_id, url]"),
+            "{err}"
+        );
         let mut declared = built.clone();
         declared.spec.schema.fields[1].type_ = FieldType::Int;
         let err = check_declared_output(&declared, &built, &c).unwrap_err();
@@ -739,7 +740,10 @@ spec:
         let d = deployment(&tf, &c, &settings, "h");
         let spec = &d.spec;
         assert_eq!(spec.replicas, Some(2));
-        assert_eq!(spec.strategy.as_ref().unwrap().type_.as_deref(), Some("Recreate"));
+        assert_eq!(
+            spec.strategy.as_ref().unwrap().type_.as_deref(),
+            Some("Recreate")
+        );
         let pod = spec.template.spec.as_ref().unwrap();
         assert_eq!(pod.automount_service_account_token, Some(false));
         let sc = pod.containers[0].security_context.as_ref().unwrap();

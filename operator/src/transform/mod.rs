@@ -313,10 +313,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
             None => {
                 report.problem = Some(State::no(
                     Reason::InputsNotReady,
-                    format!(
-                        "waiting for the topic of DataStream {}",
-                        id_of(&d.metadata)
-                    ),
+                    format!("waiting for the topic of DataStream {}", id_of(&d.metadata)),
                 ));
                 return Ok(Action::requeue(SOON));
             }
@@ -337,7 +334,11 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         .map_err(|e| Error::KafkaUnavailable(format!("rendering the worker config: {e}")))?;
     let config_hash = build::hash_of(&config_map.data);
     let client = ctx.client.clone();
-    ensure_named(&Api::<ConfigMap>::namespaced(client.clone(), &ns), config_map).await?;
+    ensure_named(
+        &Api::<ConfigMap>::namespaced(client.clone(), &ns),
+        config_map,
+    )
+    .await?;
     ensure_named(
         &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
         build::service_account(tf),

@@ -156,8 +156,8 @@ impl Report {
         self.facts.replicas = status.replicas.unwrap_or(0);
         let ready = status.ready_replicas.unwrap_or(0);
         let updated = status.updated_replicas.unwrap_or(0);
-        let current = d.metadata.generation.is_some()
-            && status.observed_generation >= d.metadata.generation;
+        let current =
+            d.metadata.generation.is_some() && status.observed_generation >= d.metadata.generation;
         self.available = if want == 0 {
             State::yes(
                 Reason::ScaledToZero,
@@ -259,7 +259,11 @@ pub async fn write(
     ctx.metrics.status_write("transform");
     let transient = matches!(
         ready.reason,
-        Reason::RollingOut | Reason::NotDeployed | Reason::NotChecked
+        Reason::RollingOut
+            | Reason::NotDeployed
+            | Reason::NotChecked
+            | Reason::InputsNotReady
+            | Reason::WorkersUnavailable
     );
     if ready.status != "True"
         && !transient
@@ -302,7 +306,11 @@ spec: { description: d, owner: o, sql: "SELECT 1", output: { name: out } }
         let first = r.clone().into_status(None);
         let again = r.into_status(Some(&first));
         assert_eq!(first, again, "a steady state writes nothing");
-        let ready = first.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        let ready = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
         assert_eq!(ready.status, "False");
         assert_eq!(ready.observed_generation, Some(2));
 

@@ -1,0 +1,387 @@
+//! The Transform controller end to end: the real operator compiles and tests Transforms,
+//! creates their output DataStreams and internal topics and deploys workers; the real
+//! kube-controller-manager and kube-scheduler turn the Deployment into pods, and the test
+//! kit's local node runs them as `weir-worker` processes against the real broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use nix::sys::signal::Signal;
+use tokio::sync::OnceCell;
+use weir_crds::{DataStream, Transform};
+use weir_tests::records::{self, Record};
+use weir_tests::{
+    Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, install_crds,
+    with_temp_ns,
+};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+struct Env {
+    _operator: Operator,
+    node: LocalNode,
+}
+
+/// One stack, one operator and one local node shared by the tests in this file.
+async fn setup() -> (kube::Client, &'static Env, String) {
+    static ENV: OnceCell<Env> = OnceCell::const_new();
+    let stack = Stack::shared().await;
+    let client = stack.kube_client().await.expect("client");
+    let env = ENV
+        .get_or_init(|| async {
+            install_crds(&client).await.expect("crds");
+            let node = LocalNode::start(
+                client.clone(),
+                &stack.dir().join("node"),
+                Images::workspace().expect("built binaries"),
+            )
+            .await
+            .expect("local node");
+            let operator = Operator::start(stack, OperatorOptions::default())
+                .await
+                .expect("operator");
+            Env {
+                _operator: operator,
+                node,
+            }
+        })
+        .await;
+    (client, env, stack.bootstrap_servers())
+}
+
+/// Server-side applies a YAML document, with `NS` replaced by `ns`.
+async fn apply(client: &kube::Client, ns: &str, yaml: &str) {
+    let yaml = yaml.replace("NS", ns);
+    let value: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
+    let name = value["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let params = PatchParams::apply("weir-tests").force();
+    match value["kind"].as_str() {
+        Some("DataStream") => {
+            Api::<DataStream>::namespaced(client.clone(), ns)
+                .patch(&name, &params, &Patch::Apply(&value))
+                .await
+                .expect("apply DataStream");
+        }
+        Some("Transform") => {
+            Api::<Transform>::namespaced(client.clone(), ns)
+                .patch(&name, &params, &Patch::Apply(&value))
+                .await
+                .expect("apply Transform");
+        }
+        other => panic!("unexpected kind {other:?}"),
+    }
+}
+
+fn condition<'a>(
+    tf: &'a Transform,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    tf.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn is(type_: &'static str, status: &'static str) -> impl Fn(Option<&Transform>) -> bool {
+    move |tf: Option<&Transform>| {
+        tf.and_then(|t| {
+            let generation = t.metadata.generation;
+            condition(t, type_).filter(|c| c.observed_generation == generation)
+        })
+        .is_some_and(|c| c.status == status)
+    }
+}
+
+const CLICKS: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: clicks, namespace: NS }
+spec:
+  description: Clicks.
+  owner: web@example.com
+  partitions: 2
+  schema:
+    fields:
+      - { name: user_id, type: string, nullable: false }
+      - { name: url, type: string }
+      - { name: email, type: string, classification: [pii] }
+  key: [user_id]
+"#;
+
+const BY_URL: &str = r#"
+apiVersion: weir.dev/v1alpha1
+kind: Transform
+metadata: { name: by-url, namespace: NS }
+spec:
+  description: Clicks per URL.
+  owner: web@example.com
+  sql: |
+    SELECT url, COUNT(*) AS clicks
+    FROM clicks
+    WHERE url IS NOT NULL
+    GROUP BY url
+  output: { name: clicks-by-url, deletionPolicy: Delete }
+  parallelism: 2
+  tests:
+    - name: counts per url
+      given:
+        clicks:
+          - { user_id: u1, url: /a }
+          - { user_id: u2, url: /a }
+      expect:
+        - { url: /a, clicks: 2 }
+"#;
+
+/// The last value per key of a changelog topic, read committed.
+async fn table(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for r in records::consume_all(bootstrap, topic, Duration::from_secs(2))
+        .await
+        .expect("consume")
+    {
+        match r.value {
+            Some(_) => out.insert(r.key_str(), r.value_str()),
+            None => out.remove(&r.key_str()),
+        };
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_transform_runs_as_workers_that_survive_a_crash() {
+    let (client, env, bootstrap) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        apply(&client, &ns, CLICKS).await;
+        apply(&client, &ns, BY_URL).await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+        let tf = await_condition(transforms.clone(), "by-url", is("Ready", "True"), WAIT).await;
+        let status = tf.status.clone().expect("status");
+        assert_eq!(status.inputs, vec![format!("{ns}/clicks")]);
+        assert_eq!(status.output, Some(format!("{ns}/clicks-by-url")));
+        assert_eq!(status.replicas, 2);
+        assert!(status.plan_fingerprint.is_some());
+        assert_eq!(
+            condition(&tf, "TestsPassed").unwrap().message,
+            "1 of 1 fixture tests passed"
+        );
+
+        // The output DataStream: owned, compacted, keyed by the group, lineage-classified.
+        let out = Api::<DataStream>::namespaced(client.clone(), &ns)
+            .get("clicks-by-url")
+            .await
+            .expect("output DataStream");
+        assert_eq!(out.spec.key, vec!["url"]);
+        assert_eq!(
+            out.spec.cleanup_policy,
+            weir_crds::data_stream::CleanupPolicy::Compact
+        );
+        assert_eq!(
+            out.metadata.owner_references.as_ref().unwrap()[0].name,
+            "by-url"
+        );
+
+        // Records flow through two worker pods.
+        let mut input = Vec::new();
+        for i in 0..300 {
+            input.push(Record::new(
+                format!("{{\"user_id\":\"u{i}\"}}"),
+                format!("{{\"user_id\":\"u{i}\",\"url\":\"/p{}\"}}", i % 3),
+            ));
+        }
+        records::produce(&bootstrap, &format!("{ns}.clicks"), &input[..150])
+            .await
+            .expect("produce");
+        let topic = format!("{ns}.clicks-by-url");
+        let expect_counts = |n: usize| {
+            let mut want = BTreeMap::new();
+            for i in 0..n {
+                *want.entry(format!("/p{}", i % 3)).or_insert(0) += 1;
+            }
+            want
+        };
+        let counts = |t: &BTreeMap<String, String>| -> BTreeMap<String, i64> {
+            t.values()
+                .map(|v| {
+                    let v: serde_json::Value = serde_json::from_str(v).expect("json");
+                    (
+                        v["url"].as_str().unwrap_or_default().to_owned(),
+                        v["clicks"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let t = table(&bootstrap, &topic).await;
+            if counts(&t) == expect_counts(150) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "output so far: {t:?}"
+            );
+        }
+
+        // SIGKILL one worker pod; it restarts and the output stays exact.
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns);
+        let list = pods
+            .list(&ListParams::default().labels("weir.dev/transform=by-url"))
+            .await
+            .expect("pods");
+        assert_eq!(list.items.len(), 2, "two worker pods");
+        let victim = list.items[0].metadata.name.clone().unwrap();
+        assert_eq!(env.node.signal(&ns, &victim, Signal::SIGKILL), 1);
+        records::produce(&bootstrap, &format!("{ns}.clicks"), &input[150..])
+            .await
+            .expect("produce");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let t = table(&bootstrap, &topic).await;
+            if counts(&t) == expect_counts(300) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "output after the crash: {t:?}"
+            );
+        }
+        let restarted = pods.get(&victim).await.expect("pod");
+        let restarts = restarted.status.unwrap().container_statuses.unwrap()[0].restart_count;
+        assert!(restarts >= 1, "the killed worker restarted");
+
+        // Scale down through the scale subresource.
+        transforms
+            .patch_scale(
+                "by-url",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": { "replicas": 1 } })),
+            )
+            .await
+            .expect("scale");
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        let d = await_condition(
+            deployments,
+            "by-url-worker",
+            |d: Option<&Deployment>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.replicas == Some(1) && s.ready_replicas == Some(1))
+            },
+            WAIT,
+        )
+        .await;
+        assert_eq!(d.spec.replicas, Some(1));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_transform_deploys_nothing_and_says_why() {
+    let (client, _env, _) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        apply(&client, &ns, CLICKS).await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+
+        // A compile error names the line and column.
+        apply(
+            &client,
+            &ns,
+            &BY_URL.replace("SELECT url, COUNT(*)", "SELECT nope, COUNT(*)"),
+        )
+        .await;
+        let tf = await_condition(transforms.clone(), "by-url", is("Compiled", "False"), WAIT).await;
+        let c = condition(&tf, "Compiled").unwrap();
+        assert_eq!(c.reason, "CompileFailed");
+        assert!(
+            c.message.starts_with("spec.sql: line 1, column 8:"),
+            "{}",
+            c.message
+        );
+
+        // A failing fixture test blocks the rollout.
+        apply(&client, &ns, &BY_URL.replace("clicks: 2 }", "clicks: 3 }")).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            is("TestsPassed", "False"),
+            WAIT,
+        )
+        .await;
+        let c = condition(&tf, "TestsPassed").unwrap();
+        assert!(
+            c.message.contains("expected but not produced"),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("clicks: 3"), "{}", c.message);
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        assert!(
+            deployments
+                .get_opt("by-url-worker")
+                .await
+                .unwrap()
+                .is_none(),
+            "nothing is deployed while a test fails"
+        );
+
+        // Reading another namespace's DataStream needs its grant.
+        let other = format!("{ns}-x");
+        apply(
+            &client,
+            &ns,
+            &BY_URL
+                .replace(
+                    "FROM clicks",
+                    &format!("FROM {}.clicks", other.replace('-', "_")),
+                )
+                .replace("tests:", "tests: []\n  old:")
+                .lines()
+                .take_while(|l| !l.starts_with("  old:"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .await;
+        let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
+        let mut n = k8s_openapi::api::core::v1::Namespace::default();
+        n.metadata.name = Some(other.clone());
+        namespaces
+            .create(&Default::default(), &n)
+            .await
+            .expect("second namespace");
+        apply(&client, &other, CLICKS).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| condition(t, "Compiled"))
+                    .is_some_and(|c| c.reason == "InputNotGranted")
+            },
+            WAIT,
+        )
+        .await;
+        let c = condition(&tf, "Compiled").unwrap();
+        assert!(
+            c.message.contains(&format!(
+                "DataStream {other}/clicks, which does not grant namespace {ns}"
+            )),
+            "{}",
+            c.message
+        );
+        // The grant is given: the Transform compiles.
+        apply(
+            &client,
+            &other,
+            &format!("{CLICKS}  access: {{ readers: [{ns}] }}\n"),
+        )
+        .await;
+        await_condition(transforms.clone(), "by-url", is("Compiled", "True"), WAIT).await;
+        let _ = namespaces.delete(&other, &Default::default()).await;
+    })
+    .await;
+}
