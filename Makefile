@@ -25,11 +25,15 @@ test: tools ## Run every test: unit, property, golden and integration on the rea
 tools: ## Install the pinned Kafka, etcd, kube-apiserver, kubectl and helm into .tools/
 	@bash tools/install.sh
 
-dev: tools ## Start the local stack in the foreground and print how to reach it (Ctrl-C stops it)
-	$(CARGO) run --quiet -p weir-tests --bin weir-dev -- up
+dev: tools ## Start the local stack with the operator and a local node, print how to reach it (Ctrl-C stops it)
+	@echo "==> Building Weir (cargo build --workspace --bins; a first build takes several minutes)"
+	$(CARGO) build --workspace --bins
+	./target/debug/weir-dev up
 
-demo: tools ## Run Weir's main job on the embedded local stack, print what it did, and stop
-	$(CARGO) run --quiet -p weir-tests --bin weir-dev -- demo
+demo: tools ## Apply the example network with kubectl and show records flowing through worker pods, then stop
+	@echo "==> Building Weir (cargo build --workspace --bins; a first build takes several minutes)"
+	$(CARGO) build --workspace --bins
+	./target/debug/weir-dev demo
 
 lint: ## Check formatting and run clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

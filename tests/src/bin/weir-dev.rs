@@ -1,15 +1,19 @@
 //! weir-dev runs the local stack for people: `make dev` and `make demo` call it.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
-use weir_tests::Stack;
-use weir_tests::records::{self, Isolation, Record};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use nix::sys::signal::Signal;
+use weir_crds::Transform;
+use weir_tests::records::{self, Record};
+use weir_tests::{Images, LocalNode, Operator, OperatorOptions, Stack, install_crds};
 
-/// Run Weir's local stack: a real Kafka broker and Kubernetes control plane on loopback.
+/// Run Weir's local stack: a real Kafka broker and Kubernetes control plane on loopback,
+/// with weir-operator and a local node that runs worker pods as processes.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Config {
@@ -21,7 +25,8 @@ struct Config {
 enum Command {
     /// Start the stack in the foreground and print how to reach it; Ctrl-C stops it.
     Up,
-    /// Start the stack, run Weir's demo against it, print what happened and stop.
+    /// Start the stack, apply the example network, show records flowing through worker
+    /// pods (and surviving a SIGKILL), then stop.
     Demo,
 }
 
@@ -40,22 +45,75 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn start() -> anyhow::Result<Stack> {
-    eprintln!("Starting Kafka and Kubernetes (etcd, kube-apiserver, kube-controller-manager)…");
-    let started = std::time::Instant::now();
-    let stack = Stack::start().await.context("starting the local stack")?;
-    eprintln!("Ready in {:.1}s.", started.elapsed().as_secs_f64());
-    Ok(stack)
+/// The stack with Weir on it: the CRDs, a local node for worker pods, and the operator.
+struct Weir {
+    node: LocalNode,
+    _operator: Operator,
+    stack: Stack,
+}
+
+/// Runs `what`, printing it first and how long it took after.
+async fn step<T>(what: &str, f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    eprintln!("==> {what}");
+    let started = Instant::now();
+    let out = f.await?;
+    eprintln!("    done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+async fn start() -> anyhow::Result<Weir> {
+    let stack = step(
+        "Starting Kafka (KRaft) and Kubernetes (etcd, kube-apiserver, kube-controller-manager, kube-scheduler)",
+        async { Stack::start().await.context("starting the local stack") },
+    )
+    .await?;
+    let client = stack.kube_client().await?;
+    step("Installing the weir.dev CRDs", async {
+        install_crds(&client).await.context("installing the CRDs")
+    })
+    .await?;
+    let node = step(
+        "Registering the local node (runs scheduled pods' containers as local processes)",
+        async {
+            LocalNode::start(
+                client.clone(),
+                &stack.dir().join("node"),
+                Images::workspace()
+                    .context("the workspace binaries (cargo build --workspace --bins)")?,
+            )
+            .await
+            .context("starting the local node")
+        },
+    )
+    .await?;
+    let operator = step("Starting weir-operator", async {
+        let options = OperatorOptions {
+            resync_interval: "1m",
+            ..OperatorOptions::default()
+        };
+        Operator::start(&stack, options)
+            .await
+            .context("starting the operator")
+    })
+    .await?;
+    Ok(Weir {
+        node,
+        _operator: operator,
+        stack,
+    })
 }
 
 async fn up() -> anyhow::Result<()> {
-    let stack = start().await?;
+    let weir = start().await?;
+    let stack = &weir.stack;
     let tools = weir_tests::tools::tools_dir().join("bin");
     println!(
-        "\nThe local stack is running.\n\n\
-         Kubernetes:\n  export KUBECONFIG={kubeconfig}\n  export PATH={tools}:$PATH\n  kubectl get namespaces\n\n\
+        "\nThe local stack is running, with weir-operator and a local node for worker pods.\n\n\
+         Kubernetes:\n  export KUBECONFIG={kubeconfig}\n  export PATH={tools}:$PATH\n  \
+         kubectl apply -f manifests/examples/namespaces.yaml -f manifests/examples/page-views.yaml \
+         -f manifests/examples/transforms/views-per-page.yaml\n  kubectl get datastreams,transforms,pods -A\n\n\
          Kafka:\n  bootstrap servers: {bootstrap}\n  (any Kafka client: e.g. kcat -b {bootstrap} -L)\n\n\
-         Logs and data: {dir}\n\nPress Ctrl-C to stop.",
+         Logs and data: {dir} (worker pods log to node/)\n\nPress Ctrl-C to stop.",
         kubeconfig = stack.control_plane.kubeconfig_path().display(),
         tools = tools.display(),
         bootstrap = stack.bootstrap_servers(),
@@ -63,84 +121,259 @@ async fn up() -> anyhow::Result<()> {
     );
     shutdown_signal().await;
     eprintln!("\nStopping…");
-    drop(stack);
+    weir.node.shutdown().await;
+    drop(weir._operator);
+    drop(weir.stack);
     eprintln!("Stopped; nothing is left running.");
     Ok(())
 }
 
-async fn demo() -> anyhow::Result<()> {
-    let stack = start().await?;
-    let client = stack.kube_client().await?;
-    let bootstrap = stack.bootstrap_servers();
+fn kubectl(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(weir_tests::tools::binary("kubectl")?)
+        .env("KUBECONFIG", stack.control_plane.kubeconfig_path())
+        .current_dir(weir_tests::tools::workspace_root())
+        .args(args)
+        .output()
+        .context("running kubectl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
 
-    let namespaces = Api::<Namespace>::all(client);
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("web".into());
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .context("creating namespace web")?;
-    let listed = namespaces.list(&Default::default()).await?;
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("     {l}\n")).collect()
+}
+
+/// `count` page views in minute `minute` of 2026-01-01 over `users` users and three pages.
+fn page_views(minute: u32, count: u32, users: u32) -> Vec<(String, String, String)> {
+    (0..count)
+        .map(|i| {
+            let user = format!("u{}", i % users);
+            let url = format!("/p{}", i % 3);
+            let ts = format!("2026-01-01T00:{minute:02}:{:02}Z", (i * 7) % 60);
+            (user, url, ts)
+        })
+        .collect()
+}
+
+fn as_records(views: &[(String, String, String)]) -> Vec<Record> {
+    views
+        .iter()
+        .map(|(u, url, ts)| {
+            Record::new(
+                format!("{{\"user_id\":\"{u}\"}}"),
+                format!("{{\"user_id\":\"{u}\",\"url\":\"{url}\",\"email\":\"{u}@example.com\",\"ts\":\"{ts}\"}}"),
+            )
+        })
+        .collect()
+}
+
+/// The rows of the output, as (url, window_start) → views. A window emitted twice reads
+/// as -1, so that a duplicate can never pass for the right count.
+async fn output(bootstrap: &str) -> anyhow::Result<BTreeMap<(String, String), i64>> {
+    let mut rows = BTreeMap::new();
+    for r in records::consume_all(
+        bootstrap,
+        "analytics.views-per-page",
+        Duration::from_secs(2),
+    )
+    .await?
+    {
+        let v: serde_json::Value = serde_json::from_str(&r.value_str())?;
+        let key = (
+            v["url"].as_str().unwrap_or_default().to_owned(),
+            v["window_start"].as_str().unwrap_or_default().to_owned(),
+        );
+        let views = v["views"].as_i64().unwrap_or(0);
+        if rows.insert(key.clone(), views).is_some() {
+            rows.insert(key, -1);
+        }
+    }
+    Ok(rows)
+}
+
+async fn wait_for_rows(
+    bootstrap: &str,
+    want: &BTreeMap<(String, String), i64>,
+) -> anyhow::Result<BTreeMap<(String, String), i64>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = output(bootstrap).await?;
+        if want.iter().all(|(k, v)| rows.get(k) == Some(v)) || Instant::now() > deadline {
+            return Ok(rows);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn expected(
+    views: &[(String, String, String)],
+    minutes: std::ops::Range<u32>,
+) -> BTreeMap<(String, String), i64> {
+    let mut want = BTreeMap::new();
+    for (_, url, ts) in views {
+        let minute: u32 = ts[14..16].parse().unwrap_or(99);
+        if minutes.contains(&minute) {
+            *want
+                .entry((url.clone(), format!("2026-01-01T00:{minute:02}:00Z")))
+                .or_insert(0) += 1;
+        }
+    }
+    want
+}
+
+async fn demo() -> anyhow::Result<()> {
+    let weir = start().await?;
+    let result = tokio::select! {
+        r = run_demo(&weir) => r,
+        _ = shutdown_signal() => {
+            eprintln!("\nInterrupted.");
+            Ok(())
+        }
+    };
+    eprintln!("==> Stopping the workers, the operator and the stack");
+    weir.node.shutdown().await;
+    drop(weir._operator);
+    drop(weir.stack);
+    eprintln!("    stopped; nothing is left running");
+    result
+}
+
+async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
+    let stack = &weir.stack;
+    let bootstrap = stack.bootstrap_servers();
+    let client = stack.kube_client().await?;
+    println!("\n1. kubectl apply the example network (namespaces web and analytics):");
+    let applied = kubectl(
+        stack,
+        &[
+            "apply",
+            "-f",
+            "manifests/examples/namespaces.yaml",
+            "-f",
+            "manifests/examples/page-views.yaml",
+            "-f",
+            "manifests/examples/customers.yaml",
+            "-f",
+            "manifests/examples/transforms/views-per-page.yaml",
+        ],
+    )?;
+    print!("{}", indent(&applied));
+
     println!(
-        "1. Created namespace `web` in kube-apiserver {} (namespaces now: {}).",
-        stack.control_plane.server(),
-        listed
-            .items
-            .iter()
-            .filter_map(|n| n.metadata.name.clone())
-            .collect::<Vec<_>>()
-            .join(", ")
+        "2. The operator compiles and tests the Transform, creates topics and deploys workers:"
+    );
+    let transforms = Api::<Transform>::namespaced(client.clone(), "analytics");
+    let started = Instant::now();
+    loop {
+        let tf = transforms.get("views-per-page").await?;
+        let ready = tf
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .cloned();
+        if ready.as_ref().is_some_and(|c| c.status == "True") {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(180),
+            "the Transform did not become Ready: {ready:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("   ready in {:.1}s", started.elapsed().as_secs_f64());
+    print!(
+        "{}",
+        indent(&kubectl(stack, &["get", "datastreams,transforms", "-A"])?)
+    );
+    print!(
+        "{}",
+        indent(&kubectl(
+            stack,
+            &["get", "pods", "-n", "analytics", "-o", "wide"]
+        )?)
     );
 
-    let topic = "web.page-views";
-    records::create_topic(&bootstrap, topic, 3).await?;
-    println!("2. Created Kafka topic `{topic}` with 3 partitions on broker {bootstrap}.");
-
-    let views = [
-        (
-            "u1",
-            r#"{"user_id":"u1","url":"/a","ts":"2026-01-01T00:00:10Z"}"#,
-        ),
-        (
-            "u2",
-            r#"{"user_id":"u2","url":"/a","ts":"2026-01-01T00:00:50Z"}"#,
-        ),
-        (
-            "u1",
-            r#"{"user_id":"u1","url":"/b","ts":"2026-01-01T00:01:05Z"}"#,
-        ),
-    ];
-    let produced: Vec<Record> = views.iter().map(|(k, v)| Record::new(*k, *v)).collect();
-    records::produce(&bootstrap, topic, &produced).await?;
-    println!("3. Produced {} page views.", produced.len());
-
-    let consumed = records::consume(
-        &bootstrap,
-        topic,
-        produced.len(),
-        Isolation::ReadCommitted,
-        Duration::from_secs(30),
-    )
-    .await?;
-    println!("4. Consumed {} records (read_committed):", consumed.len());
-    for r in &consumed {
-        println!(
-            "     partition {} key {} {}",
-            r.partition.unwrap_or(-1),
-            r.key_str(),
-            r.value_str()
-        );
+    // Minutes 0-2 of page views, then a few views at minute 10 from every user so that
+    // every input partition's watermark passes the first three windows.
+    let mut views = page_views(0, 120, 40);
+    views.extend(page_views(1, 90, 40));
+    views.extend(page_views(2, 60, 40));
+    views.extend(page_views(10, 40, 40));
+    records::produce(&bootstrap, "web.page-views", &as_records(&views)).await?;
+    println!(
+        "3. Produced {} page views to web.page-views (event time 00:00 to 00:10).",
+        views.len()
+    );
+    let want = expected(&views, 0..3);
+    let rows = wait_for_rows(&bootstrap, &want).await?;
+    println!("4. Output records in analytics.views-per-page (one per page per closed minute):");
+    for ((url, start), n) in &rows {
+        println!("     {start}  {url:<4} {n} views");
     }
     anyhow::ensure!(
-        consumed.len() == produced.len(),
-        "expected {} records back, got {}",
-        produced.len(),
-        consumed.len()
+        want.iter().all(|(k, v)| rows.get(k) == Some(v)),
+        "the output differs from the expected counts: {rows:?} != {want:?}"
     );
-    println!("5. Stopping the stack.");
-    drop(stack);
+    let pods = Api::<Pod>::namespaced(client.clone(), "analytics");
+    let list = pods
+        .list(&ListParams::default().labels("weir.dev/transform=views-per-page"))
+        .await?;
+    let victim = list
+        .items
+        .first()
+        .and_then(|p| p.metadata.name.clone())
+        .context("no worker pod")?;
+    weir.node.signal("analytics", &victim, Signal::SIGKILL);
     println!(
-        "Done: the demo ran against a real Kafka broker and kube-apiserver, and stopped cleanly."
+        "5. Killed worker pod {victim} with SIGKILL; producing minutes 10-12 while it restarts."
+    );
+    let mut more = page_views(11, 80, 40);
+    more.extend(page_views(12, 50, 40));
+    more.extend(page_views(20, 40, 40));
+    records::produce(&bootstrap, "web.page-views", &as_records(&more)).await?;
+    let mut all = views.clone();
+    all.extend(more);
+    let want = expected(&all, 0..13);
+    let rows = wait_for_rows(&bootstrap, &want).await?;
+    let complete = want.iter().all(|(k, v)| rows.get(k) == Some(v));
+    println!(
+        "6. After the restart the output holds {} rows, {}:",
+        rows.len(),
+        if complete {
+            "every window exactly once, none lost or doubled"
+        } else {
+            "NOT as expected"
+        }
+    );
+    for ((url, start), n) in rows
+        .iter()
+        .filter(|((_, s), _)| s.as_str() >= "2026-01-01T00:10")
+    {
+        println!("     {start}  {url:<4} {n} views");
+    }
+    print!(
+        "{}",
+        indent(&kubectl(stack, &["get", "pods", "-n", "analytics"])?)
+    );
+    let dead = records::consume_all(
+        &bootstrap,
+        "analytics.views-per-page.dead-letters",
+        Duration::from_secs(1),
+    )
+    .await?
+    .len();
+    println!("7. Dead letters: {dead}.");
+    anyhow::ensure!(
+        complete,
+        "the output differs from the expected counts after the restart"
+    );
+    println!(
+        "\nDone: DataStreams and a Transform applied with kubectl ran as worker pods between Kafka topics, exactly once."
     );
     Ok(())
 }
