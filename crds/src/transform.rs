@@ -65,14 +65,16 @@ pub struct TransformSpec {
     /// The DataStream the result is written to (owned by this Transform).
     pub output: TransformOutput,
 
-    /// How many workers share the input partitions. Not acted on yet: no controller
-    /// deploys workers; run `weir-worker run` yourself.
+    /// How many workers share the input partitions (the replicas of the workers'
+    /// Deployment; `kubectl scale transform/<name> --replicas=N` sets it). 0 stops the
+    /// workers; the input waits in Kafka.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 0, max = 1000))]
     pub parallelism: i32,
 
-    /// Fixture tests: given input records, expected output. `weir test` runs them; the
-    /// operator does not run them before a rollout yet.
+    /// Fixture tests: given input records, expected output. `weir test` runs them, and so
+    /// does the operator before every rollout: a failing test sets `TestsPassed=False` and
+    /// deploys nothing (the running version keeps running).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200))]
     pub tests: Vec<TransformTest>,
@@ -99,7 +101,8 @@ pub struct TransformSpec {
     pub start_from: String,
 
     /// How a change to the SQL treats the state and position of the running Transform.
-    /// Not acted on yet: a worker refuses state written by another plan.
+    /// Not acted on yet: the operator rolls out a changed plan, and its workers then refuse
+    /// state written by another plan (they do not start) rather than drop it.
     #[serde(default)]
     pub upgrade_policy: UpgradePolicy,
 
@@ -107,7 +110,7 @@ pub struct TransformSpec {
     #[serde(default)]
     pub delivery_guarantee: DeliveryGuarantee,
 
-    /// CPU and memory for each worker. Not acted on yet: no controller deploys workers.
+    /// CPU and memory for each worker (the worker container's resources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 

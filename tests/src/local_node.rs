@@ -395,14 +395,13 @@ async fn run_pod(node: NodeCtx, pod: Pod, stop: CancellationToken) {
             }
         }
         let status = pod_status(&containers, &ip, &start_time, &restart_policy);
-        if status != last_status {
-            if api
+        if status != last_status
+            && api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await
                 .is_ok()
-            {
-                last_status = status;
-            }
+        {
+            last_status = status;
         }
         if containers.iter().all(|c| c.done) {
             break;
