@@ -18,8 +18,8 @@ async fn dropping_a_stack_leaves_no_process_or_directory_behind() {
     let pids = stack.pids();
     assert_eq!(
         pids.len(),
-        4,
-        "kafka, etcd, kube-apiserver, kube-controller-manager"
+        5,
+        "kafka, etcd, kube-apiserver, kube-controller-manager, kube-scheduler"
     );
     assert!(pids.iter().all(|&p| alive(p)));
     let dir = stack.dir().to_path_buf();
