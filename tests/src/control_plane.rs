@@ -105,59 +105,50 @@ impl ControlPlane {
         )?);
         pki.write_kubeconfig(&cp.kubeconfig_path(), cp.apiserver_port)?;
         cp.wait_ready().await?;
+        let mut args = cp.component_args("controller-manager")?;
+        args.extend([
+            "--controllers=namespace-controller,garbage-collector-controller,\
+             serviceaccount-controller,deployment-controller,replicaset-controller,\
+             disruption-controller,root-ca-certificate-publisher-controller"
+                .into(),
+            "--use-service-account-credentials=false".into(),
+            "--concurrent-gc-syncs=5".into(),
+        ]);
         cp.controller_manager = Some(Supervised::spawn(
             "kube-controller-manager",
             &binary("kube-controller-manager")?,
-            &[
-                format!("--kubeconfig={}", cp.kubeconfig_path().display()),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    cp.kubeconfig_path().display()
-                ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    cp.kubeconfig_path().display()
-                ),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-                format!("--cert-dir={}", p("controller-manager-certs")),
-                "--controllers=namespace-controller,garbage-collector-controller,\
-                 serviceaccount-controller,\
-                 deployment-controller,replicaset-controller,disruption-controller,\
-                 root-ca-certificate-publisher-controller"
-                    .into(),
-                "--leader-elect=false".into(),
-                "--use-service-account-credentials=false".into(),
-                "--concurrent-gc-syncs=5".into(),
-                "--profiling=false".into(),
-                "--v=0".into(),
-            ],
+            &args,
             &dir.join("kube-controller-manager.log"),
         )?);
         cp.wait_controller_manager().await?;
         cp.scheduler = Some(Supervised::spawn(
             "kube-scheduler",
             &binary("kube-scheduler")?,
-            &[
-                format!("--kubeconfig={}", cp.kubeconfig_path().display()),
-                format!(
-                    "--authentication-kubeconfig={}",
-                    cp.kubeconfig_path().display()
-                ),
-                format!(
-                    "--authorization-kubeconfig={}",
-                    cp.kubeconfig_path().display()
-                ),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={}", free_port()?),
-                format!("--cert-dir={}", p("scheduler-certs")),
-                "--leader-elect=false".into(),
-                "--profiling=false".into(),
-                "--v=0".into(),
-            ],
+            &cp.component_args("scheduler")?,
             &dir.join("kube-scheduler.log"),
         )?);
         Ok(cp)
+    }
+
+    /// The flags kube-controller-manager and kube-scheduler share: the admin kubeconfig for
+    /// everything, their own serving certificate on a free loopback port, no leader
+    /// election.
+    fn component_args(&self, name: &str) -> Result<Vec<String>> {
+        let kubeconfig = self.kubeconfig_path().display().to_string();
+        Ok(vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", free_port()?),
+            format!(
+                "--cert-dir={}",
+                self.dir.join(format!("{name}-certs")).display()
+            ),
+            "--leader-elect=false".into(),
+            "--profiling=false".into(),
+            "--v=0".into(),
+        ])
     }
 
     /// Waits until kube-controller-manager runs its controllers: its serviceaccount
