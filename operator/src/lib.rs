@@ -39,6 +39,9 @@ pub enum Error {
     /// An object lacks a field the apiserver always sets.
     #[error("the object has no {0}")]
     MissingField(&'static str),
+    /// The operator itself failed (a task panicked, a document did not render).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -53,6 +56,7 @@ impl Error {
                 _ => "finalizer",
             },
             Self::MissingField(_) => "malformed_object",
+            Self::Internal(_) => "internal",
         }
     }
 }

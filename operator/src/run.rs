@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -149,6 +151,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let lookup = transform_store.clone();
     let transforms = transforms
         .owns(Api::<Deployment>::all(client.clone()), managed)
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default()
+                .labels(transform::build::TRANSFORM_LABEL)
+                .any_semantic(),
+            |pod| {
+                let name = pod.labels().get(transform::build::TRANSFORM_LABEL)?.clone();
+                Some(ObjectRef::<Transform>::new(&name).within(&pod.namespace()?))
+            },
+        )
         .watches(api, watcher::Config::default().any_semantic(), move |ds| {
             transform::transforms_for(&ds, &lookup.state())
                 .into_iter()

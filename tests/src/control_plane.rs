@@ -191,13 +191,7 @@ impl ControlPlane {
 
     /// A kube client with admin credentials.
     pub async fn client(&self) -> Result<kube::Client> {
-        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path())
-            .map_err(|e| Error::Kube(format!("reading the kubeconfig: {e}")))?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::Kube(format!("loading the kubeconfig: {e}")))?;
-        kube::Client::try_from(config).map_err(|e| Error::Kube(format!("building a client: {e}")))
+        client_from_kubeconfig(&self.kubeconfig_path()).await
     }
 
     /// The process ids of every running component.
@@ -260,6 +254,17 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// A kube client for the kubeconfig at `path`. A client lives on the runtime that built it:
+/// a thread with a runtime of its own builds its own.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path)
+        .map_err(|e| Error::Kube(format!("reading the kubeconfig: {e}")))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Kube(format!("loading the kubeconfig: {e}")))?;
+    kube::Client::try_from(config).map_err(|e| Error::Kube(format!("building a client: {e}")))
 }
 
 /// The control plane's certificates: a CA, the apiserver's serving certificate, an admin

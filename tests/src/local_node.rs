@@ -93,29 +93,71 @@ pub struct LocalNode {
     stop: CancellationToken,
     pods: Arc<Mutex<HashMap<String, PodProcesses>>>,
     dir: PathBuf,
-    task: Option<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LocalNode {
-    /// Registers the node and starts running the pods bound to it.
-    pub async fn start(client: kube::Client, dir: &Path, images: Images) -> Result<Self> {
+    /// Registers the node with the control plane the kubeconfig at `kubeconfig` names and
+    /// starts running the pods bound to it. The node runs on a thread and runtime of its
+    /// own, so that it outlives the test (and the runtime) that started it.
+    pub async fn start(kubeconfig: &Path, dir: &Path, images: Images) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the node's dir", e))?;
-        register(&client).await?;
         let stop = CancellationToken::new();
         let pods = Arc::new(Mutex::new(HashMap::new()));
-        let node = NodeCtx {
-            client,
-            images,
-            dir: dir.to_owned(),
-            pods: pods.clone(),
-            next_ip: Arc::new(AtomicU32::new(0)),
-        };
-        let task = tokio::spawn(run(node, stop.clone()));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (kubeconfig, node_dir, node_pods, node_stop) = (
+            kubeconfig.to_owned(),
+            dir.to_owned(),
+            pods.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::Builder::new()
+            .name("weir-local-node".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(Error::io("starting the node's runtime", e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let client =
+                        match crate::control_plane::client_from_kubeconfig(&kubeconfig).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = started_tx.send(Err(e));
+                                return;
+                            }
+                        };
+                    if let Err(e) = register(&client).await {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                    let _ = started_tx.send(Ok(()));
+                    let node = NodeCtx {
+                        client,
+                        images,
+                        dir: node_dir,
+                        pods: node_pods,
+                        next_ip: Arc::new(AtomicU32::new(0)),
+                    };
+                    run(node, node_stop).await;
+                });
+            })
+            .map_err(|e| Error::io("starting the node's thread", e))?;
+        started_rx
+            .await
+            .map_err(|_| Error::Kube("the local node stopped while starting".into()))??;
         Ok(Self {
             stop,
             pods,
             dir: dir.to_owned(),
-            task: Some(task),
+            thread: Some(thread),
         })
     }
 
@@ -145,8 +187,8 @@ impl LocalNode {
     /// Stops every pod's processes (SIGTERM, then SIGKILL) and stops serving the node.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 }

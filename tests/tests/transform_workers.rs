@@ -7,15 +7,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use nix::sys::signal::Signal;
 use tokio::sync::OnceCell;
 use weir_crds::{DataStream, Transform};
 use weir_tests::records::{self, Record};
 use weir_tests::{
-    Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, install_crds,
-    with_temp_ns,
+    Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, await_deletion,
+    install_crds, with_temp_ns,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -34,7 +34,7 @@ async fn setup() -> (kube::Client, &'static Env, String) {
         .get_or_init(|| async {
             install_crds(&client).await.expect("crds");
             let node = LocalNode::start(
-                client.clone(),
+                &stack.control_plane.kubeconfig_path(),
                 &stack.dir().join("node"),
                 Images::workspace().expect("built binaries"),
             )
@@ -158,10 +158,57 @@ async fn table(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
 async fn a_transform_runs_as_workers_that_survive_a_crash() {
     let (client, env, bootstrap) = setup().await;
     with_temp_ns(client, move |client, ns| async move {
+        // Worker pods must pass Pod Security "restricted".
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                &ns,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "metadata": { "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted" } } })),
+            )
+            .await
+            .expect("label the namespace");
         apply(&client, &ns, CLICKS).await;
         apply(&client, &ns, BY_URL).await;
         let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
         let tf = await_condition(transforms.clone(), "by-url", is("Ready", "True"), WAIT).await;
+        let degraded = condition(&tf, "Degraded").expect("Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("False", "Healthy")
+        );
+
+        // A steady state writes nothing: no object changes over several resyncs.
+        let versions = || async {
+            let rv = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+                m.resource_version.clone().unwrap_or_default()
+            };
+            vec![
+                rv(&transforms.get("by-url").await.expect("tf").metadata),
+                rv(&Api::<Deployment>::namespaced(client.clone(), &ns)
+                    .get("by-url-worker")
+                    .await
+                    .expect("deployment")
+                    .metadata),
+                rv(&Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                    .get("by-url-worker")
+                    .await
+                    .expect("config map")
+                    .metadata),
+                rv(&Api::<DataStream>::namespaced(client.clone(), &ns)
+                    .get("clicks-by-url")
+                    .await
+                    .expect("output")
+                    .metadata),
+            ]
+        };
+        let before = versions().await;
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert_eq!(
+            versions().await,
+            before,
+            "a steady state wrote to the apiserver"
+        );
         let status = tf.status.clone().expect("status");
         assert_eq!(status.inputs, vec![format!("{ns}/clicks")]);
         assert_eq!(status.output, Some(format!("{ns}/clicks-by-url")));
@@ -277,6 +324,110 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
         )
         .await;
         assert_eq!(d.spec.replicas, Some(1));
+        let plan = |d: &Deployment| {
+            d.spec
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()["weir.dev/plan"]
+                .clone()
+        };
+        let running_plan = plan(&d);
+
+        // A failing fixture test blocks the rollout and keeps the running version running.
+        apply(
+            &client,
+            &ns,
+            &BY_URL
+                .replace("clicks: 2 }", "clicks: 5 }")
+                .replace("parallelism: 2", "parallelism: 1"),
+        )
+        .await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            is("TestsPassed", "False"),
+            WAIT,
+        )
+        .await;
+        assert_eq!(condition(&tf, "Ready").unwrap().reason, "TestsFailed");
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        let d = deployments.get("by-url-worker").await.expect("deployment");
+        assert_eq!(plan(&d), running_plan);
+        assert_eq!(
+            d.status.and_then(|s| s.ready_replicas),
+            Some(1),
+            "still running"
+        );
+
+        // Deleting the Transform removes its workers, its internal topics and (by its output's
+        // Delete policy) the output DataStream and topic.
+        transforms
+            .delete("by-url", &Default::default())
+            .await
+            .expect("delete");
+        await_deletion(transforms.clone(), "by-url", WAIT).await;
+        await_deletion(deployments, "by-url-worker", WAIT).await;
+        await_deletion(
+            Api::<DataStream>::namespaced(client.clone(), &ns),
+            "clicks-by-url",
+            WAIT,
+        )
+        .await;
+        for t in [
+            "by-url.dead-letters",
+            "by-url.changelog",
+            "by-url.repartition",
+            "clicks-by-url",
+        ] {
+            let name = format!("{ns}.{t}");
+            let mut config = rdkafka::ClientConfig::new();
+            config.set("bootstrap.servers", &bootstrap);
+            let admin = weir_operator::topics::Topics::new(config).expect("admin");
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while admin.describe(&name).await.expect("describe").is_some() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "topic {name} was not deleted"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_worker_that_keeps_crashing_marks_its_transform_degraded() {
+    let (client, _env, bootstrap) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        apply(
+            &client,
+            &ns,
+            &CLICKS.replace("partitions: 2", "partitions: 1"),
+        )
+        .await;
+        let strict = BY_URL
+            .replace("parallelism: 2", "parallelism: 1\n  errorPolicy: fail")
+            .replace("by-url", "strict");
+        apply(&client, &ns, &strict).await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+        await_condition(transforms.clone(), "strict", is("Ready", "True"), WAIT).await;
+        // A record that is not JSON, under errorPolicy: fail, stops the worker every time.
+        records::produce(
+            &bootstrap,
+            &format!("{ns}.clicks"),
+            &[Record::new("k", "not json")],
+        )
+        .await
+        .expect("produce");
+        let tf = await_condition(transforms, "strict", is("Degraded", "True"), WAIT).await;
+        let c = condition(&tf, "Degraded").unwrap();
+        assert_eq!(c.reason, "CrashLooping");
+        assert!(c.message.contains("keeps crashing"), "{}", c.message);
     })
     .await;
 }
@@ -295,7 +446,16 @@ async fn a_bad_transform_deploys_nothing_and_says_why() {
             &BY_URL.replace("SELECT url, COUNT(*)", "SELECT nope, COUNT(*)"),
         )
         .await;
-        let tf = await_condition(transforms.clone(), "by-url", is("Compiled", "False"), WAIT).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| condition(t, "Compiled"))
+                    .is_some_and(|c| c.status == "False" && c.message.contains("nope"))
+            },
+            WAIT,
+        )
+        .await;
         let c = condition(&tf, "Compiled").unwrap();
         assert_eq!(c.reason, "CompileFailed");
         assert!(

@@ -254,6 +254,9 @@ struct Worker {
     sized: Instant,
     health: Health,
     fatal: Option<anyhow::Error>,
+    /// The worker stopped on an error: closing the consumer must commit nothing (the
+    /// revoke callback would otherwise commit the offsets of the record that failed).
+    halted: bool,
 }
 
 struct Ctx {
@@ -289,6 +292,9 @@ impl ConsumerContext for Ctx {
                 if lost {
                     // Another worker may already own these partitions: never commit.
                     w.exit_lost();
+                } else if w.halted {
+                    // Stopped on an error: what was not committed is processed again by
+                    // the next worker, from the last commit.
                 } else if let Err(e) = w.commit(consumer) {
                     w.handle(consumer, e);
                 }
@@ -437,6 +443,7 @@ pub fn run(
         sized: Instant::now(),
         health: health.clone(),
         fatal: None,
+        halted: false,
     }));
 
     let mut cc = base();
@@ -497,6 +504,9 @@ pub fn run(
     );
 
     let result = run_loop(&consumer, &worker, &config, &stop);
+    if result.is_err() {
+        lock(&worker).halted = true;
+    }
     if result.is_ok() {
         // Leave the group: the revoke callback commits what is left.
         consumer.unsubscribe();

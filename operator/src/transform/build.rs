@@ -428,7 +428,15 @@ pub fn config_map(
         docs.push(serde_yaml::to_string(&document(*ds, &ds.spec))?);
     }
     docs.push(serde_yaml::to_string(&document(output, &output.spec))?);
-    docs.push(serde_yaml::to_string(&document(tf, &tf.spec))?);
+    // What the workers do not read stays out, so that scaling or editing a fixture test
+    // does not change the ConfigMap and roll the workers.
+    let mut spec =
+        serde_json::to_value(&tf.spec).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+    if let Some(fields) = spec.as_object_mut() {
+        fields.remove("parallelism");
+        fields.remove("tests");
+    }
+    docs.push(serde_yaml::to_string(&document(tf, &spec))?);
     Ok(ConfigMap {
         metadata: meta(tf, worker_name(tf)),
         data: Some(BTreeMap::from([(CONFIG_FILE.into(), docs.join("---\n"))])),
@@ -795,5 +803,12 @@ spec:
         assert_eq!(text.matches("kind: DataStream").count(), 2);
         assert!(text.contains("kind: Transform"));
         assert!(!text.contains("uid"), "{text}");
+        // Scaling does not change what the workers read.
+        let mut scaled = tf.clone();
+        scaled.spec.parallelism = 7;
+        assert_eq!(
+            config_map(&scaled, &[&ds], &out).expect("renders").data,
+            cm.data
+        );
     }
 }

@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -33,12 +33,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 use weir_crds::compile::{
-    TransformError, compile_expectations, compile_transform, id_of, run_tests, stream_input,
+    TestOutcome, TransformError, compile_expectations, compile_transform, id_of, run_tests,
+    stream_input,
 };
 use weir_crds::data_stream::DeletionPolicy;
 use weir_crds::{DataStream, Transform};
 use weir_engine::sql::partitioning::{self, Partitioning};
-use weir_engine::sql::{StreamInput, sql_ident};
+use weir_engine::sql::{CompiledTransform, StreamInput, sql_ident};
 
 use crate::context::Context;
 use crate::{Error, FIELD_MANAGER, Result};
@@ -163,8 +164,19 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         .iter()
         .filter_map(|ds| stream_input(ds).ok())
         .collect();
-    let compiled = match compile_transform(tf, &streams) {
+    // Compiling and running the fixture tests is CPU work: off the async runtime.
+    let checked = {
+        let tf = tf.clone();
+        tokio::task::spawn_blocking(move || check(&tf, &streams))
+            .await
+            .map_err(|e| Error::Internal(format!("the compile task failed: {e}")))?
+    };
+    let (compiled, outcomes) = match checked {
         Ok(c) => c,
+        Err(e @ TransformError::Expectation { .. }) => {
+            report.compiled = State::no(Reason::CompileFailed, e.to_string());
+            return Ok(Action::await_change());
+        }
         Err(e) => {
             report.compiled = match (&e, denied_input(&tf.spec.sql, &ns, &denied)) {
                 (TransformError::Sql(_), Some(why)) => State::no(Reason::InputNotGranted, why),
@@ -174,10 +186,6 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
             return Ok(Action::requeue(ctx.resync));
         }
     };
-    if let Err(e) = compile_expectations(&tf.spec.expectations, &compiled) {
-        report.compiled = State::no(Reason::CompileFailed, e.to_string());
-        return Ok(Action::await_change());
-    }
     report.facts.plan_fingerprint = Some(compiled.fingerprint.clone());
     report.facts.inputs = compiled.inputs.iter().map(StreamInput::id).collect();
     report.facts.output = Some(format!("{ns}/{}", tf.spec.output.name));
@@ -190,8 +198,6 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         ),
     );
 
-    // Test.
-    let outcomes = run_tests(tf, &compiled);
     let failed: Vec<String> = outcomes
         .iter()
         .filter_map(|(_, o)| match o {
@@ -331,7 +337,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
 
     // The workload.
     let config_map = build::config_map(tf, &inputs, &output)
-        .map_err(|e| Error::KafkaUnavailable(format!("rendering the worker config: {e}")))?;
+        .map_err(|e| Error::Internal(format!("rendering the worker config: {e}")))?;
     let config_hash = build::hash_of(&config_map.data);
     let client = ctx.client.clone();
     ensure_named(
@@ -359,12 +365,32 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     let deployment = build::deployment(tf, &compiled, &ctx.workers, &config_hash);
     let live = ensure(&deployments, deployment, live).await?;
     report.workers(tf, Some(&live));
+    let pods: Api<Pod> = Api::namespaced(client, &ns);
+    let selector = build::selector_string(tf);
+    report.pods(
+        &pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items,
+    );
     Ok(if report.available.status == "True" {
         Action::requeue(ctx.resync)
     } else {
         // The Deployment's status changes wake us through the watch; this is a backstop.
         Action::requeue(Duration::from_secs(30))
     })
+}
+
+/// Compiles a Transform against the streams it may read, compiles its expectations and
+/// runs its fixture tests: the same checks as `weir test`.
+fn check(
+    tf: &Transform,
+    streams: &[StreamInput],
+) -> Result<(CompiledTransform, Vec<(String, TestOutcome)>), TransformError> {
+    let compiled = compile_transform(tf, streams)?;
+    compile_expectations(&tf.spec.expectations, &compiled)?;
+    let outcomes = run_tests(tf, &compiled);
+    Ok((compiled, outcomes))
 }
 
 /// Whether `tf` is the controller of `obj`.

@@ -2,6 +2,7 @@
 //! and written by server-side apply only when they changed.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -9,6 +10,9 @@ use weir_crds::{Transform, TransformStatus};
 
 use crate::context::Context;
 use crate::{FIELD_MANAGER, Result};
+
+/// How many restarts make a worker that is waiting to restart again crash-looping.
+pub const CRASH_LOOP_RESTARTS: i32 = 3;
 
 /// Why a condition is what it is: its `reason`, stable for alerting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +50,10 @@ pub enum Reason {
     ScaledToZero,
     /// Compiled, tested, deployed and available.
     Ready,
+    /// Nothing wrong is seen with the running workers.
+    Healthy,
+    /// A worker keeps crashing and restarting.
+    CrashLooping,
 }
 
 impl Reason {
@@ -68,6 +76,8 @@ impl Reason {
             Self::WorkersUnavailable => "WorkersUnavailable",
             Self::ScaledToZero => "ScaledToZero",
             Self::Ready => "Ready",
+            Self::Healthy => "Healthy",
+            Self::CrashLooping => "CrashLooping",
         }
     }
 }
@@ -121,6 +131,8 @@ pub struct Report {
     pub tests: State,
     /// `Available`.
     pub available: State,
+    /// `Degraded`: true while the workers run but something is wrong with them.
+    pub degraded: State,
     /// Why the Transform is not Ready beyond the three above, if anything.
     pub problem: Option<State>,
     /// The facts kept in status.
@@ -139,6 +151,7 @@ impl Report {
             compiled: State::unknown("not compiled yet"),
             tests: State::unknown("not run: the SQL has not compiled"),
             available: State::unknown("no workers deployed yet"),
+            degraded: State::no(Reason::Healthy, "no problem seen"),
             problem: None,
             facts,
         }
@@ -181,6 +194,42 @@ impl Report {
         };
     }
 
+    /// Reads the workers' pods: `Degraded` while one crash-loops (restarted
+    /// [`CRASH_LOOP_RESTARTS`] times or more and now waiting to restart again).
+    pub fn pods(&mut self, pods: &[Pod]) {
+        for pod in pods {
+            let statuses = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default();
+            for c in statuses {
+                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+                if c.restart_count >= CRASH_LOOP_RESTARTS
+                    && waiting.is_some_and(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+                {
+                    let exit = c
+                        .last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .map(|t| format!(" (last exit code {})", t.exit_code))
+                        .unwrap_or_default();
+                    self.degraded = State::yes(
+                        Reason::CrashLooping,
+                        format!(
+                            "worker pod {} has restarted {} times{exit} and keeps crashing; \
+                             see its log (kubectl logs {} --previous)",
+                            pod.metadata.name.as_deref().unwrap_or_default(),
+                            c.restart_count,
+                            pod.metadata.name.as_deref().unwrap_or_default(),
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// The Ready condition: the first thing that is not right, or Ready.
     pub fn ready(&self) -> State {
         for s in [&self.compiled, &self.tests] {
@@ -207,6 +256,7 @@ impl Report {
             ("Compiled", self.compiled),
             ("TestsPassed", self.tests),
             ("Available", self.available),
+            ("Degraded", self.degraded),
             ("Ready", ready),
         ] {
             let before = previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == type_));

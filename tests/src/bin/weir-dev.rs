@@ -76,7 +76,7 @@ async fn start() -> anyhow::Result<Weir> {
         "Registering the local node (runs scheduled pods' containers as local processes)",
         async {
             LocalNode::start(
-                client.clone(),
+                &stack.control_plane.kubeconfig_path(),
                 &stack.dir().join("node"),
                 Images::workspace()
                     .context("the workspace binaries (cargo build --workspace --bins)")?,
