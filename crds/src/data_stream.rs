@@ -225,6 +225,13 @@ pub struct DataStreamStatus {
     /// The topic configs Weir manages, as Kafka reports them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub effective_config: BTreeMap<String, String>,
+    /// The Transforms that read this DataStream, in any namespace, as `namespace/name`.
+    /// A DataStream with `deletionPolicy: Delete` is not deleted while any is left.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+    /// The Transform that writes this DataStream, as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
     /// `Ready` and the other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

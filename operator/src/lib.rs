@@ -15,6 +15,7 @@ pub mod connection;
 pub mod context;
 pub mod data_stream;
 pub mod http;
+pub mod lineage;
 pub mod metrics;
 pub mod run;
 pub mod telemetry;
@@ -39,6 +40,9 @@ pub enum Error {
     /// An object lacks a field the apiserver always sets.
     #[error("the object has no {0}")]
     MissingField(&'static str),
+    /// The object waits for something outside it (such as its readers going away).
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// The operator itself failed (a task panicked, a document did not render).
     #[error("{0}")]
     Internal(String),
@@ -57,6 +61,7 @@ impl Error {
             },
             Self::MissingField(_) => "malformed_object",
             Self::Internal(_) => "internal",
+            Self::Waiting(_) => "waiting",
         }
     }
 }

@@ -132,8 +132,31 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let api: Api<DataStream> = Api::all(client.clone());
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
+    // A DataStream's status shows which Transforms read and write it: their changes wake it.
     let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
-        .with_config(controller_config.clone());
+        .with_config(controller_config.clone())
+        .watches(
+            Api::<Transform>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            |tf| {
+                let status = tf.status.clone().unwrap_or_default();
+                let own = format!(
+                    "{}/{}",
+                    tf.namespace().unwrap_or_default(),
+                    tf.spec.output.name
+                );
+                status
+                    .inputs
+                    .into_iter()
+                    .chain(status.output)
+                    .chain(std::iter::once(own))
+                    .filter_map(|id| {
+                        let (ns, name) = id.split_once('/')?;
+                        Some(ObjectRef::<DataStream>::new(name).within(ns))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
     // The Transform controller watches what it deploys (by the operator's label) and the
     // DataStreams its Transforms read and write.
     let managed = watcher::Config::default()

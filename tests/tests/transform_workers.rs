@@ -545,3 +545,136 @@ async fn a_bad_transform_deploys_nothing_and_says_why() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn data_streams_show_their_readers_and_writer_and_protect_their_readers() {
+    let (client, _env, _) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        apply(
+            &client,
+            &ns,
+            &format!("{CLICKS}  deletionPolicy: Delete\n")
+                .replace("partitions: 2", "partitions: 1"),
+        )
+        .await;
+        apply(
+            &client,
+            &ns,
+            &BY_URL.replace("parallelism: 2", "parallelism: 1"),
+        )
+        .await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+        await_condition(transforms.clone(), "by-url", is("Compiled", "True"), WAIT).await;
+        let streams = Api::<DataStream>::namespaced(client.clone(), &ns);
+        let me = format!("{ns}/by-url");
+        let reader = me.clone();
+        let clicks = await_condition(
+            streams.clone(),
+            "clicks",
+            move |d: Option<&DataStream>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.readers == vec![reader.clone()])
+            },
+            WAIT,
+        )
+        .await;
+        assert!(clicks.status.unwrap().writer.is_none());
+        let writer = me.clone();
+        await_condition(
+            streams.clone(),
+            "clicks-by-url",
+            move |d: Option<&DataStream>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.writer.as_deref() == Some(writer.as_str()))
+            },
+            WAIT,
+        )
+        .await;
+
+        // A schema change that breaks the Transform is reported on both.
+        apply(
+            &client,
+            &ns,
+            &format!("{CLICKS}  deletionPolicy: Delete\n")
+                .replace("partitions: 2", "partitions: 1")
+                .replace("      - { name: url, type: string }\n", ""),
+        )
+        .await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| condition(t, "Compiled"))
+                    .is_some_and(|c| c.status == "False")
+            },
+            WAIT,
+        )
+        .await;
+        assert!(
+            condition(&tf, "Compiled").unwrap().message.contains("url"),
+            "{:?}",
+            condition(&tf, "Compiled")
+        );
+        let clicks = await_condition(
+            streams.clone(),
+            "clicks",
+            |d: Option<&DataStream>| {
+                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "ReadersCompile" && c.status == "False")
+                })
+            },
+            WAIT,
+        )
+        .await;
+        let c = clicks
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "ReadersCompile")
+            .unwrap()
+            .clone();
+        assert_eq!(c.reason, "BreaksReaders");
+        assert!(
+            c.message
+                .contains(&format!("Transform {me} no longer compiles")),
+            "{}",
+            c.message
+        );
+
+        // Deleting a DataStream that is still read waits, and says who reads it.
+        streams
+            .delete("clicks", &Default::default())
+            .await
+            .expect("delete");
+        let clicks = await_condition(
+            streams.clone(),
+            "clicks",
+            |d: Option<&DataStream>| {
+                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "StillRead")
+                })
+            },
+            WAIT,
+        )
+        .await;
+        let ready = weir_tests::fixtures::ready_condition(&clicks).unwrap();
+        assert!(
+            ready.2.contains(&format!("still read by {me}")),
+            "{}",
+            ready.2
+        );
+        // Once the reader is gone, the deletion completes.
+        transforms
+            .delete("by-url", &Default::default())
+            .await
+            .expect("delete");
+        await_deletion(streams, "clicks", WAIT).await;
+    })
+    .await;
+}

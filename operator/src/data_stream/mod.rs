@@ -349,6 +349,26 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
             .await;
         }
         DeletionPolicy::Delete => {
+            let readers = crate::lineage::of(ds, &ctx.transforms.state()).readers;
+            if !readers.is_empty() {
+                // Deleting the topic would pull it out from under running Transforms: wait
+                // until they are deleted or read something else (their change wakes us).
+                let ns = ds.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<DataStream> = Api::namespaced(ctx.client.clone(), &ns);
+                let problem = Problem::new(
+                    Reason::StillRead,
+                    format!(
+                        "deleting topic {topic} waits until no Transform reads it; still read \
+                         by {}",
+                        readers.join(", ")
+                    ),
+                );
+                status::write(&api, &mut ds.clone(), ctx, Update::Problem(problem)).await?;
+                return Err(Error::Waiting(format!(
+                    "topic {topic} is still read by {}",
+                    readers.join(", ")
+                )));
+            }
             if let Some(owner) = other_owner(ds, &topic, ctx) {
                 ctx.publish(
                     ds,

@@ -9,6 +9,7 @@ use kube::runtime::events::EventType;
 use weir_crds::{DataStream, DataStreamStatus};
 
 use crate::context::Context;
+use crate::lineage::Lineage;
 use crate::topics::{DesiredTopic, TopicState};
 use crate::{FIELD_MANAGER, Result};
 
@@ -35,6 +36,8 @@ pub enum Reason {
     ReplicationFactorChangeUnsupported,
     /// The topic has more partitions than the spec, which Kafka cannot undo.
     PartitionsDecreaseUnsupported,
+    /// Deleting the DataStream (and its topic) waits until no Transform reads it.
+    StillRead,
 }
 
 impl Reason {
@@ -51,6 +54,7 @@ impl Reason {
             Self::TopicOwnedByOther => "TopicOwnedByOther",
             Self::ReplicationFactorChangeUnsupported => "ReplicationFactorChangeUnsupported",
             Self::PartitionsDecreaseUnsupported => "PartitionsDecreaseUnsupported",
+            Self::StillRead => "StillRead",
         }
     }
 }
@@ -148,7 +152,7 @@ impl Observed {
             partitions: Some(state.partitions),
             replication_factor: Some(state.replication_factor),
             effective_config,
-            conditions: Vec::new(),
+            ..Default::default()
         };
         match problem {
             Some(p) => Self {
@@ -169,9 +173,16 @@ impl Observed {
         }
     }
 
-    /// The full status: the Ready condition keeps its transition time unless it changed.
-    fn into_status(self, previous: Option<&DataStreamStatus>) -> DataStreamStatus {
+    /// The full status: the Ready condition keeps its transition time unless it changed;
+    /// the lineage and the `ReadersCompile` condition come from `lineage`.
+    fn into_status(
+        self,
+        previous: Option<&DataStreamStatus>,
+        lineage: &Lineage,
+    ) -> DataStreamStatus {
         let mut status = self.status;
+        status.readers = lineage.readers.clone();
+        status.writer = lineage.writer.clone();
         let generation = status.observed_generation;
         let ready_status = if self.ready { "True" } else { "False" };
         let previous_ready =
@@ -188,6 +199,45 @@ impl Observed {
             observed_generation: generation,
             last_transition_time,
         }];
+        let (compiles, reason, message) = if lineage.broken.is_empty() {
+            (
+                "True",
+                "ReadersCompile",
+                if lineage.readers.is_empty() {
+                    "no Transform reads it".to_owned()
+                } else {
+                    format!(
+                        "every Transform that reads it compiles: {}",
+                        lineage.readers.join(", ")
+                    )
+                },
+            )
+        } else {
+            (
+                "False",
+                "BreaksReaders",
+                lineage
+                    .broken
+                    .iter()
+                    .map(|(tf, why)| format!("Transform {tf} no longer compiles: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        };
+        let last_transition_time = match previous
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "ReadersCompile"))
+        {
+            Some(c) if c.status == compiles => c.last_transition_time.clone(),
+            _ => Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        status.conditions.push(Condition {
+            type_: "ReadersCompile".into(),
+            status: compiles.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        });
         status
     }
 }
@@ -220,7 +270,12 @@ pub async fn write(
     let observed = update.observe(ds);
     let previous = ds.status.as_ref();
     let (reason, message, ready) = (observed.reason, observed.message.clone(), observed.ready);
-    let status = observed.into_status(previous);
+    let lineage = crate::lineage::of(ds, &ctx.transforms.state());
+    let status = observed.into_status(previous, &lineage);
+    let newly_broken = !lineage.broken.is_empty()
+        && previous
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "ReadersCompile"))
+            .is_none_or(|c| c.status != "False");
     if previous == Some(&status) {
         return Ok(());
     }
@@ -251,8 +306,28 @@ pub async fn write(
         )
         .await;
     }
+    if newly_broken {
+        let readers = status_message(&written, "ReadersCompile");
+        ctx.publish(
+            ds,
+            EventType::Warning,
+            "BreaksReaders",
+            "Reconcile",
+            readers,
+        )
+        .await;
+    }
     ds.status = Some(written);
     Ok(())
+}
+
+fn status_message(status: &DataStreamStatus, type_: &str) -> String {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -279,10 +354,10 @@ spec:
     #[test]
     fn an_unchanged_condition_keeps_its_transition_time() {
         let ds = ds();
-        let first =
-            Observed::problem(&ds, Problem::new(Reason::InvalidSpec, "x")).into_status(None);
+        let first = Observed::problem(&ds, Problem::new(Reason::InvalidSpec, "x"))
+            .into_status(None, &Lineage::default());
         let again = Observed::problem(&ds, Problem::new(Reason::InvalidSpec, "x"))
-            .into_status(Some(&first));
+            .into_status(Some(&first), &Lineage::default());
         assert_eq!(
             first, again,
             "a steady state must produce an identical status"
@@ -294,7 +369,7 @@ spec:
     #[test]
     fn a_claim_records_the_topic_before_creation() {
         let ds = ds();
-        let status = Observed::claim(&ds, "n.s").into_status(None);
+        let status = Observed::claim(&ds, "n.s").into_status(None, &Lineage::default());
         assert_eq!(status.topic.as_deref(), Some("n.s"));
         assert_eq!(status.conditions[0].reason, "Creating");
     }

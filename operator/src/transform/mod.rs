@@ -91,9 +91,7 @@ pub fn readable<'a>(
     let ns = tf.namespace().unwrap_or_default();
     let (mut allowed, mut denied) = (Vec::new(), Vec::new());
     for ds in all {
-        if ds.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
+        // A DataStream being deleted stays readable: its deletion waits for its readers.
         let own = ds.namespace().as_deref() == Some(ns.as_str());
         // A Transform cannot read its own output.
         if own && ds.name_any() == tf.spec.output.name {
