@@ -100,9 +100,12 @@ pub struct TransformSpec {
     ))]
     pub start_from: String,
 
-    /// How a change to the SQL treats the state and position of the running Transform.
-    /// Not acted on yet: the operator rolls out a changed plan, and its workers then refuse
-    /// state written by another plan (they do not start) rather than drop it.
+    /// How a change to the plan (the SQL, the input schemas or the window policy) treats
+    /// the running Transform's state. `keepState` (default): a change between stateless
+    /// plans keeps the input position; a change to a stateful plan is refused (the engine
+    /// cannot carry state between plans yet) and the running version keeps running.
+    /// `reprocess`: the state is dropped and the input is read again from `startFrom` into
+    /// new state (the output receives the results again).
     #[serde(default)]
     pub upgrade_policy: UpgradePolicy,
 
@@ -156,6 +159,10 @@ pub enum WindowEmit {
     OnClose,
     /// As records arrive, revising earlier rows.
     Updates,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn default_parallelism() -> i32 {
@@ -270,7 +277,7 @@ pub enum OnFailure {
 )]
 #[serde(rename_all = "camelCase")]
 pub enum UpgradePolicy {
-    /// Keep state and input position; a change whose state is incompatible is refused.
+    /// Keep state and input position; a change that cannot keep them is refused.
     #[default]
     KeepState,
     /// Drop state and reprocess the input from `startFrom`.
@@ -312,6 +319,10 @@ pub struct TransformStatus {
     /// The output DataStream, as `namespace/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// The state epoch: 0 at first, one more each time `upgradePolicy: reprocess` drops
+    /// the state for a changed plan (its group and state topics then end in `.e<epoch>`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub state_epoch: i64,
     /// The internal topics the workers use (dead letters, changelog, repartition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub internal_topics: Vec<String>,

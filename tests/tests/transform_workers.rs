@@ -678,3 +678,119 @@ async fn data_streams_show_their_readers_and_writer_and_protect_their_readers() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
+    let (client, env, bootstrap) = setup().await;
+    let _ = env;
+    with_temp_ns(client, move |client, ns| async move {
+        apply(
+            &client,
+            &ns,
+            &CLICKS.replace("partitions: 2", "partitions: 1"),
+        )
+        .await;
+        let v1 = BY_URL.replace("parallelism: 2", "parallelism: 1");
+        apply(&client, &ns, &v1).await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+        await_condition(transforms.clone(), "by-url", is("Ready", "True"), WAIT).await;
+        let input: Vec<Record> = (0..30)
+            .map(|i| {
+                Record::new(
+                    format!("{{\"user_id\":\"u{i}\"}}"),
+                    format!("{{\"user_id\":\"u{i}\",\"url\":\"/p{}\"}}", i % 2),
+                )
+            })
+            .collect();
+        records::produce(&bootstrap, &format!("{ns}.clicks"), &input)
+            .await
+            .expect("produce");
+        let topic = format!("{ns}.clicks-by-url");
+        let want = BTreeMap::from([("/p0".to_owned(), 15), ("/p1".to_owned(), 15)]);
+        let counts = |t: BTreeMap<String, String>| -> BTreeMap<String, i64> {
+            t.values()
+                .map(|v| {
+                    let v: serde_json::Value = serde_json::from_str(v).expect("json");
+                    (
+                        v["url"].as_str().unwrap_or_default().to_owned(),
+                        v["clicks"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while counts(table(&bootstrap, &topic).await) != want {
+            assert!(tokio::time::Instant::now() < deadline, "no output");
+        }
+
+        // keepState refuses a changed stateful plan; the running version keeps running.
+        let v2 = v1.replace(
+            "WHERE url IS NOT NULL",
+            "WHERE url IS NOT NULL AND url <> ''",
+        );
+        apply(&client, &ns, &v2).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| condition(t, "Ready"))
+                    .is_some_and(|c| c.reason == "UpgradeBlocked")
+            },
+            WAIT,
+        )
+        .await;
+        let why = &condition(&tf, "Ready").unwrap().message;
+        assert!(
+            why.contains(&format!("state is in {ns}.by-url.changelog")),
+            "{why}"
+        );
+        let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+        let before = deployments.get("by-url-worker").await.expect("deployment");
+
+        // reprocess drops the state and rebuilds it from the input in a new epoch.
+        apply(&client, &ns, &format!("{v2}  upgradePolicy: reprocess\n")).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| t.status.as_ref())
+                    .is_some_and(|s| s.state_epoch == 1)
+                    && is("Ready", "True")(t)
+            },
+            WAIT,
+        )
+        .await;
+        assert!(
+            tf.status
+                .unwrap()
+                .internal_topics
+                .contains(&format!("{ns}.by-url.e1.changelog"))
+        );
+        let after = deployments.get("by-url-worker").await.expect("deployment");
+        assert_ne!(
+            before.metadata.generation, after.metadata.generation,
+            "the workers were rolled"
+        );
+        // The rebuilt state gives the same counts; the old epoch's state topic is gone.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while counts(table(&bootstrap, &topic).await) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no output after reprocessing"
+            );
+        }
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &bootstrap);
+        let admin = weir_operator::topics::Topics::new(config).expect("admin");
+        let old = format!("{ns}.by-url.changelog");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while admin.describe(&old).await.expect("describe").is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{old} was not deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+}

@@ -42,6 +42,23 @@ pub const TRANSFORM_LABEL: &str = "weir.dev/transform";
 /// The annotation holding the hash of what the operator last applied to an object: an
 /// object whose hash matches the desired one is not written again.
 pub const APPLIED_HASH: &str = "weir.dev/applied-hash";
+/// The pod template annotation naming the plan the workers run.
+pub const PLAN: &str = "weir.dev/plan";
+/// The pod template annotation saying whether that plan keeps state.
+pub const STATEFUL: &str = "weir.dev/stateful";
+/// The pod template annotation naming the state epoch the workers use.
+pub const STATE_EPOCH: &str = "weir.dev/state-epoch";
+
+/// What a workers' Deployment runs, from its pod template.
+pub fn deployed(d: &Deployment) -> Option<super::upgrade::Deployed> {
+    let a = d.spec.template.metadata.as_ref()?.annotations.as_ref()?;
+    Some(super::upgrade::Deployed {
+        plan: a.get(PLAN)?.clone(),
+        stateful: a.get(STATEFUL).is_none_or(|s| s == "true"),
+        epoch: a.get(STATE_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0),
+    })
+}
+
 /// The user id workers run as (any non-root id; the image needs no user of that name).
 pub const WORKER_UID: i64 = 65532;
 
@@ -66,24 +83,40 @@ pub struct InternalTopics {
 }
 
 impl InternalTopics {
-    /// The topics a compiled plan needs.
-    pub fn of(tf: &Transform, compiled: &CompiledTransform, partitioning: &Partitioning) -> Self {
+    /// The topics a compiled plan needs in state epoch `epoch`.
+    pub fn of(
+        tf: &Transform,
+        compiled: &CompiledTransform,
+        partitioning: &Partitioning,
+        epoch: i64,
+    ) -> Self {
         let base = internal_prefix(tf);
+        let state = format!("{base}{}", super::upgrade::epoch_suffix(epoch));
         Self {
             dead_letters: format!("{base}.dead-letters"),
-            changelog: compiled.is_stateful().then(|| format!("{base}.changelog")),
+            changelog: compiled.is_stateful().then(|| format!("{state}.changelog")),
             repartition: matches!(partitioning, Partitioning::Repartition(_))
-                .then(|| format!("{base}.repartition")),
+                .then(|| format!("{state}.repartition")),
         }
     }
 
-    /// Every internal topic name a Transform could have, needed or not (for deletion).
-    pub fn all(tf: &Transform) -> Vec<String> {
+    /// The state topics of the epochs before `epoch` (to delete once it runs).
+    pub fn retired(tf: &Transform, epoch: i64) -> Vec<String> {
         let base = internal_prefix(tf);
-        ["dead-letters", "changelog", "repartition"]
-            .iter()
-            .map(|s| format!("{base}.{s}"))
+        (0..epoch)
+            .flat_map(|e| {
+                let state = format!("{base}{}", super::upgrade::epoch_suffix(e));
+                [format!("{state}.changelog"), format!("{state}.repartition")]
+            })
             .collect()
+    }
+
+    /// Every internal topic name a Transform could have up to epoch `epoch`, needed or not
+    /// (for deletion).
+    pub fn all(tf: &Transform, epoch: i64) -> Vec<String> {
+        let mut all = Self::retired(tf, epoch + 1);
+        all.push(format!("{}.dead-letters", internal_prefix(tf)));
+        all
     }
 
     /// The topics to create: dead letters like the output, the changelog compacted with
@@ -497,6 +530,7 @@ pub fn deployment(
     compiled: &CompiledTransform,
     settings: &WorkerSettings,
     config_hash: &str,
+    epoch: i64,
 ) -> Deployment {
     let name = worker_name(tf);
     let mut pod_labels = selector_labels(tf);
@@ -505,12 +539,26 @@ pub fn deployment(
     let container = Container {
         name: "worker".into(),
         image: Some(settings.image.clone()),
-        args: Some(vec![
-            "run".into(),
-            format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            format!("--transform={id}"),
-            format!("--fingerprint={}", compiled.fingerprint),
-        ]),
+        args: Some({
+            let mut args = vec![
+                "run".into(),
+                format!("{CONFIG_DIR}/{CONFIG_FILE}"),
+                format!("--transform={id}"),
+                format!("--fingerprint={}", compiled.fingerprint),
+            ];
+            if epoch > 0 {
+                // A new state epoch: its own group, changelog and repartition topic.
+                let state = format!(
+                    "{}{}",
+                    internal_prefix(tf),
+                    super::upgrade::epoch_suffix(epoch)
+                );
+                args.push(format!("--group-id=weir.{state}"));
+                args.push(format!("--changelog-topic={state}.changelog"));
+                args.push(format!("--repartition-topic={state}.repartition"));
+            }
+            args
+        }),
         env: Some(vec![
             env_field("POD_NAME", "metadata.name"),
             env_field("POD_IP", "status.podIP"),
@@ -561,7 +609,9 @@ pub fn deployment(
                     labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([
                         ("weir.dev/config-hash".into(), config_hash.into()),
-                        ("weir.dev/plan".into(), compiled.fingerprint.clone()),
+                        (PLAN.into(), compiled.fingerprint.clone()),
+                        (STATEFUL.into(), compiled.is_stateful().to_string()),
+                        (STATE_EPOCH.into(), epoch.to_string()),
                     ])),
                     ..Default::default()
                 }),
@@ -745,7 +795,7 @@ spec:
             image: "weir-worker:test".into(),
             bootstrap_servers: "kafka:9092".into(),
         };
-        let d = deployment(&tf, &c, &settings, "h");
+        let d = deployment(&tf, &c, &settings, "h", 0);
         let spec = &d.spec;
         assert_eq!(spec.replicas, Some(2));
         assert_eq!(
@@ -765,10 +815,27 @@ spec:
         assert!(args.contains(&format!("--fingerprint={}", c.fingerprint)));
         assert!(pod.containers[0].readiness_probe.is_some());
         // Stamped objects carry the hash of what was built; the same input, the same hash.
-        let a = stamp(deployment(&tf, &c, &settings, "h"));
-        let b = stamp(deployment(&tf, &c, &settings, "h"));
+        let a = stamp(deployment(&tf, &c, &settings, "h", 0));
+        let b = stamp(deployment(&tf, &c, &settings, "h", 0));
         assert_eq!(stamped_hash(&a), stamped_hash(&b));
-        let other = stamp(deployment(&tf, &c, &settings, "other"));
+        let other = stamp(deployment(&tf, &c, &settings, "other", 0));
+        assert_eq!(
+            deployed(&a).map(|d| (d.stateful, d.epoch)),
+            Some((false, 0))
+        );
+        let later = deployment(&tf, &c, &settings, "h", 2);
+        let args = later.spec.template.spec.as_ref().unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        assert!(
+            args.contains(&"--changelog-topic=web.t.e2.changelog".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(&"--group-id=weir.web.t.e2".to_owned()),
+            "{args:?}"
+        );
         assert_ne!(stamped_hash(&a), stamped_hash(&other));
     }
 
@@ -778,14 +845,22 @@ spec:
         let stateless = transform("SELECT user_id FROM page_views");
         let c = compiled(&stateless, &ds);
         let p = weir_engine::sql::partitioning::plan(&c).expect("plans");
-        let t = InternalTopics::of(&stateless, &c, &p);
+        let t = InternalTopics::of(&stateless, &c, &p, 0);
         assert_eq!(t.dead_letters, "web.t.dead-letters");
         assert_eq!(t.changelog, None);
         assert_eq!(t.repartition, None);
         let grouped = transform("SELECT url, COUNT(*) AS n FROM page_views GROUP BY url");
         let c = compiled(&grouped, &ds);
         let p = weir_engine::sql::partitioning::plan(&c).expect("plans");
-        let t = InternalTopics::of(&grouped, &c, &p);
+        let t = InternalTopics::of(&grouped, &c, &p, 0);
+        assert_eq!(
+            InternalTopics::of(&grouped, &c, &p, 1).changelog.as_deref(),
+            Some("web.t.e1.changelog")
+        );
+        assert_eq!(
+            InternalTopics::retired(&grouped, 1),
+            vec!["web.t.changelog", "web.t.repartition"]
+        );
         assert_eq!(t.changelog.as_deref(), Some("web.t.changelog"));
         assert_eq!(t.repartition.as_deref(), Some("web.t.repartition"));
         let desired = t.desired(3, 1);

@@ -16,6 +16,7 @@
 
 pub mod build;
 pub mod status;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -232,6 +233,45 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         return Ok(Action::await_change());
     }
 
+    // What the change does to the running state, by spec.upgradePolicy.
+    let deployed = live.as_ref().and_then(build::deployed);
+    let running_epoch = deployed
+        .as_ref()
+        .map_or(report.facts.state_epoch, |d| d.epoch);
+    let changelog = format!(
+        "{ns}.{name}{}.changelog",
+        upgrade::epoch_suffix(running_epoch)
+    );
+    let epoch = match upgrade::decide(
+        deployed.as_ref(),
+        &compiled.fingerprint,
+        compiled.is_stateful(),
+        tf.spec.upgrade_policy,
+        &changelog,
+    ) {
+        upgrade::Decision::Keep(e) => e.max(report.facts.state_epoch),
+        upgrade::Decision::Reprocess(e) => {
+            ctx.publish(
+                tf,
+                EventType::Normal,
+                "Reprocessing",
+                "Upgrade",
+                format!(
+                    "the plan changed and spec.upgradePolicy is reprocess: dropping the state \
+                     of epoch {running_epoch} and reprocessing from {} in epoch {e}",
+                    tf.spec.start_from
+                ),
+            )
+            .await;
+            e
+        }
+        upgrade::Decision::Refuse(why) => {
+            report.problem = Some(State::no(Reason::UpgradeBlocked, why));
+            return Ok(Action::await_change());
+        }
+    };
+    report.facts.state_epoch = epoch;
+
     let inputs: Vec<&DataStream> = compiled
         .inputs
         .iter()
@@ -323,7 +363,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
             }
         }
     }
-    let internal = InternalTopics::of(tf, &compiled, &partitioning);
+    let internal = InternalTopics::of(tf, &compiled, &partitioning, epoch);
     let desired = internal.desired(tasks, ctx.defaults.replication_factor);
     report.facts.internal_topics = desired.iter().map(|t| t.name.clone()).collect();
     for topic in &desired {
@@ -360,9 +400,19 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         pdbs.delete(&build::worker_name(tf), &DeleteParams::default())
             .await?;
     }
-    let deployment = build::deployment(tf, &compiled, &ctx.workers, &config_hash);
+    let deployment = build::deployment(tf, &compiled, &ctx.workers, &config_hash, epoch);
     let live = ensure(&deployments, deployment, live).await?;
     report.workers(tf, Some(&live));
+    if epoch > 0 && report.available.status == "True" {
+        // The new epoch runs: the state of the old ones is of no use any more.
+        for topic in InternalTopics::retired(tf, epoch) {
+            if let Ok(Some(_)) = ctx.topics.describe(&topic).await
+                && ctx.topics.delete(&topic).await.is_ok()
+            {
+                info!(topic, "deleted the state topic of a retired epoch");
+            }
+        }
+    }
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let selector = build::selector_string(tf);
     report.pods(
@@ -497,7 +547,8 @@ async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
     if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
         return Ok(Action::await_change());
     }
-    for topic in InternalTopics::all(tf) {
+    let epoch = tf.status.as_ref().map_or(0, |s| s.state_epoch);
+    for topic in InternalTopics::all(tf, epoch) {
         match ctx.topics.describe(&topic).await {
             Ok(None) => {}
             Ok(Some(_)) => {

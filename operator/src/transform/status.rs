@@ -54,6 +54,8 @@ pub enum Reason {
     Healthy,
     /// A worker keeps crashing and restarting.
     CrashLooping,
+    /// The change cannot keep the running state: refused by `upgradePolicy: keepState`.
+    UpgradeBlocked,
 }
 
 impl Reason {
@@ -78,6 +80,7 @@ impl Reason {
             Self::Ready => "Ready",
             Self::Healthy => "Healthy",
             Self::CrashLooping => "CrashLooping",
+            Self::UpgradeBlocked => "UpgradeBlocked",
         }
     }
 }

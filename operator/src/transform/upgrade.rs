@@ -1,0 +1,156 @@
+//! What a change to a running Transform does to its state, by `spec.upgradePolicy`.
+//!
+//! A Transform's state lives in its changelog and its position in its consumer group; both
+//! belong to a *state epoch*. Epoch 0 uses the names the worker derives itself
+//! (`weir.<ns>.<name>`, `<ns>.<name>.changelog`, `<ns>.<name>.repartition`); epoch N > 0
+//! appends `.eN`, so that a reprocessing plan starts with no state and no offsets and never
+//! reads what the old plan wrote.
+//!
+//! The engine cannot yet prove that a changed stateful plan reads its old state the same
+//! way, so the rule is conservative: a change that keeps the plan (the fingerprint) keeps
+//! the epoch; a change between stateless plans keeps it too (there is no state, and the
+//! offsets carry over); any other change needs `upgradePolicy: reprocess`, which starts a
+//! new epoch, and is otherwise refused with a condition saying what would be lost.
+
+use weir_crds::transform::UpgradePolicy;
+
+/// What is running now, from the workers' Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployed {
+    /// The plan fingerprint the workers run.
+    pub plan: String,
+    /// Whether that plan keeps state.
+    pub stateful: bool,
+    /// The state epoch it uses.
+    pub epoch: i64,
+}
+
+/// What to do with the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Deploy in this epoch (the running one, or the first).
+    Keep(i64),
+    /// Drop the state: deploy in a new epoch, reprocessing from `startFrom`.
+    Reprocess(i64),
+    /// Refuse the change; the message says what would be lost and what to do.
+    Refuse(String),
+}
+
+/// Decides how the plan `plan` (stateful or not) replaces what is deployed.
+pub fn decide(
+    deployed: Option<&Deployed>,
+    plan: &str,
+    stateful: bool,
+    policy: UpgradePolicy,
+    changelog: &str,
+) -> Decision {
+    let Some(d) = deployed else {
+        return Decision::Keep(0);
+    };
+    if d.plan == plan || (!d.stateful && !stateful) {
+        return Decision::Keep(d.epoch);
+    }
+    match policy {
+        UpgradePolicy::Reprocess => Decision::Reprocess(d.epoch + 1),
+        UpgradePolicy::KeepState => Decision::Refuse(if d.stateful {
+            format!(
+                "the change replaces running plan {} whose state is in {changelog}; the new \
+                 plan cannot carry that state over, so keeping it is not possible. Set \
+                 spec.upgradePolicy: reprocess to drop the state and reprocess the input from \
+                 spec.startFrom, or revert the change; the running version keeps running",
+                short(&d.plan)
+            )
+        } else {
+            format!(
+                "the change turns stateless plan {} into a stateful one, which would need state \
+                 for everything already processed. Set spec.upgradePolicy: reprocess to build it \
+                 by reprocessing the input from spec.startFrom, or revert the change; the \
+                 running version keeps running",
+                short(&d.plan)
+            )
+        }),
+    }
+}
+
+fn short(plan: &str) -> &str {
+    &plan[..12.min(plan.len())]
+}
+
+/// The suffix epoch `epoch` adds to the group and internal topic names.
+pub fn epoch_suffix(epoch: i64) -> String {
+    if epoch == 0 {
+        String::new()
+    } else {
+        format!(".e{epoch}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployed(stateful: bool) -> Deployed {
+        Deployed {
+            plan: "aaaaaaaaaaaaaaaa".into(),
+            stateful,
+            epoch: 2,
+        }
+    }
+
+    #[test]
+    fn the_same_plan_or_stateless_plans_keep_the_epoch() {
+        assert_eq!(
+            decide(None, "b", true, UpgradePolicy::KeepState, "c"),
+            Decision::Keep(0)
+        );
+        let d = deployed(true);
+        assert_eq!(
+            decide(Some(&d), &d.plan, true, UpgradePolicy::KeepState, "c"),
+            Decision::Keep(2)
+        );
+        assert_eq!(
+            decide(
+                Some(&deployed(false)),
+                "b",
+                false,
+                UpgradePolicy::KeepState,
+                "c"
+            ),
+            Decision::Keep(2)
+        );
+    }
+
+    #[test]
+    fn a_changed_stateful_plan_is_refused_or_reprocessed() {
+        let d = deployed(true);
+        match decide(
+            Some(&d),
+            "b",
+            true,
+            UpgradePolicy::KeepState,
+            "n.t.changelog",
+        ) {
+            Decision::Refuse(why) => {
+                assert!(why.contains("state is in n.t.changelog"), "{why}");
+                assert!(why.contains("upgradePolicy: reprocess"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(Some(&d), "b", true, UpgradePolicy::Reprocess, "c"),
+            Decision::Reprocess(3)
+        );
+        assert!(matches!(
+            decide(
+                Some(&deployed(false)),
+                "b",
+                true,
+                UpgradePolicy::KeepState,
+                "c"
+            ),
+            Decision::Refuse(_)
+        ));
+        assert_eq!(epoch_suffix(0), "");
+        assert_eq!(epoch_suffix(3), ".e3");
+    }
+}
