@@ -210,6 +210,18 @@ async fn wait_for_rows(
     }
 }
 
+/// Waits (up to two minutes) until `topic` holds at least `n` committed records.
+async fn wait_for(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<Record>> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = records::consume_all(bootstrap, topic, Duration::from_secs(1)).await?;
+        if got.len() >= n || Instant::now() > deadline {
+            return Ok(got);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn expected(
     views: &[(String, String, String)],
     minutes: std::ops::Range<u32>,
@@ -259,31 +271,43 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
             "-f",
             "manifests/examples/customers.yaml",
             "-f",
+            "manifests/examples/orders.yaml",
+            "-f",
             "manifests/examples/transforms/views-per-page.yaml",
+            "-f",
+            "manifests/examples/transforms/popular-pages.yaml",
+            "-f",
+            "manifests/examples/transforms/orders-with-customers.yaml",
         ],
     )?;
     print!("{}", indent(&applied));
 
     println!(
-        "2. The operator compiles and tests the Transform, creates topics and deploys workers:"
+        "2. The operator compiles and tests the Transforms, creates topics and deploys workers:"
     );
-    let transforms = Api::<Transform>::namespaced(client.clone(), "analytics");
     let started = Instant::now();
-    loop {
-        let tf = transforms.get("views-per-page").await?;
-        let ready = tf
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-            .cloned();
-        if ready.as_ref().is_some_and(|c| c.status == "True") {
-            break;
+    for (ns, name) in [
+        ("analytics", "views-per-page"),
+        ("analytics", "popular-pages"),
+        ("web", "orders-with-customers"),
+    ] {
+        let transforms = Api::<Transform>::namespaced(client.clone(), ns);
+        loop {
+            let tf = transforms.get(name).await?;
+            let ready = tf
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                .cloned();
+            if ready.as_ref().is_some_and(|c| c.status == "True") {
+                break;
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(240),
+                "Transform {ns}/{name} did not become Ready: {ready:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(180),
-            "the Transform did not become Ready: {ready:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!("   ready in {:.1}s", started.elapsed().as_secs_f64());
     print!(
@@ -292,10 +316,7 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
     );
     print!(
         "{}",
-        indent(&kubectl(
-            stack,
-            &["get", "pods", "-n", "analytics", "-o", "wide"]
-        )?)
+        indent(&kubectl(stack, &["get", "pods", "-A", "-o", "wide"])?)
     );
 
     // Minutes 0-2 of page views, then a few views at minute 10 from every user so that
@@ -360,20 +381,89 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
         "{}",
         indent(&kubectl(stack, &["get", "pods", "-n", "analytics"])?)
     );
-    let dead = records::consume_all(
-        &bootstrap,
-        "analytics.views-per-page.dead-letters",
-        Duration::from_secs(1),
-    )
-    .await?
-    .len();
-    println!("7. Dead letters: {dead}.");
     anyhow::ensure!(
         complete,
         "the output differs from the expected counts after the restart"
     );
+
+    // A Transform over a Transform's output: the popular minutes.
+    // Minutes 0, 1 and 11 reach 25 views on each of the three pages.
+    let popular = wait_for(&bootstrap, "analytics.popular-pages", 9).await?;
     println!(
-        "\nDone: DataStreams and a Transform applied with kubectl ran as worker pods between Kafka topics, exactly once."
+        "7. analytics.popular-pages, a Transform over views-per-page's output (minutes with at least 25 views): {} rows",
+        popular.len()
+    );
+    for r in popular.iter().take(4) {
+        println!("     {}", r.value_str());
+    }
+
+    // A stream-table join with an expectation.
+    let customers: Vec<Record> = (0..10)
+        .map(|i| {
+            Record::new(
+                format!("{{\"customer_id\":\"c{i}\"}}"),
+                format!("{{\"customer_id\":\"c{i}\",\"name\":\"Customer {i}\"}}"),
+            )
+        })
+        .collect();
+    records::produce(&bootstrap, "web.customers", &customers).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut orders: Vec<Record> = (0..30)
+        .map(|i| {
+            Record::new(
+                format!("{{\"customer_id\":\"c{}\"}}", i % 10),
+                format!(
+                    "{{\"order_id\":\"o{i}\",\"customer_id\":\"c{}\",\"amount\":{}.50,\"ts\":\"2026-01-01T00:00:{:02}Z\"}}",
+                    i % 10,
+                    i + 1,
+                    i
+                ),
+            )
+        })
+        .collect();
+    // One order breaks the expectation (amount > 0), one is not JSON.
+    orders.push(Record::new(
+        "{\"customer_id\":\"c1\"}",
+        "{\"order_id\":\"bad\",\"customer_id\":\"c1\",\"amount\":-5.00,\"ts\":\"2026-01-01T00:00:40Z\"}",
+    ));
+    orders.push(Record::new("{\"customer_id\":\"c2\"}", "not json"));
+    records::produce(&bootstrap, "web.orders", &orders).await?;
+    let joined = wait_for(&bootstrap, "web.orders-with-customers", 30).await?;
+    println!(
+        "8. Produced 10 customers (a table) and {} orders; web.orders-with-customers joined {} of them:",
+        orders.len(),
+        joined.len()
+    );
+    for r in joined.iter().take(3) {
+        println!("     {}", r.value_str());
+    }
+    let mut dead = 0;
+    for topic in [
+        "analytics.views-per-page.dead-letters",
+        "analytics.popular-pages.dead-letters",
+        "web.orders-with-customers.dead-letters",
+    ] {
+        let records = records::consume_all(&bootstrap, topic, Duration::from_secs(1)).await?;
+        for r in &records {
+            println!(
+                "     dead letter in {topic}: {} ({})",
+                r.header("weir.error.class").unwrap_or_default(),
+                r.header("weir.error.message").unwrap_or_default()
+            );
+        }
+        dead += records.len();
+    }
+    println!(
+        "9. Dead letters: {dead} (the order that broke the expectation and the one that was not JSON)."
+    );
+    anyhow::ensure!(
+        joined.len() == 30,
+        "expected 30 joined orders, got {}",
+        joined.len()
+    );
+    anyhow::ensure!(dead == 2, "expected 2 dead letters, got {dead}");
+    println!(
+        "\nDone: DataStreams and Transforms applied with kubectl ran as worker pods between Kafka topics, exactly once."
     );
     Ok(())
 }
