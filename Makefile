@@ -48,6 +48,7 @@ manifests: ## Regenerate the CRDs from the Rust types into manifests/crds and ch
 bench: tools ## Run the benchmarks (record results, command and baseline in BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p weir-tests --bench data_streams_ready
+	$(CARGO) bench -p weir-tests --bench transforms_ready
 	$(CARGO) bench -p weir-tests --bench worker_throughput
 	$(CARGO) bench -p weir-engine --bench nexmark
 

@@ -541,6 +541,33 @@ async fn a_bad_transform_deploys_nothing_and_says_why() {
         )
         .await;
         await_condition(transforms.clone(), "by-url", is("Compiled", "True"), WAIT).await;
+
+        // Two Transforms may not write one DataStream: the younger one says whose it is.
+        apply(
+            &client,
+            &ns,
+            &BY_URL
+                .replace("name: by-url,", "name: by-url-too,")
+                .replace("parallelism: 2", "parallelism: 0"),
+        )
+        .await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url-too",
+            |t: Option<&Transform>| {
+                t.and_then(|t| condition(t, "Ready"))
+                    .is_some_and(|c| c.reason == "OutputConflict")
+            },
+            WAIT,
+        )
+        .await;
+        let c = condition(&tf, "Ready").unwrap();
+        assert!(
+            c.message
+                .contains(&format!("already written by Transform {ns}/by-url;")),
+            "{}",
+            c.message
+        );
         let _ = namespaces.delete(&other, &Default::default()).await;
     })
     .await;

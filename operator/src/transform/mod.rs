@@ -564,11 +564,15 @@ async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-/// The Transforms a DataStream change concerns: those reading it, the one writing it,
-/// and those not Ready (a DataStream appearing or granting access may unblock them).
+/// The Transforms a DataStream change concerns: those reading it, the one writing it, and
+/// those not Ready whose SQL names it (its appearing, changing or granting access may
+/// unblock them). Others are left alone: waking every waiting Transform on every
+/// DataStream change would compile each of them hundreds of times when many are applied
+/// at once.
 pub fn transforms_for(ds: &DataStream, transforms: &[Arc<Transform>]) -> Vec<Arc<Transform>> {
     let id = id_of(&ds.metadata);
     let ns = ds.namespace();
+    let name = sql_ident(&ds.name_any()).to_ascii_lowercase();
     transforms
         .iter()
         .filter(|t| {
@@ -580,7 +584,7 @@ pub fn transforms_for(ds: &DataStream, transforms: &[Arc<Transform>]) -> Vec<Arc
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True")
             });
-            reads || writes || waiting
+            reads || writes || (waiting && t.spec.sql.to_ascii_lowercase().contains(&name))
         })
         .cloned()
         .collect()
@@ -621,6 +625,27 @@ spec: {{ description: d, owner: o, sql: "{sql}", output: {{ name: out }} }}
 "#
         ))
         .expect("valid")
+    }
+
+    #[test]
+    fn a_data_stream_change_wakes_only_the_transforms_it_concerns() {
+        let mk = |name: &str, sql: &str| {
+            let mut t = tf(sql);
+            t.metadata.name = Some(name.into());
+            t
+        };
+        let all: Vec<Arc<Transform>> = vec![
+            Arc::new(mk("reads-own", "SELECT a FROM own")),
+            Arc::new(mk("reads-other", "SELECT a FROM elsewhere")),
+        ];
+        let woken: Vec<String> = transforms_for(&ds("b", "own", &[]), &all)
+            .iter()
+            .map(|t| t.name_any())
+            .collect();
+        assert_eq!(woken, vec!["reads-own"]);
+        // The DataStream a Transform writes wakes it whatever its SQL.
+        let woken = transforms_for(&ds("b", "out", &[]), &all);
+        assert_eq!(woken.len(), 2);
     }
 
     #[test]
