@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut peak_kib = 0;
     loop {
-        peak_kib = peak_kib.max(operator_peak_kib(&operator));
+        peak_kib = peak_kib.max(operator.peak_rss_kib());
         let list = api.list(&ListParams::default()).await?;
         let ready = list.items.iter().filter(|d| is_ready()(Some(d))).count();
         if ready == count {
@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let all_ready = started.elapsed();
-    peak_kib = peak_kib.max(operator_peak_kib(&operator));
+    peak_kib = peak_kib.max(operator.peak_rss_kib());
 
     println!("data_streams_ready: {count} DataStreams");
     println!("  applied in            {:>8.2} s", applied.as_secs_f64());
@@ -126,18 +126,4 @@ async fn main() -> anyhow::Result<()> {
         all_ready.as_secs_f64() / baseline.as_secs_f64()
     );
     Ok(())
-}
-
-/// The operator's peak resident memory (VmHWM) in KiB.
-fn operator_peak_kib(operator: &Operator) -> u64 {
-    let Some(pid) = operator.pid() else { return 0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

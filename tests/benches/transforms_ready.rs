@@ -164,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut peak_kib = 0;
     loop {
-        peak_kib = peak_kib.max(operator_peak_kib(&operator));
+        peak_kib = peak_kib.max(operator.peak_rss_kib());
         let ds_ready = streams
             .list(&ListParams::default())
             .await?
@@ -196,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let all_ready = started.elapsed();
-    peak_kib = peak_kib.max(operator_peak_kib(&operator));
+    peak_kib = peak_kib.max(operator.peak_rss_kib());
 
     // First output: one more Transform (a worker pod) over an input that already has data.
     let bootstrap = stack.bootstrap_servers();
@@ -311,18 +311,4 @@ async fn first_record(bootstrap: &str, topic: &str) -> anyhow::Result<Record> {
             "no record in {topic} after 5 minutes"
         );
     }
-}
-
-/// The operator's peak resident memory (VmHWM) in KiB.
-fn operator_peak_kib(operator: &Operator) -> u64 {
-    let Some(pid) = operator.pid() else { return 0 };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

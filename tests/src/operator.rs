@@ -126,6 +126,20 @@ impl Operator {
             .sum())
     }
 
+    /// The operator's peak resident memory (`VmHWM`) in KiB, 0 when it cannot be read.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let Some(pid) = self.pid() else { return 0 };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// The operator's process id.
     pub fn pid(&self) -> Option<u32> {
         self.process.pid()

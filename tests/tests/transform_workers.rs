@@ -139,19 +139,67 @@ spec:
         - { url: /a, clicks: 2 }
 "#;
 
-/// The last value per key of a changelog topic, read committed.
-async fn table(bootstrap: &str, topic: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+/// The clicks per URL in a `by-url` output (a changelog: the last value per key), read
+/// committed.
+async fn clicks_per_url(bootstrap: &str, topic: &str) -> BTreeMap<String, i64> {
+    let mut table = BTreeMap::new();
     for r in records::consume_all(bootstrap, topic, Duration::from_secs(2))
         .await
         .expect("consume")
     {
         match r.value {
-            Some(_) => out.insert(r.key_str(), r.value_str()),
-            None => out.remove(&r.key_str()),
+            Some(_) => table.insert(r.key_str(), r.value_str()),
+            None => table.remove(&r.key_str()),
         };
     }
-    out
+    table
+        .values()
+        .map(|v| {
+            let v: serde_json::Value = serde_json::from_str(v).expect("json");
+            (
+                v["url"].as_str().unwrap_or_default().to_owned(),
+                v["clicks"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the `by-url` output counts `want`.
+async fn wait_for_clicks(bootstrap: &str, topic: &str, want: &BTreeMap<String, i64>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = clicks_per_url(bootstrap, topic).await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} counts {got:?}, not {want:?}"
+        );
+    }
+}
+
+/// Waits until Kafka no longer has topic `name`.
+async fn wait_for_topic_deleted(bootstrap: &str, name: &str) {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let admin = weir_operator::topics::Topics::new(config).expect("admin");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while admin.describe(name).await.expect("describe").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic {name} was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether condition `type_` of a Transform has reason `reason`.
+fn has_reason(type_: &'static str, reason: &'static str) -> impl Fn(Option<&Transform>) -> bool {
+    move |tf: Option<&Transform>| {
+        tf.and_then(|t| condition(t, type_))
+            .is_some_and(|c| c.reason == reason)
+    }
 }
 
 #[tokio::test]
@@ -253,28 +301,7 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
             }
             want
         };
-        let counts = |t: &BTreeMap<String, String>| -> BTreeMap<String, i64> {
-            t.values()
-                .map(|v| {
-                    let v: serde_json::Value = serde_json::from_str(v).expect("json");
-                    (
-                        v["url"].as_str().unwrap_or_default().to_owned(),
-                        v["clicks"].as_i64().unwrap_or(-1),
-                    )
-                })
-                .collect()
-        };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let t = table(&bootstrap, &topic).await;
-            if counts(&t) == expect_counts(150) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "output so far: {t:?}"
-            );
-        }
+        wait_for_clicks(&bootstrap, &topic, &expect_counts(150)).await;
 
         // SIGKILL one worker pod; it restarts and the output stays exact.
         let pods = Api::<Pod>::namespaced(client.clone(), &ns);
@@ -288,17 +315,7 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
         records::produce(&bootstrap, &format!("{ns}.clicks"), &input[150..])
             .await
             .expect("produce");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let t = table(&bootstrap, &topic).await;
-            if counts(&t) == expect_counts(300) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "output after the crash: {t:?}"
-            );
-        }
+        wait_for_clicks(&bootstrap, &topic, &expect_counts(300)).await;
         let restarted = pods.get(&victim).await.expect("pod");
         let restarts = restarted.status.unwrap().container_statuses.unwrap()[0].restart_count;
         assert!(restarts >= 1, "the killed worker restarted");
@@ -383,18 +400,7 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
             "by-url.repartition",
             "clicks-by-url",
         ] {
-            let name = format!("{ns}.{t}");
-            let mut config = rdkafka::ClientConfig::new();
-            config.set("bootstrap.servers", &bootstrap);
-            let admin = weir_operator::topics::Topics::new(config).expect("admin");
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while admin.describe(&name).await.expect("describe").is_some() {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "topic {name} was not deleted"
-                );
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            wait_for_topic_deleted(&bootstrap, &format!("{ns}.{t}")).await;
         }
     })
     .await;
@@ -518,10 +524,7 @@ async fn a_bad_transform_deploys_nothing_and_says_why() {
         let tf = await_condition(
             transforms.clone(),
             "by-url",
-            |t: Option<&Transform>| {
-                t.and_then(|t| condition(t, "Compiled"))
-                    .is_some_and(|c| c.reason == "InputNotGranted")
-            },
+            has_reason("Compiled", "InputNotGranted"),
             WAIT,
         )
         .await;
@@ -554,10 +557,7 @@ async fn a_bad_transform_deploys_nothing_and_says_why() {
         let tf = await_condition(
             transforms.clone(),
             "by-url-too",
-            |t: Option<&Transform>| {
-                t.and_then(|t| condition(t, "Ready"))
-                    .is_some_and(|c| c.reason == "OutputConflict")
-            },
+            has_reason("Ready", "OutputConflict"),
             WAIT,
         )
         .await;
@@ -734,21 +734,7 @@ async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
             .expect("produce");
         let topic = format!("{ns}.clicks-by-url");
         let want = BTreeMap::from([("/p0".to_owned(), 15), ("/p1".to_owned(), 15)]);
-        let counts = |t: BTreeMap<String, String>| -> BTreeMap<String, i64> {
-            t.values()
-                .map(|v| {
-                    let v: serde_json::Value = serde_json::from_str(v).expect("json");
-                    (
-                        v["url"].as_str().unwrap_or_default().to_owned(),
-                        v["clicks"].as_i64().unwrap_or(-1),
-                    )
-                })
-                .collect()
-        };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while counts(table(&bootstrap, &topic).await) != want {
-            assert!(tokio::time::Instant::now() < deadline, "no output");
-        }
+        wait_for_clicks(&bootstrap, &topic, &want).await;
 
         // keepState refuses a changed stateful plan; the running version keeps running.
         let v2 = v1.replace(
@@ -759,10 +745,7 @@ async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
         let tf = await_condition(
             transforms.clone(),
             "by-url",
-            |t: Option<&Transform>| {
-                t.and_then(|t| condition(t, "Ready"))
-                    .is_some_and(|c| c.reason == "UpgradeBlocked")
-            },
+            has_reason("Ready", "UpgradeBlocked"),
             WAIT,
         )
         .await;
@@ -799,25 +782,8 @@ async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
             "the workers were rolled"
         );
         // The rebuilt state gives the same counts; the old epoch's state topic is gone.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while counts(table(&bootstrap, &topic).await) != want {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no output after reprocessing"
-            );
-        }
-        let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", &bootstrap);
-        let admin = weir_operator::topics::Topics::new(config).expect("admin");
-        let old = format!("{ns}.by-url.changelog");
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while admin.describe(&old).await.expect("describe").is_some() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{old} was not deleted"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_for_clicks(&bootstrap, &topic, &want).await;
+        wait_for_topic_deleted(&bootstrap, &format!("{ns}.by-url.changelog")).await;
     })
     .await;
 }
