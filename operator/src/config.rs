@@ -61,6 +61,11 @@ pub struct Config {
     #[arg(long, env = "WEIR_WORKER_KAFKA_BOOTSTRAP_SERVERS")]
     pub worker_kafka_bootstrap_servers: Option<String>,
 
+    /// How often the operator reads the workers' `/metrics` (on their pod IPs) to see dead
+    /// letters rising or consumer lag growing (the Transform's `Degraded` condition).
+    #[arg(long, env = "WEIR_WORKER_SAMPLE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub worker_sample_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,

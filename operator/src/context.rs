@@ -39,6 +39,8 @@ pub struct Context {
     pub workers: WorkerSettings,
     /// How often a Ready DataStream is checked against Kafka for drift.
     pub resync: Duration,
+    /// What the workers' metrics showed recently, per Transform.
+    pub worker_health: crate::transform::health::Histories,
     /// Per-object retry delays after transient errors.
     pub backoff: Backoff,
     /// Admin clients for named connections, by the fingerprint of their settings.
@@ -73,6 +75,7 @@ impl Context {
             workers,
             resync,
             backoff: Backoff::default(),
+            worker_health: Default::default(),
             connections: Default::default(),
         }
     }

@@ -204,6 +204,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .worker_kafka_bootstrap_servers
                 .clone()
                 .unwrap_or_else(|| config.kafka_bootstrap_servers.clone()),
+            sample_interval: config.worker_sample_interval,
         },
         config.resync_interval,
         identity.clone(),

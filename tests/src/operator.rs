@@ -75,6 +75,12 @@ impl Operator {
             ("WEIR_KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()),
             ("WEIR_DEFAULT_REPLICATION_FACTOR", "1".to_owned()),
             ("WEIR_RESYNC_INTERVAL", options.resync_interval.to_owned()),
+            // Read the workers' metrics as often as the resync, so that tests see
+            // Degraded in seconds.
+            (
+                "WEIR_WORKER_SAMPLE_INTERVAL",
+                options.resync_interval.to_owned(),
+            ),
             ("WEIR_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
             ("WEIR_LEADER_ELECTION", options.leader_election.to_string()),
             ("WEIR_LEASE_NAMESPACE", LEASE_NAMESPACE.to_owned()),

@@ -407,7 +407,7 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
 }
 
 #[tokio::test]
-async fn a_worker_that_keeps_crashing_marks_its_transform_degraded() {
+async fn a_worker_that_keeps_crashing_or_dead_letters_marks_its_transform_degraded() {
     let (client, _env, bootstrap) = setup().await;
     with_temp_ns(client, move |client, ns| async move {
         apply(
@@ -416,13 +416,31 @@ async fn a_worker_that_keeps_crashing_marks_its_transform_degraded() {
             &CLICKS.replace("partitions: 2", "partitions: 1"),
         )
         .await;
-        let strict = BY_URL
-            .replace("parallelism: 2", "parallelism: 1\n  errorPolicy: fail")
+        let one = BY_URL.replace("parallelism: 2", "parallelism: 1");
+        let strict = one
+            .replace("parallelism: 1", "parallelism: 1\n  errorPolicy: fail")
             .replace("by-url", "strict");
         apply(&client, &ns, &strict).await;
+        apply(&client, &ns, &one.replace("by-url", "lenient")).await;
         let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
         await_condition(transforms.clone(), "strict", is("Ready", "True"), WAIT).await;
-        // A record that is not JSON, under errorPolicy: fail, stops the worker every time.
+        await_condition(transforms.clone(), "lenient", is("Ready", "True"), WAIT).await;
+        // A record that is not JSON: under errorPolicy fail it stops the worker every time;
+        // under deadLetter it is written to the dead letters (Degraded until the next look
+        // finds no new ones, so both are watched from before the record is produced).
+        let crash_looping = tokio::spawn(await_condition(
+            transforms.clone(),
+            "strict",
+            is("Degraded", "True"),
+            WAIT,
+        ));
+        let dead_lettering = tokio::spawn(await_condition(
+            transforms.clone(),
+            "lenient",
+            has_reason("Degraded", "DeadLettersRising"),
+            WAIT,
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
         records::produce(
             &bootstrap,
             &format!("{ns}.clicks"),
@@ -430,10 +448,21 @@ async fn a_worker_that_keeps_crashing_marks_its_transform_degraded() {
         )
         .await
         .expect("produce");
-        let tf = await_condition(transforms, "strict", is("Degraded", "True"), WAIT).await;
+        let tf = crash_looping.await.expect("watch");
         let c = condition(&tf, "Degraded").unwrap();
         assert_eq!(c.reason, "CrashLooping");
         assert!(c.message.contains("keeps crashing"), "{}", c.message);
+
+        let tf = dead_lettering.await.expect("watch");
+        let c = condition(&tf, "Degraded").unwrap();
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message.contains(&format!("{ns}.lenient.dead-letters")),
+            "{}",
+            c.message
+        );
+        // No more dead letters: it clears by itself.
+        await_condition(transforms, "lenient", is("Degraded", "False"), WAIT).await;
     })
     .await;
 }

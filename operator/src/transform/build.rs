@@ -69,6 +69,8 @@ pub struct WorkerSettings {
     pub image: String,
     /// The Kafka bootstrap servers workers connect to.
     pub bootstrap_servers: String,
+    /// How often the workers' `/metrics` are read for dead letters and lag.
+    pub sample_interval: std::time::Duration,
 }
 
 /// The names of a Transform's internal topics, as the worker derives them.
@@ -794,6 +796,7 @@ spec:
         let settings = WorkerSettings {
             image: "weir-worker:test".into(),
             bootstrap_servers: "kafka:9092".into(),
+            sample_interval: std::time::Duration::from_secs(30),
         };
         let d = deployment(&tf, &c, &settings, "h", 0);
         let spec = &d.spec;

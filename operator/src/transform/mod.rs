@@ -15,6 +15,7 @@
 //!   when Kafka lacks them.
 
 pub mod build;
+pub mod health;
 pub mod status;
 pub mod upgrade;
 
@@ -415,14 +416,46 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     }
     let pods: Api<Pod> = Api::namespaced(client, &ns);
     let selector = build::selector_string(tf);
-    report.pods(
-        &pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items,
-    );
+    let pods = pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    report.pods(&pods);
+    let id = id_of(&tf.metadata);
+    if tf.spec.parallelism == 0 {
+        ctx.worker_health.forget(&id);
+    } else if report.degraded.status != "True" {
+        let sample = health::sample(&pods, build::WORKER_HTTP_PORT).await;
+        match ctx
+            .worker_health
+            .record(&id, sample, ctx.workers.sample_interval)
+        {
+            health::Verdict::Healthy => {}
+            health::Verdict::DeadLettersRising(n) => {
+                report.degraded = State::yes(
+                    Reason::DeadLettersRising,
+                    format!(
+                        "the workers are writing dead letters ({n} since the previous look); \
+                         read {} to see why",
+                        InternalTopics::of(tf, &compiled, &partitioning, epoch).dead_letters
+                    ),
+                );
+            }
+            health::Verdict::LagGrowing(lag) => {
+                report.degraded = State::yes(
+                    Reason::LagGrowing,
+                    format!(
+                        "the workers fall behind: consumer lag grew over the last {} looks to \
+                         {lag} records; add workers (kubectl scale) or resources",
+                        health::TREND
+                    ),
+                );
+            }
+        }
+    }
     Ok(if report.available.status == "True" {
-        Action::requeue(ctx.resync)
+        // Look again to sample the workers' health; status is written only on change.
+        Action::requeue(ctx.workers.sample_interval.min(ctx.resync))
     } else {
         // The Deployment's status changes wake us through the watch; this is a backstop.
         Action::requeue(Duration::from_secs(30))
@@ -544,6 +577,7 @@ async fn ensure_topic(
 /// On deletion: the owned objects go with the Transform (owner references); the internal
 /// topics are deleted when `spec.output.deletionPolicy` is `Delete`, and kept otherwise.
 async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
+    ctx.worker_health.forget(&id_of(&tf.metadata));
     if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
         return Ok(Action::await_change());
     }

@@ -54,6 +54,10 @@ pub enum Reason {
     Healthy,
     /// A worker keeps crashing and restarting.
     CrashLooping,
+    /// The workers write dead letters.
+    DeadLettersRising,
+    /// The workers fall further behind their input.
+    LagGrowing,
     /// The change cannot keep the running state: refused by `upgradePolicy: keepState`.
     UpgradeBlocked,
 }
@@ -81,6 +85,8 @@ impl Reason {
             Self::Healthy => "Healthy",
             Self::CrashLooping => "CrashLooping",
             Self::UpgradeBlocked => "UpgradeBlocked",
+            Self::DeadLettersRising => "DeadLettersRising",
+            Self::LagGrowing => "LagGrowing",
         }
     }
 }
