@@ -24,6 +24,13 @@ pub struct Config {
     #[arg(long, env = "WEIR_DEFAULT_REPLICATION_FACTOR", default_value_t = 3)]
     pub default_replication_factor: i32,
 
+    /// Topic prefixes a namespace may manage beyond its own `<namespace>.`, as
+    /// `namespace=prefix` (repeatable), for example `legacy=orders.` to let namespace
+    /// `legacy` create or adopt `orders.*`. Without one, a DataStream may only name topics
+    /// under its namespace's prefix.
+    #[arg(long = "topic-grant", env = "WEIR_TOPIC_GRANTS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub topic_grants: Vec<(String, String)>,
+
     /// How often each DataStream is compared with Kafka to revert out-of-band changes.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,

@@ -195,6 +195,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         topics,
         Defaults {
             replication_factor: config.default_replication_factor,
+            topic_grants: config.topic_grants.clone(),
         },
         metrics.clone(),
         (controller.store(), transform_store),

@@ -205,6 +205,60 @@ async fn a_spec_mistake_is_a_condition_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_namespace_cannot_take_another_namespaces_topic_even_with_the_adopt_annotation() {
+    let (client, topics) = setup().await;
+    with_temp_ns(client, |client, ns| async move {
+        // Another tenant's topic, with its own retention.
+        let victim = format!("{ns}-other.payments");
+        let existing = DesiredTopic {
+            name: victim.clone(),
+            partitions: 1,
+            replication_factor: 1,
+            configs: [("retention.ms".to_owned(), "86400000".to_owned())].into(),
+        };
+        topics
+            .create(&existing)
+            .await
+            .expect("another tenant's topic");
+
+        let api = Api::<DataStream>::namespaced(client, &ns);
+        let mut ds = data_stream(
+            "grab",
+            &format!("  topic: {victim}\n  deletionPolicy: Delete\n"),
+        );
+        ds.metadata.annotations = Some(
+            [(
+                "weir.dev/adopt-existing-topic".to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
+        );
+        api.create(&PostParams::default(), &ds)
+            .await
+            .expect("create");
+        let ds = await_condition(api.clone(), "grab", has_reason("InvalidSpec"), WAIT).await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(
+            message.contains(&format!("outside namespace {ns}'s prefix")),
+            "{message}"
+        );
+        assert!(ds.status.unwrap().topic.is_none(), "no claim was recorded");
+        // Untouched, and it survives the DataStream's deletion despite its Delete policy.
+        api.delete("grab", &Default::default())
+            .await
+            .expect("delete");
+        weir_tests::await_deletion(api, "grab", WAIT).await;
+        let state = topics
+            .describe(&victim)
+            .await
+            .expect("describe")
+            .expect("still exists");
+        assert_eq!(state.configs["retention.ms"], "86400000");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_existing_topic_is_left_alone_unless_adopted() {
     let (client, topics) = setup().await;
     with_temp_ns(client, |client, ns| async move {

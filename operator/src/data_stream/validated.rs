@@ -39,6 +39,10 @@ impl SpecError {
 pub struct Defaults {
     /// The replication factor of new topics.
     pub replication_factor: i32,
+    /// Topic prefixes granted to namespaces beyond their own `<namespace>.`, as
+    /// `(namespace, prefix)` pairs from the operator's configuration (a tenant cannot
+    /// grant itself one).
+    pub topic_grants: Vec<(String, String)>,
 }
 
 /// A DataStream whose spec passed every check.
@@ -147,6 +151,9 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         };
         SpecError::new(field, m)
     })?;
+    let namespace = ds.metadata.namespace.as_deref().unwrap_or("default");
+    check_topic_owner(namespace, &name, &defaults.topic_grants)
+        .map_err(|m| SpecError::new("spec.topic", m))?;
 
     let adopt = ds
         .metadata
@@ -166,6 +173,29 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         adopt,
         deletion_policy: spec.deletion_policy,
     })
+}
+
+/// Whether namespace `namespace` may manage (create, adopt, delete) topic `name`: topics
+/// under its own prefix `<namespace>.`, or under a prefix the operator's configuration
+/// grants it. Everything else belongs to other tenants or to no tenant.
+pub fn check_topic_owner(
+    namespace: &str,
+    name: &str,
+    grants: &[(String, String)],
+) -> Result<(), String> {
+    let own = format!("{namespace}.");
+    if name.starts_with(&own)
+        || grants
+            .iter()
+            .any(|(ns, prefix)| ns == namespace && !prefix.is_empty() && name.starts_with(prefix))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "topic {name:?} is outside namespace {namespace}'s prefix {own:?}: a namespace may only \
+         create or adopt topics under its own prefix, unless the operator grants it another \
+         (WEIR_TOPIC_GRANTS={namespace}=<prefix>)"
+    ))
 }
 
 /// Kafka's rules for a topic name, and Weir's: never one of Kafka's internal topics.
@@ -267,7 +297,37 @@ spec:
     fn defaults() -> Defaults {
         Defaults {
             replication_factor: 1,
+            topic_grants: vec![("legacy".into(), "orders.".into())],
         }
+    }
+
+    #[test]
+    fn a_namespace_manages_only_topics_under_its_prefix_or_a_grant() {
+        let grants = defaults().topic_grants;
+        assert!(check_topic_owner("web", "web.page-views", &grants).is_ok());
+        assert!(check_topic_owner("legacy", "orders.v1", &grants).is_ok());
+        for (ns, topic) in [
+            ("web", "webshop.x"),
+            ("web", "analytics.views"),
+            ("web", "orders.v1"),
+            ("team-b", "__consumer_offsets"),
+        ] {
+            let err = check_topic_owner(ns, topic, &grants).unwrap_err();
+            assert!(
+                err.contains(&format!("outside namespace {ns}'s prefix")),
+                "{err}"
+            );
+        }
+        let ds = data_stream(&BASE.replace(
+            "  partitions: 6",
+            "  topic: analytics.views\n  partitions: 6",
+        ));
+        let err = validate(&ds, &defaults()).expect_err("another namespace's topic");
+        assert!(
+            err.to_string()
+                .starts_with("spec.topic: topic \"analytics.views\""),
+            "{err}"
+        );
     }
 
     #[test]
