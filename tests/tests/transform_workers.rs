@@ -354,15 +354,36 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
         };
         let running_plan = plan(&d);
 
-        // A failing fixture test blocks the rollout and keeps the running version running.
-        apply(
-            &client,
-            &ns,
-            &BY_URL
-                .replace("clicks: 2 }", "clicks: 5 }")
-                .replace("parallelism: 2", "parallelism: 1"),
+        // And up again with kubectl itself.
+        let kubectl =
+            std::process::Command::new(weir_tests::tools::binary("kubectl").expect("kubectl"))
+                .env(
+                    "KUBECONFIG",
+                    Stack::shared().await.control_plane.kubeconfig_path(),
+                )
+                .args(["scale", "transform/by-url", "--replicas=2", "-n", &ns])
+                .output()
+                .expect("kubectl scale");
+        assert!(
+            kubectl.status.success(),
+            "{}",
+            String::from_utf8_lossy(&kubectl.stderr)
+        );
+        await_condition(
+            Api::<Deployment>::namespaced(client.clone(), &ns),
+            "by-url-worker",
+            |d: Option<&Deployment>| {
+                d.and_then(|d| d.status.as_ref())
+                    .is_some_and(|s| s.replicas == Some(2) && s.ready_replicas == Some(2))
+            },
+            WAIT,
         )
         .await;
+        let tf = await_condition(transforms.clone(), "by-url", is("Ready", "True"), WAIT).await;
+        assert_eq!(tf.status.unwrap().replicas, 2);
+
+        // A failing fixture test blocks the rollout and keeps the running version running.
+        apply(&client, &ns, &BY_URL.replace("clicks: 2 }", "clicks: 5 }")).await;
         let tf = await_condition(
             transforms.clone(),
             "by-url",
@@ -376,7 +397,7 @@ async fn a_transform_runs_as_workers_that_survive_a_crash() {
         assert_eq!(plan(&d), running_plan);
         assert_eq!(
             d.status.and_then(|s| s.ready_replicas),
-            Some(1),
+            Some(2),
             "still running"
         );
 
