@@ -52,6 +52,73 @@ pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
 mod tests {
     use super::*;
 
+    /// Every `format` in the CRDs is one the apiserver knows: any other makes `kubectl
+    /// apply` of the CRDs print a warning (schemars emits `uint8`, `int8`, … for small ints).
+    #[test]
+    fn the_crds_use_only_formats_kubernetes_knows() {
+        const KNOWN: &[&str] = &[
+            "int32",
+            "int64",
+            "float",
+            "double",
+            "byte",
+            "date",
+            "date-time",
+            "datetime",
+            "duration",
+            "password",
+            "uri",
+            "email",
+            "hostname",
+            "ipv4",
+            "ipv6",
+            "cidr",
+            "mac",
+            "uuid",
+            "uuid3",
+            "uuid4",
+            "uuid5",
+            "bsonobjectid",
+            "isbn",
+            "isbn10",
+            "isbn13",
+            "creditcard",
+            "ssn",
+            "hexcolor",
+            "rgbcolor",
+        ];
+        fn visit(v: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(serde_json::Value::String(f)) = map.get("format")
+                        && !KNOWN.contains(&f.as_str())
+                    {
+                        bad.push(format!("{path}: {f}"));
+                    }
+                    for (k, child) in map {
+                        visit(child, &format!("{path}.{k}"), bad);
+                    }
+                }
+                serde_json::Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        visit(child, &format!("{path}[{i}]"), bad);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut bad = Vec::new();
+        for crd in crds() {
+            let value = serde_json::to_value(&crd).expect("serializes");
+            visit(
+                &value,
+                crd.metadata.name.as_deref().unwrap_or("crd"),
+                &mut bad,
+            );
+        }
+        assert!(bad.is_empty(), "formats Kubernetes does not know: {bad:#?}");
+    }
+
     /// The committed YAML must match the Rust types; run `make manifests` after a change.
     #[test]
     fn committed_crds_are_up_to_date() {

@@ -64,12 +64,12 @@ pub struct FieldSpec {
 
     /// For `decimal`: the total number of digits (1–38, default 38).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 38))]
+    #[schemars(range(min = 1, max = 38), transform = without_format)]
     pub precision: Option<u8>,
 
     /// For `decimal`: the digits after the point (default 9, at most `precision`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 38))]
+    #[schemars(range(min = 0, max = 38), transform = without_format)]
     pub scale: Option<i8>,
 
     /// For `struct`: its fields (each with the same shape as a top-level field). Structs
@@ -88,6 +88,12 @@ pub struct FieldSpec {
 // requires it on every top-level field, and a structural schema may not default it to "".
 fn without_default(schema: &mut JsonSchemaObject) {
     schema.remove("default");
+}
+
+/// Kubernetes knows no `uint8` or `int8` format and warns about them at every `kubectl
+/// apply`; the range already bounds the value.
+fn without_format(schema: &mut JsonSchemaObject) {
+    schema.remove("format");
 }
 
 fn default_true() -> bool {
