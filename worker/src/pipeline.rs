@@ -247,7 +247,7 @@ struct Worker {
     tasks: BTreeMap<TaskId, Task>,
     restoring: VecDeque<TaskId>,
     restore: Option<Restore>,
-    restore_consumer: BaseConsumer,
+    restore_consumer: BaseConsumer<RestoreCtx>,
     txn_open: bool,
     buffered: usize,
     /// When the state-size gauges were last refreshed (measuring walks the state).
@@ -322,6 +322,21 @@ fn lock(w: &Mutex<Worker>) -> MutexGuard<'_, Worker> {
 
 type Consumer_ = BaseConsumer<Ctx>;
 
+/// The restore consumer's context: reaching the end of a changelog partition is how a
+/// restore knows it is done, not an error to log (librdkafka reports it as one).
+struct RestoreCtx;
+
+impl ClientContext for RestoreCtx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
+        tracing::error!(error = %error, reason, "restore consumer error");
+    }
+}
+
+impl ConsumerContext for RestoreCtx {}
+
 /// Runs `job` until `stop` is set (then commits, leaves the group and returns) or a
 /// fatal error.
 pub fn run(
@@ -380,7 +395,9 @@ pub fn run(
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let restore_consumer: BaseConsumer = rc.create().context("creating the restore consumer")?;
+    let restore_consumer: BaseConsumer<RestoreCtx> = rc
+        .create_with_context(RestoreCtx)
+        .context("creating the restore consumer")?;
 
     let mut topic_index: BTreeMap<String, (Role, usize)> = BTreeMap::new();
     let run_sources = match &layout.route {
