@@ -871,7 +871,7 @@ spec:
     }
 
     #[test]
-    fn the_config_map_holds_documents_the_worker_can_load() {
+    fn the_config_map_holds_specs_without_apiserver_fields_or_scaling() {
         let ds = views();
         let tf = transform("SELECT user_id FROM page_views");
         let c = compiled(&tf, &ds);

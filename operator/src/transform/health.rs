@@ -83,6 +83,15 @@ impl Histories {
         judge(history)
     }
 
+    /// Whether a new sample of `id` is due (none yet, or the last one is `every` old):
+    /// reconciles come more often than samples, and a sample costs a request per worker.
+    pub fn due(&self, id: &str, every: Duration) -> bool {
+        let all = self.by_transform.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(id)
+            .and_then(VecDeque::back)
+            .is_none_or(|l| l.at.elapsed() >= every)
+    }
+
     /// Forgets a Transform (deleted, or its workers stopped).
     pub fn forget(&self, id: &str) {
         let mut all = self.by_transform.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +199,14 @@ mod tests {
     fn samples_are_spaced_and_the_history_is_bounded() {
         let h = Histories::default();
         let t = Instant::now();
+        assert!(h.due("n/t", Duration::from_secs(10)));
+        h.record(
+            "n/t",
+            Some(s(0, 1.0, 0.0, Instant::now())),
+            Duration::from_secs(10),
+        );
+        assert!(!h.due("n/t", Duration::from_secs(10)));
+        let h = Histories::default();
         h.record("n/t", Some(s(0, 1.0, 0.0, t)), Duration::from_secs(10));
         // Too soon: ignored.
         assert_eq!(

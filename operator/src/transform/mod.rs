@@ -425,11 +425,13 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     if tf.spec.parallelism == 0 {
         ctx.worker_health.forget(&id);
     } else if report.degraded.status != "True" {
-        let sample = health::sample(&pods, build::WORKER_HTTP_PORT).await;
-        match ctx
-            .worker_health
-            .record(&id, sample, ctx.workers.sample_interval)
-        {
+        let every = ctx.workers.sample_interval;
+        let sample = if ctx.worker_health.due(&id, every) {
+            health::sample(&pods, build::WORKER_HTTP_PORT).await
+        } else {
+            None
+        };
+        match ctx.worker_health.record(&id, sample, every) {
             health::Verdict::Healthy => {}
             health::Verdict::DeadLettersRising(n) => {
                 report.degraded = State::yes(
