@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::api::{Api, ListParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
@@ -16,6 +15,8 @@ use weir_tests::{Operator, OperatorOptions, Stack, install_crds};
 
 const COUNT: usize = 1_000;
 const IN_FLIGHT: usize = 32;
+
+mod common;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,8 +37,8 @@ async fn main() -> anyhow::Result<()> {
         config.set("bootstrap.servers", stack.bootstrap_servers());
         let topics = Topics::new(config)?;
         let started = Instant::now();
-        futures::stream::iter(0..count)
-            .map(|i| {
+        common::run_all(
+            (0..count).map(|i| {
                 let topics = topics.clone();
                 async move {
                     let t = DesiredTopic {
@@ -48,14 +49,12 @@ async fn main() -> anyhow::Result<()> {
                     };
                     topics.create(&t).await
                 }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    eprintln!("baseline create failed: {e}");
-                }
-            })
-            .await;
+            }),
+            IN_FLIGHT,
+            "baseline create",
+        )
+        .await;
+
         started.elapsed()
     };
 
@@ -73,8 +72,8 @@ async fn main() -> anyhow::Result<()> {
     let api = Api::<DataStream>::namespaced(client.clone(), "default");
 
     let started = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|i| {
+    common::run_all(
+        (0..count).map(|i| {
             let api = api.clone();
             async move {
                 api.create(
@@ -83,14 +82,12 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
-        })
-        .buffer_unordered(IN_FLIGHT)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-        })
-        .await;
+        }),
+        IN_FLIGHT,
+        "create",
+    )
+    .await;
+
     let applied = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut peak_kib = 0;

@@ -14,7 +14,6 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::{DataStream, Transform};
@@ -60,6 +59,8 @@ fn stream(i: usize) -> DataStream {
     ds
 }
 
+mod common;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if !std::env::args().any(|a| a == "--bench") {
@@ -78,8 +79,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| format!("default.s{i:03}"))
             .chain((0..TRANSFORMS).map(|i| format!("default.out{i:03}")))
             .collect();
-        futures::stream::iter(names)
-            .map(|name| {
+        common::run_all(
+            names.into_iter().map(|name| {
                 let topics = topics.clone();
                 async move {
                     let t = DesiredTopic {
@@ -90,14 +91,12 @@ async fn main() -> anyhow::Result<()> {
                     };
                     topics.create(&t).await
                 }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .for_each(|r| async move {
-                if let Err(e) = r {
-                    eprintln!("baseline create failed: {e}");
-                }
-            })
-            .await;
+            }),
+            IN_FLIGHT,
+            "baseline create",
+        )
+        .await;
+
         let streams: Vec<_> = (0..STREAMS)
             .map(|i| weir_crds::compile::stream_input(&stream(i)).expect("input"))
             .collect();
@@ -152,14 +151,8 @@ async fn main() -> anyhow::Result<()> {
                     .map(|_| ())
             }) as futures::future::BoxFuture<'static, kube::Result<()>>
         }));
-    futures::stream::iter(creates)
-        .buffer_unordered(IN_FLIGHT)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                eprintln!("create failed: {e}");
-            }
-        })
-        .await;
+    common::run_all(creates, IN_FLIGHT, "create").await;
+
     let applied = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(900);
     let mut peak_kib = 0;

@@ -32,11 +32,16 @@ spec:
 
 /// The Ready condition's `(status, reason, message)`, if any.
 pub fn ready_condition(ds: &DataStream) -> Option<(String, String, String)> {
+    condition(ds, "Ready")
+}
+
+/// The `(status, reason, message)` of the condition of type `type_`, if any.
+pub fn condition(ds: &DataStream, type_: &str) -> Option<(String, String, String)> {
     ds.status
         .as_ref()?
         .conditions
         .iter()
-        .find(|c| c.type_ == "Ready")
+        .find(|c| c.type_ == type_)
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
@@ -53,8 +58,16 @@ pub fn is_ready() -> impl Fn(Option<&DataStream>) -> bool {
 
 /// A condition: Ready has this reason (whatever its status).
 pub fn has_reason(reason: &'static str) -> impl Fn(Option<&DataStream>) -> bool {
+    has_condition_reason("Ready", reason)
+}
+
+/// A condition: the condition of type `type_` has this reason (whatever its status).
+pub fn has_condition_reason(
+    type_: &'static str,
+    reason: &'static str,
+) -> impl Fn(Option<&DataStream>) -> bool {
     move |ds| {
-        ds.and_then(ready_condition)
+        ds.and_then(|d| condition(d, type_))
             .is_some_and(|(_, r, _)| r == reason)
     }
 }

@@ -12,6 +12,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use nix::sys::signal::Signal;
 use tokio::sync::OnceCell;
 use weir_crds::{DataStream, Transform};
+use weir_tests::fixtures;
 use weir_tests::records::{self, Record};
 use weir_tests::{
     Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, await_deletion,
@@ -695,31 +696,15 @@ async fn data_streams_show_their_readers_and_writer_and_protect_their_readers() 
         let clicks = await_condition(
             streams.clone(),
             "clicks",
-            |d: Option<&DataStream>| {
-                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "ReadersCompile" && c.status == "False")
-                })
-            },
+            fixtures::has_condition_reason("ReadersCompile", "BreaksReaders"),
             WAIT,
         )
         .await;
-        let c = clicks
-            .status
-            .as_ref()
-            .unwrap()
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "ReadersCompile")
-            .unwrap()
-            .clone();
-        assert_eq!(c.reason, "BreaksReaders");
+        let (status, _, message) = fixtures::condition(&clicks, "ReadersCompile").unwrap();
+        assert_eq!(status, "False");
         assert!(
-            c.message
-                .contains(&format!("Transform {me} no longer compiles")),
-            "{}",
-            c.message
+            message.contains(&format!("Transform {me} no longer compiles")),
+            "{message}"
         );
 
         // Deleting a DataStream that is still read waits, and says who reads it.
@@ -730,17 +715,11 @@ async fn data_streams_show_their_readers_and_writer_and_protect_their_readers() 
         let clicks = await_condition(
             streams.clone(),
             "clicks",
-            |d: Option<&DataStream>| {
-                d.and_then(|d| d.status.as_ref()).is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.reason == "StillRead")
-                })
-            },
+            fixtures::has_reason("StillRead"),
             WAIT,
         )
         .await;
-        let ready = weir_tests::fixtures::ready_condition(&clicks).unwrap();
+        let ready = fixtures::ready_condition(&clicks).unwrap();
         assert!(
             ready.2.contains(&format!("still read by {me}")),
             "{}",
