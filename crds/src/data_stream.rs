@@ -60,7 +60,8 @@ pub struct DataStreamSpec {
 
     /// The Kafka topic's name. Defaults to `<namespace>.<name>`. Immutable. Kafka's
     /// internal topics (names starting with `__`) and the names `.` and `..` are refused.
-    /// Not enforced yet: a bound on which names a namespace may use (issue 10).
+    /// It must start with `<namespace>.` unless the operator grants the namespace another
+    /// prefix (`WEIR_TOPIC_GRANTS`); otherwise the DataStream is `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     #[x_kube(

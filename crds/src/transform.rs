@@ -186,7 +186,7 @@ pub struct TransformOutput {
     /// Its description. Defaults to the Transform's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Its topic's partitions.
+    /// Its topic's partitions. Defaults to the most any input has.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub partitions: Option<i32>,
@@ -201,7 +201,8 @@ pub struct TransformOutput {
     /// Its cleanup policy. Defaults to `compact` for a changelog output, `delete` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_policy: Option<CleanupPolicy>,
-    /// What happens to its topic when the Transform is deleted.
+    /// What happens to its topic, and to the Transform's internal topics (dead letters,
+    /// changelog, repartition), when the Transform is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
     /// Namespaces whose Transforms may read the output.
