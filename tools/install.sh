@@ -4,6 +4,9 @@
 #   - etcd, built from source through the Go module proxy (tools/etcd/go.mod)
 #   - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, built the same way (tools/kubernetes/go.mod)
 #   - helm, built the same way (tools/helm/go.mod)
+#   - umoci, which writes Weir's image without Docker (tools/umoci/go.mod), built the same way
+#   - argocd-health, Argo CD's Lua runtime (gopher-lua) for the health-check tests
+#     (tools/argocd-health), built the same way
 # Each component is rebuilt only when its pin files change: a second run is a no-op.
 set -euo pipefail
 
@@ -21,6 +24,16 @@ done
 
 # Never download a different Go toolchain: build with the machine's Go.
 export GOTOOLCHAIN=local GOFLAGS=-trimpath CGO_ENABLED=0
+
+# Go's build cache for Kubernetes grows to about 5 GB and its module cache to 1.3 GB; neither
+# is needed once the binaries are built, so they live in a scratch folder removed on exit
+# (set WEIR_KEEP_GO_CACHE=1 to build with the usual caches instead and keep them).
+if [ "${WEIR_KEEP_GO_CACHE:-0}" != 1 ]; then
+  go_scratch=$(mktemp -d "${TMPDIR:-/tmp}/weir-tools-go.XXXXXX")
+  export GOCACHE=$go_scratch/build GOMODCACHE=$go_scratch/mod
+  # The module cache is written read-only; make it removable first.
+  trap 'chmod -R u+w "$go_scratch" 2>/dev/null; rm -rf "$go_scratch"' EXIT
+fi
 
 # Versions, read from the pins so there is one place to change them.
 # pinned MODULE GO.MOD: the version go.mod requires (single-line or block form).
@@ -105,6 +118,20 @@ if ! up_to_date helm "$pins/helm/go.mod" "$pins/helm/go.sum" || [ ! -x "$dest/bi
   mark_done helm "$pins/helm/go.mod" "$pins/helm/go.sum"
 fi
 
+# --- Argo CD's Lua health-check runner ---------------------------------------------------
+if ! up_to_date argocd-health "$pins/argocd-health/go.mod" "$pins/argocd-health/go.sum" "$pins/argocd-health/main.go" || [ ! -x "$dest/bin/argocd-health" ]; then
+  step "argocd-health: building Argo CD's Lua runtime (gopher-lua) for the health-check tests"
+  (cd "$pins/argocd-health" && go build -ldflags "-s -w" -o "$dest/bin/argocd-health" .)
+  mark_done argocd-health "$pins/argocd-health/go.mod" "$pins/argocd-health/go.sum" "$pins/argocd-health/main.go"
+fi
+
+# --- umoci, which writes Weir's image without a Docker engine (make image) ----------------
+if ! up_to_date umoci "$pins/umoci/go.mod" "$pins/umoci/go.sum" || [ ! -x "$dest/bin/umoci" ]; then
+  step "umoci: building from source"
+  (cd "$pins/umoci" && go build -ldflags "-s -w" -o "$dest/bin/umoci" github.com/opencontainers/umoci/cmd/umoci)
+  mark_done umoci "$pins/umoci/go.mod" "$pins/umoci/go.sum"
+fi
+
 # --- Check what is installed -------------------------------------------------------------
 step "Checking installed versions"
 check_version kafka "$kafka_version" java -cp "$dest/kafka/libs/*" kafka.Kafka --version
@@ -114,4 +141,5 @@ check_version kube-controller-manager "$kube_version" "$dest/bin/kube-controller
 check_version kube-scheduler "$kube_version" "$dest/bin/kube-scheduler" --version
 check_version kubectl "$kube_version" "$dest/bin/kubectl" version --client
 check_version helm "$helm_version" "$dest/bin/helm" version --short
+check_version umoci "$(pinned github.com/opencontainers/umoci "$pins/umoci/go.mod" | sed 's/^v//')" "$dest/bin/umoci" --version
 echo "Tools are installed in $dest"
