@@ -101,11 +101,13 @@ pub struct TransformSpec {
     pub start_from: String,
 
     /// How a change to the plan (the SQL, the input schemas or the window policy) treats
-    /// the running Transform's state. `keepState` (default): a change between stateless
-    /// plans keeps the input position; a change to a stateful plan is refused (the engine
-    /// cannot carry state between plans yet) and the running version keeps running.
-    /// `reprocess`: the state is dropped and the input is read again from `startFrom` into
-    /// new state (the output receives the results again).
+    /// the running Transform's state. A change the running state stays valid for keeps the
+    /// state and the input position under either policy: a change between stateless plans,
+    /// or one that keeps every aggregate, join and table input and what feeds them (only
+    /// what is computed from their results changes, such as a projection or a HAVING).
+    /// Any other change: `keepState` (default) refuses it, saying what would be lost, and
+    /// the running version keeps running; `reprocess` drops the state and reads the input
+    /// again from `startFrom` into new state (the output receives the results again).
     #[serde(default)]
     pub upgrade_policy: UpgradePolicy,
 
@@ -278,10 +280,11 @@ pub enum OnFailure {
 )]
 #[serde(rename_all = "camelCase")]
 pub enum UpgradePolicy {
-    /// Keep state and input position; a change that cannot keep them is refused.
+    /// Keep state and input position; a change the state is not valid for is refused.
     #[default]
     KeepState,
-    /// Drop state and reprocess the input from `startFrom`.
+    /// On a change the state is not valid for, drop the state and reprocess the input
+    /// from `startFrom`.
     Reprocess,
 }
 

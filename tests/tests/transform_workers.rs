@@ -736,7 +736,7 @@ async fn data_streams_show_their_readers_and_writer_and_protect_their_readers() 
 }
 
 #[tokio::test]
-async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
+async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by_upgrade_policy() {
     let (client, env, bootstrap) = setup().await;
     let _ = env;
     with_temp_ns(client, move |client, ns| async move {
@@ -765,7 +765,40 @@ async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
         let want = BTreeMap::from([("/p0".to_owned(), 15), ("/p1".to_owned(), 15)]);
         wait_for_clicks(&bootstrap, &topic, &want).await;
 
-        // keepState refuses a changed stateful plan; the running version keeps running.
+        // A change above the aggregate keeps the state: the new workers go on from the
+        // counts so far (16, not 1, after one more click each), with the new computation.
+        let plan_of = |t: &Transform| t.status.as_ref().and_then(|s| s.plan_fingerprint.clone());
+        let v1_plan = plan_of(&transforms.get("by-url").await.expect("get"));
+        let v1x = v1
+            .replace("COUNT(*) AS clicks", "COUNT(*) * 10 AS clicks")
+            .replace("clicks: 2 }", "clicks: 20 }");
+        apply(&client, &ns, &v1x).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.is_some_and(|t| plan_of(t) != v1_plan) && is("Ready", "True")(t)
+            },
+            WAIT,
+        )
+        .await;
+        assert_eq!(tf.status.unwrap().state_epoch, 0, "the state epoch is kept");
+        let more: Vec<Record> = (0..2)
+            .map(|i| {
+                Record::new(
+                    format!("{{\"user_id\":\"v{i}\"}}"),
+                    format!("{{\"user_id\":\"v{i}\",\"url\":\"/p{i}\"}}"),
+                )
+            })
+            .collect();
+        records::produce(&bootstrap, &format!("{ns}.clicks"), &more)
+            .await
+            .expect("produce");
+        let want_x10 = BTreeMap::from([("/p0".to_owned(), 160), ("/p1".to_owned(), 160)]);
+        wait_for_clicks(&bootstrap, &topic, &want_x10).await;
+
+        // keepState refuses a change to what the state holds (here, what feeds the
+        // aggregate); the running version keeps running.
         let v2 = v1.replace(
             "WHERE url IS NOT NULL",
             "WHERE url IS NOT NULL AND url <> ''",
@@ -810,7 +843,9 @@ async fn a_changed_stateful_plan_is_refused_or_reprocessed_by_upgrade_policy() {
             before.metadata.generation, after.metadata.generation,
             "the workers were rolled"
         );
-        // The rebuilt state gives the same counts; the old epoch's state topic is gone.
+        // The rebuilt state gives the counts of all 32 clicks; the old epoch's state topic
+        // is gone.
+        let want = BTreeMap::from([("/p0".to_owned(), 16), ("/p1".to_owned(), 16)]);
         wait_for_clicks(&bootstrap, &topic, &want).await;
         wait_for_topic_deleted(&bootstrap, &format!("{ns}.by-url.changelog")).await;
     })

@@ -23,6 +23,11 @@ pub const META_KEY: [u8; 1] = [0x01];
 pub struct TaskMeta {
     /// The plan that wrote the state.
     pub fingerprint: String,
+    /// What that plan's state means ([`weir_engine::sql::CompiledTransform::state_fingerprint`]):
+    /// a plan with the same one can go on from this state. Empty in state written before
+    /// Weir recorded it, where only the same plan can.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
     /// Per input topic, the next offset to read in this task's partition.
     pub offsets: BTreeMap<String, i64>,
     /// How many commits wrote this task's state.
@@ -31,6 +36,18 @@ pub struct TaskMeta {
     /// said about its event time.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub watermarks: Vec<(usize, i32, Mark)>,
+}
+
+impl TaskMeta {
+    /// Whether a plan with fingerprint `plan` and state fingerprint `state` can go on
+    /// from this state.
+    pub fn fits(&self, plan: &str, state: &str) -> bool {
+        if self.state.is_empty() {
+            self.fingerprint == plan
+        } else {
+            self.state == state
+        }
+    }
 }
 
 /// The changelog key of an engine state entry.
@@ -89,6 +106,7 @@ mod tests {
         );
         let meta = TaskMeta {
             fingerprint: "f".into(),
+            state: "s".into(),
             offsets: [("t".to_owned(), 5)].into(),
             commits: 3,
             watermarks: vec![(
@@ -103,8 +121,14 @@ mod tests {
         let v = meta_value(&meta);
         assert_eq!(
             parse(Some(&META_KEY), Some(&v)).unwrap(),
-            Record::Meta(meta)
+            Record::Meta(meta.clone())
         );
+        assert!(meta.fits("other plan", "s"));
+        assert!(!meta.fits("f", "other state"));
+        // State written before the state fingerprint was recorded fits only its own plan.
+        let old: TaskMeta = serde_json::from_str(r#"{"fingerprint":"f","offsets":{},"commits":1}"#)
+            .expect("old meta");
+        assert!(old.fits("f", "s") && !old.fits("g", "s"));
         assert!(parse(Some(b"\x07"), Some(b"x")).is_err());
         assert!(parse(None, Some(b"x")).is_err());
     }

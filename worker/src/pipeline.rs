@@ -1615,6 +1615,7 @@ impl Worker {
             .map_err(|e| anyhow!("task {partition}: reading state changes: {e}"))?;
         let meta = TaskMeta {
             fingerprint: self.job.compiled.fingerprint.clone(),
+            state: self.job.compiled.state_fingerprint.clone(),
             offsets: task
                 .offsets
                 .iter()
@@ -1921,14 +1922,22 @@ impl Worker {
             })
             .unwrap_or_default();
         if self.stateful && task_id.role == Role::Run {
+            let plan = &self.job.compiled;
             if let Some(m) = &meta
-                && m.fingerprint != self.job.compiled.fingerprint
+                && !m.fits(&plan.fingerprint, &plan.state_fingerprint)
             {
                 bail!(
                     "Transform {id}: the state in {changelog} partition {partition} was written \
-                     by plan {} and cannot be used by plan {}",
+                     by plan {} (state {}), whose stateful operators differ from plan {}'s \
+                     (state {}); it cannot be used",
                     m.fingerprint,
-                    self.job.compiled.fingerprint
+                    if m.state.is_empty() {
+                        "unrecorded"
+                    } else {
+                        &m.state
+                    },
+                    plan.fingerprint,
+                    plan.state_fingerprint
                 );
             }
             for (i, c) in &committed {

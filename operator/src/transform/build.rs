@@ -44,6 +44,9 @@ pub const TRANSFORM_LABEL: &str = "weir.dev/transform";
 pub const APPLIED_HASH: &str = "weir.dev/applied-hash";
 /// The pod template annotation naming the plan the workers run.
 pub const PLAN: &str = "weir.dev/plan";
+/// The pod template annotation naming what that plan's state means (its state
+/// fingerprint): a plan with the same one can go on from the running state.
+pub const STATE: &str = "weir.dev/state";
 /// The pod template annotation saying whether that plan keeps state.
 pub const STATEFUL: &str = "weir.dev/stateful";
 /// The pod template annotation naming the state epoch the workers use.
@@ -54,6 +57,7 @@ pub fn deployed(d: &Deployment) -> Option<super::upgrade::Deployed> {
     let a = d.spec.template.metadata.as_ref()?.annotations.as_ref()?;
     Some(super::upgrade::Deployed {
         plan: a.get(PLAN)?.clone(),
+        state: a.get(STATE).cloned(),
         stateful: a.get(STATEFUL).is_none_or(|s| s == "true"),
         epoch: a.get(STATE_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0),
     })
@@ -612,6 +616,7 @@ pub fn deployment(
                     annotations: Some(BTreeMap::from([
                         ("weir.dev/config-hash".into(), config_hash.into()),
                         (PLAN.into(), compiled.fingerprint.clone()),
+                        (STATE.into(), compiled.state_fingerprint.clone()),
                         (STATEFUL.into(), compiled.is_stateful().to_string()),
                         (STATE_EPOCH.into(), epoch.to_string()),
                     ])),

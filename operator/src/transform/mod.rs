@@ -245,8 +245,11 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     );
     let epoch = match upgrade::decide(
         deployed.as_ref(),
-        &compiled.fingerprint,
-        compiled.is_stateful(),
+        upgrade::Plan {
+            fingerprint: &compiled.fingerprint,
+            state: &compiled.state_fingerprint,
+            stateful: compiled.is_stateful(),
+        },
         tf.spec.upgrade_policy,
         &changelog,
     ) {

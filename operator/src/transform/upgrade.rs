@@ -6,11 +6,12 @@
 //! appends `.eN`, so that a reprocessing plan starts with no state and no offsets and never
 //! reads what the old plan wrote.
 //!
-//! The engine cannot yet prove that a changed stateful plan reads its old state the same
-//! way, so the rule is conservative: a change that keeps the plan (the fingerprint) keeps
-//! the epoch; a change between stateless plans keeps it too (there is no state, and the
-//! offsets carry over); any other change needs `upgradePolicy: reprocess`, which starts a
-//! new epoch, and is otherwise refused with a condition saying what would be lost.
+//! A change keeps the epoch — the state and the offsets carry over — when the running
+//! state is valid for the new plan: the plan is the same, both plans are stateless, or
+//! both keep the same state (the same *state fingerprint*: the same stateful operators
+//! over the same inputs, with only what is computed from their results changed). Any
+//! other change needs `upgradePolicy: reprocess`, which starts a new epoch, and is
+//! otherwise refused with a condition saying what would be lost.
 
 use weir_crds::transform::UpgradePolicy;
 
@@ -19,10 +20,24 @@ use weir_crds::transform::UpgradePolicy;
 pub struct Deployed {
     /// The plan fingerprint the workers run.
     pub plan: String,
+    /// What that plan's state means (its state fingerprint); `None` for workers deployed
+    /// before the operator recorded it, whose state only the same plan can use.
+    pub state: Option<String>,
     /// Whether that plan keeps state.
     pub stateful: bool,
     /// The state epoch it uses.
     pub epoch: i64,
+}
+
+/// The plan to deploy.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan<'a> {
+    /// Its fingerprint.
+    pub fingerprint: &'a str,
+    /// Its state fingerprint.
+    pub state: &'a str,
+    /// Whether it keeps state.
+    pub stateful: bool,
 }
 
 /// What to do with the state.
@@ -36,18 +51,18 @@ pub enum Decision {
     Refuse(String),
 }
 
-/// Decides how the plan `plan` (stateful or not) replaces what is deployed.
+/// Decides how `plan` replaces what is deployed.
 pub fn decide(
     deployed: Option<&Deployed>,
-    plan: &str,
-    stateful: bool,
+    plan: Plan<'_>,
     policy: UpgradePolicy,
     changelog: &str,
 ) -> Decision {
     let Some(d) = deployed else {
         return Decision::Keep(0);
     };
-    if d.plan == plan || (!d.stateful && !stateful) {
+    let same_state = d.stateful && plan.stateful && d.state.as_deref() == Some(plan.state);
+    if d.plan == plan.fingerprint || (!d.stateful && !plan.stateful) || same_state {
         return Decision::Keep(d.epoch);
     }
     match policy {
@@ -55,9 +70,10 @@ pub fn decide(
         UpgradePolicy::KeepState => Decision::Refuse(if d.stateful {
             format!(
                 "the change replaces running plan {} whose state is in {changelog}; the new \
-                 plan cannot carry that state over, so keeping it is not possible. Set \
-                 spec.upgradePolicy: reprocess to drop the state and reprocess the input from \
-                 spec.startFrom, or revert the change; the running version keeps running",
+                 plan changes what that state holds (its aggregates, joins or table inputs, or \
+                 what feeds them), so keeping it is not possible. Set spec.upgradePolicy: \
+                 reprocess to drop the state and reprocess the input from spec.startFrom, or \
+                 revert the change; the running version keeps running",
                 short(&d.plan)
             )
         } else {
@@ -92,27 +108,40 @@ mod tests {
     fn deployed(stateful: bool) -> Deployed {
         Deployed {
             plan: "aaaaaaaaaaaaaaaa".into(),
+            state: Some("s".into()),
             stateful,
             epoch: 2,
+        }
+    }
+
+    fn plan<'a>(fingerprint: &'a str, state: &'a str, stateful: bool) -> Plan<'a> {
+        Plan {
+            fingerprint,
+            state,
+            stateful,
         }
     }
 
     #[test]
     fn the_same_plan_or_stateless_plans_keep_the_epoch() {
         assert_eq!(
-            decide(None, "b", true, UpgradePolicy::KeepState, "c"),
+            decide(None, plan("b", "t", true), UpgradePolicy::KeepState, "c"),
             Decision::Keep(0)
         );
         let d = deployed(true);
         assert_eq!(
-            decide(Some(&d), &d.plan, true, UpgradePolicy::KeepState, "c"),
+            decide(
+                Some(&d),
+                plan(&d.plan, "t", true),
+                UpgradePolicy::KeepState,
+                "c"
+            ),
             Decision::Keep(2)
         );
         assert_eq!(
             decide(
                 Some(&deployed(false)),
-                "b",
-                false,
+                plan("b", "t", false),
                 UpgradePolicy::KeepState,
                 "c"
             ),
@@ -121,12 +150,22 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_plan_that_keeps_the_same_state_keeps_the_epoch_by_either_policy() {
+        let d = deployed(true);
+        for policy in [UpgradePolicy::KeepState, UpgradePolicy::Reprocess] {
+            assert_eq!(
+                decide(Some(&d), plan("b", "s", true), policy, "c"),
+                Decision::Keep(2)
+            );
+        }
+    }
+
+    #[test]
     fn a_changed_stateful_plan_is_refused_or_reprocessed() {
         let d = deployed(true);
         match decide(
             Some(&d),
-            "b",
-            true,
+            plan("b", "t", true),
             UpgradePolicy::KeepState,
             "n.t.changelog",
         ) {
@@ -137,14 +176,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            decide(Some(&d), "b", true, UpgradePolicy::Reprocess, "c"),
+            decide(
+                Some(&d),
+                plan("b", "t", true),
+                UpgradePolicy::Reprocess,
+                "c"
+            ),
             Decision::Reprocess(3)
         );
         assert!(matches!(
             decide(
                 Some(&deployed(false)),
-                "b",
-                true,
+                plan("b", "t", true),
+                UpgradePolicy::KeepState,
+                "c"
+            ),
+            Decision::Refuse(_)
+        ));
+        // Workers deployed before the state fingerprint was recorded: only the same plan.
+        let unrecorded = Deployed {
+            state: None,
+            ..deployed(true)
+        };
+        assert!(matches!(
+            decide(
+                Some(&unrecorded),
+                plan("b", "s", true),
                 UpgradePolicy::KeepState,
                 "c"
             ),

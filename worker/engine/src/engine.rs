@@ -14,6 +14,10 @@ use crate::{ChangeBatch, EngineError, Result};
 
 struct GraphNode {
     op: Box<dyn Operator>,
+    /// For an operator that keeps state, its number among them in plan pre-order
+    /// ([`CompiledTransform::stateful_nodes`]): the prefix of its state keys. Operators
+    /// above the stateful ones can change without renumbering them.
+    slot: Option<u16>,
     parent: Option<(usize, usize)>,
     children: Vec<usize>,
     watermark: i64,
@@ -32,7 +36,12 @@ pub struct Engine {
     event_time: Vec<Option<(usize, i64)>>,
     input_schemas: Vec<SchemaRef>,
     output_schema: SchemaRef,
-    fingerprint: String,
+    /// What the state means ([`CompiledTransform::state_fingerprint`]): state written by
+    /// an engine with the same one can be restored here, even if the plan differs above
+    /// its stateful operators.
+    state_fingerprint: String,
+    /// The node of each state slot.
+    slots: Vec<usize>,
     /// Whether an operator can drop a record as late (a window or an interval join).
     drops_late: bool,
     /// Whether operators have emitted what they hold before any input (a global
@@ -51,17 +60,17 @@ pub struct Engine {
 /// Keys are unique within one engine; the changelog keeps the last value per key.
 pub type StateEntry = (Vec<u8>, Option<Vec<u8>>);
 
-/// The key of the engine's own entry (plan, watermarks); operator entries start with
-/// their node's index, which is always smaller.
+/// The key of the engine's own entry (state fingerprint, watermarks); operator entries
+/// start with their state slot, which is always smaller.
 const META_KEY: [u8; 2] = [0xFF, 0xFF];
 
-/// The engine's own state entry: what is not any one operator's.
+/// The engine's own state entry: what is not any one operator's. Each operator's
+/// watermark follows from the inputs' (the minimum of its inputs'), so only those are kept.
 #[derive(Serialize, Deserialize, PartialEq)]
 struct Meta {
-    fingerprint: String,
+    state_fingerprint: String,
     primed: bool,
     input_watermarks: Vec<i64>,
-    nodes: Vec<(i64, Vec<i64>)>,
 }
 
 /// What an engine holds and has dropped.
@@ -100,7 +109,8 @@ impl Engine {
                 .collect(),
             input_schemas: compiled.inputs.iter().map(|i| i.schema.clone()).collect(),
             output_schema: compiled.output_schema.clone(),
-            fingerprint: compiled.fingerprint.clone(),
+            state_fingerprint: compiled.state_fingerprint.clone(),
+            slots: Vec::new(),
             drops_late: false,
             primed: false,
             meta_sent: None,
@@ -175,8 +185,19 @@ impl Engine {
             }),
         };
         let id = self.nodes.len();
+        let slot = if n.keeps_state(&compiled.inputs) {
+            let slot = u16::try_from(self.slots.len())
+                .ok()
+                .filter(|s| *s < u16::from_be_bytes(META_KEY))
+                .ok_or_else(|| EngineError::Snapshot("too many stateful operators".into()))?;
+            self.slots.push(id);
+            Some(slot)
+        } else {
+            None
+        };
         self.nodes.push(GraphNode {
             op,
+            slot,
             parent,
             children: Vec::new(),
             watermark: i64::MIN,
@@ -342,7 +363,7 @@ impl Engine {
             .map(|n| Ok((n.op.snapshot()?, n.watermark, n.port_watermarks.clone())))
             .collect::<Result<Vec<_>>>()?;
         postcard::to_stdvec(&Snapshot {
-            fingerprint: self.fingerprint.clone(),
+            fingerprint: self.state_fingerprint.clone(),
             primed: self.primed,
             input_watermarks: self.input_watermarks.clone(),
             nodes,
@@ -354,11 +375,11 @@ impl Engine {
     pub fn restore(&mut self, bytes: &[u8]) -> Result<()> {
         let snap: Snapshot =
             postcard::from_bytes(bytes).map_err(|e| EngineError::Snapshot(e.to_string()))?;
-        if snap.fingerprint != self.fingerprint || snap.nodes.len() != self.nodes.len() {
+        if snap.fingerprint != self.state_fingerprint || snap.nodes.len() != self.nodes.len() {
             return Err(EngineError::Snapshot(format!(
-                "the snapshot was taken by plan {} and cannot restore plan {}",
+                "the snapshot holds state {} and cannot restore state {}",
                 short(&snap.fingerprint),
-                short(&self.fingerprint)
+                short(&self.state_fingerprint)
             )));
         }
         for (n, (state, wm, ports)) in self.nodes.iter_mut().zip(snap.nodes) {
@@ -378,16 +399,12 @@ impl Engine {
     /// [`Engine::finish_restore`] rebuilds this engine's state. The cost is in proportion
     /// to what changed, not to the whole state.
     pub fn take_state_changes(&mut self) -> Result<Vec<StateEntry>> {
-        if self.nodes.len() >= usize::from(u16::MAX) {
-            return Err(EngineError::Snapshot(
-                "too many operators for state keys".into(),
-            ));
-        }
         let mut out = Vec::new();
         let mut op_entries = Vec::new();
-        for (i, n) in self.nodes.iter_mut().enumerate() {
+        for n in &mut self.nodes {
+            let Some(slot) = n.slot else { continue };
             n.op.take_state_changes(&mut op_entries)?;
-            let prefix = (i as u16).to_be_bytes();
+            let prefix = slot.to_be_bytes();
             out.extend(op_entries.drain(..).map(|(k, v)| {
                 let mut key = Vec::with_capacity(2 + k.len());
                 key.extend_from_slice(&prefix);
@@ -405,14 +422,34 @@ impl Engine {
 
     fn meta(&self) -> Meta {
         Meta {
-            fingerprint: self.fingerprint.clone(),
+            state_fingerprint: self.state_fingerprint.clone(),
             primed: self.primed,
             input_watermarks: self.input_watermarks.clone(),
-            nodes: self
-                .nodes
+        }
+    }
+
+    /// Sets every operator's watermark from the inputs' watermarks, as advancing them
+    /// would have (without asking the operators to act on them: their state already
+    /// reflects them).
+    fn derive_watermarks(&mut self) {
+        for (input, nodes) in self.sources.iter().enumerate() {
+            for &s in nodes {
+                self.nodes[s].watermark = self.input_watermarks[input];
+            }
+        }
+        // Pre-order: every child comes after its parent, so walking backwards settles the
+        // children first.
+        for id in (0..self.nodes.len()).rev() {
+            if self.nodes[id].children.is_empty() {
+                continue;
+            }
+            let wms: Vec<i64> = self.nodes[id]
+                .children
                 .iter()
-                .map(|n| (n.watermark, n.port_watermarks.clone()))
-                .collect(),
+                .map(|c| self.nodes[*c].watermark)
+                .collect();
+            self.nodes[id].watermark = wms.iter().copied().min().unwrap_or(i64::MIN);
+            self.nodes[id].port_watermarks = wms;
         }
     }
 
@@ -427,30 +464,31 @@ impl Engine {
                 ));
             };
             let meta: Meta = crate::ops::state::decode(value)?;
-            if meta.fingerprint != self.fingerprint || meta.nodes.len() != self.nodes.len() {
+            if meta.state_fingerprint != self.state_fingerprint
+                || meta.input_watermarks.len() != self.input_watermarks.len()
+            {
                 return Err(EngineError::Snapshot(format!(
-                    "the state was written by plan {} and cannot restore plan {}",
-                    short(&meta.fingerprint),
-                    short(&self.fingerprint)
+                    "the state holds what a different plan keeps (state fingerprint {}) and \
+                     cannot restore this plan's (state fingerprint {})",
+                    short(&meta.state_fingerprint),
+                    short(&self.state_fingerprint)
                 )));
             }
             self.primed = meta.primed;
             self.input_watermarks = meta.input_watermarks;
-            for (n, (wm, ports)) in self.nodes.iter_mut().zip(meta.nodes) {
-                n.watermark = wm;
-                n.port_watermarks = ports;
-            }
+            self.derive_watermarks();
             self.meta_applied = true;
             return Ok(());
         }
         let node = key
             .get(..2)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-            .and_then(|i| self.nodes.get_mut(i))
+            .and_then(|slot| self.slots.get(slot))
+            .and_then(|&i| self.nodes.get_mut(i))
             .ok_or_else(|| {
                 EngineError::Snapshot(format!(
-                    "a state entry with key {key:02x?} names no operator of plan {}",
-                    short(&self.fingerprint)
+                    "a state entry with key {key:02x?} names no operator of state {}",
+                    short(&self.state_fingerprint)
                 ))
             })?;
         node.op.apply_state_entry(&key[2..], value)?;

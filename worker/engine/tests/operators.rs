@@ -319,7 +319,42 @@ fn state_from_another_plan_is_refused() {
         .iter()
         .try_for_each(|(k, v)| other.apply_state_entry(k, v.as_deref()))
         .unwrap_err();
-    assert!(err.to_string().contains("cannot restore plan"), "{err}");
+    assert!(
+        err.to_string().contains("cannot restore this plan"),
+        "{err}"
+    );
+}
+
+/// A plan that changes only above its stateful operators restores the old plan's state
+/// and goes on from it, with the new computation on top.
+#[test]
+fn state_carries_over_to_a_plan_changed_above_its_stateful_operators() {
+    let a = compiled("SELECT k, COUNT(*) AS n FROM e GROUP BY k");
+    let b = compiled("SELECT k, COUNT(*) * 10 AS n FROM e GROUP BY k HAVING COUNT(*) > 1");
+    assert_eq!(a.state_fingerprint, b.state_fingerprint);
+    let schema = a.inputs[0].schema.clone();
+    let mut engine = Engine::new(&a).unwrap();
+    let rows = [(1, Some(1), 1), (1, Some(1), 2), (2, Some(1), 3)];
+    engine.push(0, batch(&schema, &rows, 1)).unwrap();
+    let mut upgraded = Engine::new(&b).unwrap();
+    for (k, v) in engine.take_state_changes().unwrap() {
+        upgraded.apply_state_entry(&k, v.as_deref()).unwrap();
+    }
+    upgraded.finish_restore().unwrap();
+    let out = upgraded
+        .push(0, batch(&schema, &[(1, Some(1), 4), (2, Some(1), 5)], 1))
+        .unwrap();
+    let rows = consolidate(&upgraded.output_schema(), &out).unwrap();
+    // k=1 had 2 and now has 3 (the old 20 is retracted: the new plan's output for the old
+    // state); k=2 had 1 (hidden by HAVING) and now has 2.
+    assert_eq!(
+        rows,
+        vec![
+            (vec!["1".to_owned(), "20".to_owned()], -1),
+            (vec!["1".to_owned(), "30".to_owned()], 1),
+            (vec!["2".to_owned(), "20".to_owned()], 1),
+        ]
+    );
 }
 
 /// A SUM over integers that leaves the 64-bit range is an error, not i64::MAX; the

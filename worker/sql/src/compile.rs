@@ -164,7 +164,7 @@ pub fn compile(
     let sql_names: Vec<String> = inputs.iter().map(StreamInput::sql_name).collect();
     let explain = root.explain(&sql_names);
     let fingerprint = crate::fingerprint::fingerprint(sql, &inputs, options);
-    Ok(CompiledTransform {
+    let mut compiled = CompiledTransform {
         sql: sql.to_owned(),
         output_schema,
         output_kind,
@@ -176,7 +176,10 @@ pub fn compile(
         options: options.clone(),
         explain,
         fingerprint,
-    })
+        state_fingerprint: String::new(),
+    };
+    compiled.state_fingerprint = crate::fingerprint::state_fingerprint(&compiled);
+    Ok(compiled)
 }
 
 /// Refuses what cannot run on an unbounded stream, before the optimizer folds it away.

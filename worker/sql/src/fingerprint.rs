@@ -11,18 +11,30 @@
 //!
 //! Every part is written with its length first, so no two different inputs hash the
 //! same bytes. [`VERSION`] names the encoding; changing the encoding means a new version.
+//!
+//! The *state fingerprint* ([`state_fingerprint`]) is narrower: it hashes only what the
+//! state means — the inputs, how they are partitioned, and each operator that keeps state
+//! with everything beneath it. Two plans with the same state fingerprint read each other's
+//! state the same way, so a change above the stateful operators (a projection or filter
+//! of their results) keeps the state; a change to an aggregate, a join, a window or what
+//! feeds them does not. It hashes the plan's rendering, which names DataFusion's
+//! expressions: an upgrade of DataFusion that renders an expression differently makes a
+//! plan look changed, which refuses an upgrade rather than misreading state.
 
 use std::fmt::Write as _;
 
-use arrow::datatypes::{DataType, Field, IntervalUnit, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, IntervalUnit, TimeUnit};
 use sha2::{Digest, Sha256};
 use sqlparser::dialect::GenericDialect;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
-use crate::{CompileOptions, EmitMode, StreamInput, StreamKind};
+use crate::{CompileOptions, CompiledTransform, EmitMode, StreamInput, StreamKind};
 
 /// The encoding's version, hashed first.
 pub const VERSION: &str = "weir-plan-fingerprint/1";
+
+/// The state fingerprint encoding's version, hashed first.
+pub const STATE_VERSION: &str = "weir-state-fingerprint/1";
 
 /// The fingerprint of SQL compiled against `inputs` (the streams it reads, in plan order)
 /// with `options`, as 64 hex digits.
@@ -30,33 +42,43 @@ pub fn fingerprint(sql: &str, inputs: &[StreamInput], options: &CompileOptions) 
     let mut h = Hasher(Sha256::new());
     h.part(VERSION);
     h.part(&canonical_sql(sql));
-    h.part(&inputs.len().to_string());
-    for i in inputs {
-        h.part(&i.namespace);
-        h.part(&i.name);
-        h.part(match i.kind {
-            StreamKind::AppendOnly => "append-only",
-            StreamKind::Changelog => "changelog",
-        });
-        h.part(&i.key.join(","));
-        match &i.event_time {
-            Some(et) => h.part(&format!("{}@{}", et.field, et.max_out_of_orderness_ms)),
-            None => h.part(""),
-        }
-        h.part(&i.schema.fields().len().to_string());
-        for f in i.schema.fields() {
-            h.part(&field_name(f));
-        }
-    }
+    h.inputs(inputs);
     h.part(match options.emit {
         EmitMode::OnWindowClose => "on-close",
         EmitMode::Updates => "updates",
     });
     h.part(&options.allowed_lateness_ms.to_string());
-    h.0.finalize().iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    h.hex()
+}
+
+/// The fingerprint of what `compiled`'s state means (see the module docs), as 64 hex
+/// digits. The operators that keep state are taken in [`CompiledTransform::stateful_nodes`]
+/// order, the order in which the engine numbers their state.
+pub fn state_fingerprint(compiled: &CompiledTransform) -> String {
+    let mut h = Hasher(Sha256::new());
+    h.part(STATE_VERSION);
+    // Each input's identity and partitioning; its fields only where the state holds whole
+    // input rows (a table). Other inputs' columns count where an operator reads them, in
+    // the plan below.
+    h.part(&compiled.inputs.len().to_string());
+    for i in &compiled.inputs {
+        h.input_identity(i);
+        let table = i.kind == StreamKind::Changelog && !i.key.is_empty();
+        h.fields(if table {
+            i.schema.fields().iter().collect()
+        } else {
+            vec![]
+        });
+    }
+    h.part(&format!("{:?}", crate::partitioning::plan(compiled)));
+    let names: Vec<String> = compiled.inputs.iter().map(StreamInput::sql_name).collect();
+    let stateful = compiled.stateful_nodes();
+    h.part(&stateful.len().to_string());
+    for node in stateful {
+        h.part(&node.explain(&names));
+        h.subtree_fields(node);
+    }
+    h.hex()
 }
 
 struct Hasher(Sha256);
@@ -65,6 +87,53 @@ impl Hasher {
     fn part(&mut self, s: &str) {
         self.0.update((s.len() as u64).to_be_bytes());
         self.0.update(s.as_bytes());
+    }
+
+    /// Each input DataStream: its id, kind, key, event time and fields.
+    fn inputs(&mut self, inputs: &[StreamInput]) {
+        self.part(&inputs.len().to_string());
+        for i in inputs {
+            self.input_identity(i);
+            self.fields(i.schema.fields().iter().collect());
+        }
+    }
+
+    /// An input's id, kind, key and event time.
+    fn input_identity(&mut self, i: &StreamInput) {
+        self.part(&i.namespace);
+        self.part(&i.name);
+        self.part(match i.kind {
+            StreamKind::AppendOnly => "append-only",
+            StreamKind::Changelog => "changelog",
+        });
+        self.part(&i.key.join(","));
+        match &i.event_time {
+            Some(et) => self.part(&format!("{}@{}", et.field, et.max_out_of_orderness_ms)),
+            None => self.part(""),
+        }
+    }
+
+    fn fields(&mut self, fields: Vec<&FieldRef>) {
+        self.part(&fields.len().to_string());
+        for f in fields {
+            self.part(&field_name(f));
+        }
+    }
+
+    /// The fields (with nullability, which the plan's rendering leaves out) of every node
+    /// from `node` down.
+    fn subtree_fields(&mut self, node: &crate::plan::Node) {
+        self.fields(node.schema.fields().iter().collect());
+        for child in node.children() {
+            self.subtree_fields(child);
+        }
+    }
+
+    fn hex(self) -> String {
+        self.0.finalize().iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
     }
 }
 
@@ -240,5 +309,63 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+    }
+
+    fn state_of(sql: &str, inputs: &[StreamInput]) -> String {
+        crate::compile(sql, inputs, &CompileOptions::new("analytics"))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .state_fingerprint
+    }
+
+    #[test]
+    fn a_change_above_the_stateful_operators_keeps_the_state_fingerprint() {
+        let base = state_of(SQL, &[input()]);
+        for kept in [
+            "SELECT url, COUNT(*) * 10 AS n FROM web.page_views GROUP BY url",
+            "SELECT url, COUNT(*) AS n, upper(url) AS u FROM web.page_views GROUP BY url",
+            "SELECT url, COUNT(*) AS n FROM web.page_views GROUP BY url HAVING COUNT(*) > 1",
+        ] {
+            assert_eq!(state_of(kept, &[input()]), base, "{kept}");
+            assert_ne!(
+                fingerprint(kept, &[input()], &CompileOptions::new("analytics")),
+                fingerprint(SQL, &[input()], &CompileOptions::new("analytics")),
+            );
+        }
+    }
+
+    #[test]
+    fn a_change_to_what_the_state_holds_changes_the_state_fingerprint() {
+        let base = state_of(SQL, &[input()]);
+        for changed in [
+            "SELECT url, COUNT(url) AS n FROM web.page_views GROUP BY url",
+            "SELECT url, COUNT(*) AS n FROM web.page_views WHERE url <> '' GROUP BY url",
+            "SELECT url, MAX(ts) AS n FROM web.page_views GROUP BY url",
+            "SELECT url, COUNT(*) AS n FROM web.page_views \
+             GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE), url",
+        ] {
+            assert_ne!(state_of(changed, &[input()]), base, "{changed}");
+        }
+        // A table's rows are state: any change to its fields changes what the state holds.
+        let table = input().as_table();
+        let table_base = state_of(SQL, std::slice::from_ref(&table));
+        assert_ne!(table_base, base);
+        assert_ne!(
+            state_of(SQL, &[wider(table)]),
+            table_base,
+            "a table's schema"
+        );
+    }
+
+    /// `i` with one more column.
+    fn wider(mut i: StreamInput) -> StreamInput {
+        let mut fields: Vec<Field> = i.schema.fields().iter().map(|f| (**f).clone()).collect();
+        fields.push(Field::new("referrer", DataType::Utf8, true));
+        i.schema = Arc::new(Schema::new(fields));
+        i
+    }
+
+    #[test]
+    fn a_column_added_to_an_event_stream_keeps_the_state_fingerprint() {
+        assert_eq!(state_of(SQL, &[wider(input())]), state_of(SQL, &[input()]));
     }
 }

@@ -202,6 +202,10 @@ pub struct CompiledTransform {
     /// A canonical fingerprint of the SQL, the input schemas and the options (hex
     /// SHA-256; see [`fingerprint`]).
     pub fingerprint: String,
+    /// A fingerprint of what the plan's state means: equal for two plans that differ only
+    /// above their stateful operators, which can therefore share state (see
+    /// [`fingerprint::state_fingerprint`]).
+    pub state_fingerprint: String,
 }
 
 /// The input columns one output column derives from.
@@ -222,16 +226,22 @@ impl CompiledTransform {
     /// Whether the plan keeps state between records (an aggregate, a join, or a table
     /// input), and so needs a changelog topic.
     pub fn is_stateful(&self) -> bool {
-        fn stateful(n: &plan::Node, c: &CompiledTransform) -> bool {
-            match &n.op {
-                plan::Op::Aggregate(_) | plan::Op::Join(_) => true,
-                plan::Op::Source { input, .. } => {
-                    let i = &c.inputs[*input];
-                    i.kind == StreamKind::Changelog && !i.key.is_empty()
-                }
-                _ => n.children().into_iter().any(|child| stateful(child, c)),
+        !self.stateful_nodes().is_empty()
+    }
+
+    /// The operators that keep state, in the plan's pre-order (a node before its
+    /// children, children in order): the order in which the engine numbers their state.
+    pub fn stateful_nodes(&self) -> Vec<&plan::Node> {
+        fn walk<'a>(n: &'a plan::Node, c: &CompiledTransform, out: &mut Vec<&'a plan::Node>) {
+            if n.keeps_state(&c.inputs) {
+                out.push(n);
+            }
+            for child in n.children() {
+                walk(child, c, out);
             }
         }
-        stateful(&self.plan, self)
+        let mut out = Vec::new();
+        walk(&self.plan, self, &mut out);
+        out
     }
 }

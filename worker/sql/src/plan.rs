@@ -226,6 +226,19 @@ impl Node {
         }
     }
 
+    /// Whether this operator itself keeps state between records: an aggregate, a join, or
+    /// the source of a keyed changelog (a table, kept as its current rows). `inputs` are
+    /// the compiled Transform's inputs.
+    pub fn keeps_state(&self, inputs: &[crate::StreamInput]) -> bool {
+        match &self.op {
+            Op::Aggregate(_) | Op::Join(_) => true,
+            Op::Source { input, .. } => inputs
+                .get(*input)
+                .is_some_and(|i| i.kind == StreamKind::Changelog && !i.key.is_empty()),
+            Op::Project { .. } | Op::Filter { .. } | Op::Union { .. } => false,
+        }
+    }
+
     /// An indented, readable rendering of the plan, one operator per line.
     pub fn explain(&self, input_names: &[String]) -> String {
         let mut out = String::new();
