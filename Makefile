@@ -9,7 +9,7 @@ export WEIR_TOOLS_DIR ?= $(CURDIR)/.tools
 # Test binaries run one at a time; the tests inside each share one local stack.
 TEST_THREADS ?= 4
 
-.PHONY: help build test tools dev demo lint fmt manifests bench clean
+.PHONY: help build test tools dev demo lint fmt manifests image bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,8 +42,14 @@ lint: ## Check formatting and run clippy with warnings as errors
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-manifests: ## Regenerate the CRDs from the Rust types into manifests/crds and charts/weir/crds
+manifests: tools ## Regenerate the CRDs (manifests/crds, charts/weir/crds) and the plain install (manifests/install)
 	$(CARGO) run --quiet -p weir-crds --bin crdgen -- --out manifests/crds --out charts/weir/crds
+	bash tools/render-install.sh > manifests/install/weir.yaml
+	bash tools/render-argocd-cm.sh > manifests/argocd/argocd-cm.yaml
+
+image: tools ## Build Weir's container image (the Dockerfile's) as an OCI archive, target/weir-image.oci.tar, without Docker
+	$(CARGO) build --release --bin weir-operator --bin weir-worker --bin weir
+	bash tools/build-image.sh target/release target/weir-image.oci.tar
 
 bench: tools ## Run the benchmarks (record results, command and baseline in BENCHMARKS.md)
 	$(CARGO) build --release --workspace --bins

@@ -59,8 +59,9 @@ pub struct Config {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
-    /// The container image of the workers the operator deploys for Transforms.
-    #[arg(long, env = "WEIR_WORKER_IMAGE", default_value = concat!("ghcr.io/weir-dev/weir-worker:", env!("CARGO_PKG_VERSION")))]
+    /// The container image of the workers the operator deploys for Transforms: Weir's image,
+    /// which holds `/usr/local/bin/weir-worker` (the workers' command).
+    #[arg(long, env = "WEIR_WORKER_IMAGE", default_value = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PKG_VERSION")))]
     pub worker_image: String,
 
     /// The Kafka bootstrap servers workers connect to, when they reach Kafka by another

@@ -2,9 +2,12 @@
 //! with local processes instead of containers. Test kit only — never part of the product.
 //!
 //! It registers a Node (and renews its Lease), watches the pods bound to it and runs each
-//! container's command as a process: the image names a workspace binary (`…/weir-worker:tag`
-//! runs `target/…/weir-worker`), `command`/`args`/`env` come from the pod spec with
-//! `$(VAR)` expansion, values from ConfigMaps, Secrets and the downward API, and ConfigMap,
+//! container's command as a process: the image `…/weir:tag` holds the workspace's binaries
+//! (`/usr/local/bin/weir-worker` runs `target/…/weir-worker`; the entrypoint is
+//! `weir-operator`, as in the Dockerfile), `command`/`args`/`env` come from the pod spec with
+//! `$(VAR)` expansion (and nothing of the test's own environment), the apiserver's address
+//! in `KUBERNETES_SERVICE_HOST`/`_PORT` as a kubelet gives it, values from ConfigMaps,
+//! Secrets and the downward API, and ConfigMap,
 //! Secret, emptyDir and projected (ServiceAccount token, ConfigMap, downward API) volumes
 //! are mounted at their `mountPath` in a mount namespace of the container's own
 //! (`unshare --mount`, which needs root). Each pod gets its own loopback address
@@ -44,38 +47,85 @@ pub const NODE_NAME: &str = "weir-local-node";
 
 /// Maps an image to the binary that stands in for it.
 #[derive(Debug, Clone, Default)]
-pub struct Images(Vec<(String, PathBuf)>);
+pub struct Images(Vec<Image>);
+
+/// An image the local node can run: the binaries its filesystem holds, by path.
+#[derive(Debug, Clone)]
+struct Image {
+    /// The repository's last path segment (`weir` for `ghcr.io/weir-dev/weir:0.1.0`).
+    name: String,
+    /// What runs when a container gives no `command`.
+    entrypoint: PathBuf,
+    /// Each path in the image (`/usr/local/bin/weir-worker`) and the binary it runs.
+    files: Vec<(String, PathBuf)>,
+}
+
+/// Where the image puts Weir's binaries (see the Dockerfile).
+pub const IMAGE_BIN_DIR: &str = "/usr/local/bin";
 
 impl Images {
-    /// Images whose repository ends with `name` run `binary`.
-    pub fn with(mut self, name: &str, binary: PathBuf) -> Self {
-        self.0.push((name.to_owned(), binary));
+    /// An image named `name` (the repository's last path segment) holding `binaries` in
+    /// [`IMAGE_BIN_DIR`], the first of them its entrypoint.
+    pub fn with(mut self, name: &str, binaries: &[PathBuf]) -> Self {
+        let files = binaries
+            .iter()
+            .map(|b| {
+                let file = b.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+                (format!("{IMAGE_BIN_DIR}/{file}"), b.clone())
+            })
+            .collect();
+        self.0.push(Image {
+            name: name.to_owned(),
+            entrypoint: binaries.first().cloned().unwrap_or_default(),
+            files,
+        });
         self
     }
 
-    /// The workspace's own images: `weir-worker` and `weir-operator`.
+    /// The workspace's own image, `…/weir`: `weir-operator` (its entrypoint), `weir-worker`
+    /// and `weir`, as the Dockerfile builds it.
     pub fn workspace() -> Result<Self> {
-        Ok(Self::default()
-            .with(
-                "weir-worker",
-                crate::operator::workspace_binary("weir-worker")?,
-            )
-            .with(
-                "weir-operator",
-                crate::operator::workspace_binary("weir-operator")?,
-            ))
+        let binary = crate::operator::workspace_binary;
+        Ok(Self::default().with(
+            "weir",
+            &[
+                binary("weir-operator")?,
+                binary("weir-worker")?,
+                binary("weir")?,
+            ],
+        ))
     }
 
-    fn binary(&self, image: &str) -> Option<&Path> {
+    /// What a container of `image` runs: its `command`'s first word (a path in the
+    /// image), or the image's entrypoint. An error says what is missing, as a kubelet's
+    /// `ErrImagePull` or `CreateContainerError` would.
+    fn program(&self, image: &str, command: Option<&str>) -> Result<PathBuf, (String, String)> {
         let repo = image.split('@').next().unwrap_or(image);
         let repo = match repo.rsplit_once(':') {
             Some((r, tag)) if !tag.contains('/') => r,
             _ => repo,
         };
-        self.0
-            .iter()
-            .find(|(name, _)| repo.ends_with(name.as_str()))
-            .map(|(_, b)| b.as_path())
+        let name = repo.rsplit('/').next().unwrap_or(repo);
+        let found = self.0.iter().find(|i| i.name == name).ok_or_else(|| {
+            (
+                "ErrImagePull".to_owned(),
+                format!("the local node runs only the workspace's images, not {image:?}"),
+            )
+        })?;
+        match command {
+            None => Ok(found.entrypoint.clone()),
+            Some(c) => found
+                .files
+                .iter()
+                .find(|(path, _)| path == c)
+                .map(|(_, b)| b.clone())
+                .ok_or_else(|| {
+                    (
+                        "CreateContainerError".to_owned(),
+                        format!("image {image:?} has no {c:?}"),
+                    )
+                }),
+        }
     }
 }
 
@@ -102,6 +152,7 @@ impl LocalNode {
     /// own, so that it outlives the test (and the runtime) that started it.
     pub async fn start(kubeconfig: &Path, dir: &Path, images: Images) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("creating the node's dir", e))?;
+        let apiserver = apiserver_address(kubeconfig)?;
         let stop = CancellationToken::new();
         let pods = Arc::new(Mutex::new(HashMap::new()));
         let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -141,6 +192,7 @@ impl LocalNode {
                     let _ = started_tx.send(Ok(()));
                     let node = NodeCtx {
                         client,
+                        apiserver,
                         images,
                         dir: node_dir,
                         pods: node_pods,
@@ -202,6 +254,9 @@ impl Drop for LocalNode {
 #[derive(Clone)]
 struct NodeCtx {
     client: kube::Client,
+    /// The apiserver's address, as a kubelet gives it to every container
+    /// (`KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`).
+    apiserver: (String, u16),
     images: Images,
     dir: PathBuf,
     pods: Arc<Mutex<HashMap<String, PodProcesses>>>,
@@ -707,7 +762,28 @@ async fn secret_value(node: &NodeCtx, ns: &str, secret: &str, key: &str) -> Opti
         .or_else(|| s.string_data?.get(key).cloned())
 }
 
-/// The environment of a container, in order, with `$(VAR)` expanded.
+/// The host and port of the apiserver a kubeconfig's current cluster names.
+fn apiserver_address(kubeconfig: &Path) -> Result<(String, u16)> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| Error::Kube(format!("reading {}: {e}", kubeconfig.display())))?;
+    let server = config
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref()?.server.clone())
+        .ok_or_else(|| Error::Kube(format!("{} names no server", kubeconfig.display())))?;
+    let uri: http::Uri = server
+        .parse()
+        .map_err(|e| Error::Kube(format!("the server {server:?}: {e}")))?;
+    let host = uri
+        .host()
+        .unwrap_or("127.0.0.1")
+        .trim_matches(['[', ']'])
+        .to_owned();
+    Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+/// The environment of a container, in order, with `$(VAR)` expanded: first what a kubelet
+/// gives every container (where to reach the apiserver), then the container's own.
 async fn environment(
     node: &NodeCtx,
     pod: &Pod,
@@ -715,7 +791,13 @@ async fn environment(
     c: &Container,
 ) -> Result<BTreeMap<String, String>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let mut vars = BTreeMap::new();
+    let (host, port) = &node.apiserver;
+    let mut vars = BTreeMap::from([
+        ("KUBERNETES_SERVICE_HOST".to_owned(), host.clone()),
+        ("KUBERNETES_SERVICE_PORT".to_owned(), port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".to_owned(), port.to_string()),
+        ("KUBERNETES_PORT".to_owned(), format!("tcp://{host}:{port}")),
+    ]);
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
@@ -909,29 +991,15 @@ async fn spawn_container(
     c: &Container,
 ) -> Result<Supervised, (String, String)> {
     let image = c.image.clone().unwrap_or_default();
-    let binary = node.images.binary(&image).ok_or_else(|| {
-        (
-            "ErrImagePull".to_owned(),
-            format!("the local node runs only the workspace's images, not {image:?}"),
-        )
-    })?;
+    let command = c.command.clone().unwrap_or_default();
+    // `command` replaces the image's entrypoint; `args` follow it.
+    let program = node
+        .images
+        .program(&image, command.first().map(String::as_str))?;
     let vars = environment(node, pod, ip, c)
         .await
         .map_err(|e| ("CreateContainerConfigError".to_owned(), e))?;
     let mut argv: Vec<String> = Vec::new();
-    let command = c.command.clone().unwrap_or_default();
-    // `command` replaces the image's entrypoint (the binary); `args` follow it.
-    let program = match command.first() {
-        Some(first)
-            if !first.ends_with(binary.file_name().and_then(|f| f.to_str()).unwrap_or("")) =>
-        {
-            return Err((
-                "CreateContainerError".into(),
-                format!("command {first:?} is not the image's binary"),
-            ));
-        }
-        _ => binary.to_path_buf(),
-    };
     argv.extend(command.iter().skip(1).map(|a| expand(a, &vars)));
     argv.extend(c.args.iter().flatten().map(|a| expand(a, &vars)));
     let mut script_args = vec![
@@ -969,7 +1037,7 @@ async fn spawn_container(
     let name = pod.metadata.name.clone().unwrap_or_default();
     let log = node.dir.join(format!("{ns}_{name}_{}.log", c.name));
     let env: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    Supervised::spawn_with_env(
+    Supervised::spawn_isolated(
         &format!("pod {ns}/{name} container {}", c.name),
         Path::new("unshare"),
         &script_args,
@@ -1075,16 +1143,32 @@ mod tests {
     }
 
     #[test]
-    fn images_map_to_workspace_binaries_by_repository() {
-        let images = Images::default().with("weir-worker", PathBuf::from("/bin/w"));
+    fn images_run_their_entrypoint_or_the_command_they_hold() {
+        let images =
+            Images::default().with("weir", &[PathBuf::from("/t/op"), PathBuf::from("/t/w")]);
         assert_eq!(
-            images.binary("ghcr.io/weir-dev/weir-worker:0.1.0"),
-            Some(Path::new("/bin/w"))
+            images.program("ghcr.io/weir-dev/weir:0.1.0", None),
+            Ok(PathBuf::from("/t/op"))
         );
         assert_eq!(
-            images.binary("localhost:5000/weir-worker"),
-            Some(Path::new("/bin/w"))
+            images.program("localhost:5000/weir", Some("/usr/local/bin/w")),
+            Ok(PathBuf::from("/t/w"))
         );
-        assert_eq!(images.binary("nginx:1.27"), None);
+        assert_eq!(
+            images
+                .program("weir@sha256:abc", Some("/bin/sh"))
+                .unwrap_err()
+                .0,
+            "CreateContainerError"
+        );
+        assert_eq!(
+            images.program("nginx:1.27", None).unwrap_err().0,
+            "ErrImagePull"
+        );
+        assert!(
+            images
+                .program("ghcr.io/weir-dev/weir-worker:0.1.0", None)
+                .is_err()
+        );
     }
 }

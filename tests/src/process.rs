@@ -58,6 +58,29 @@ impl Supervised {
         env: &[(&str, String)],
         log: &Path,
     ) -> Result<Self> {
+        Self::start(name, program, args, env, false, log)
+    }
+
+    /// Like [`Supervised::spawn`], with only the environment `env` (and a standard
+    /// `PATH`), as a container starts: nothing of the test's own environment leaks in.
+    pub fn spawn_isolated(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Self> {
+        Self::start(name, program, args, env, true, log)
+    }
+
+    fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        isolated: bool,
+        log: &Path,
+    ) -> Result<Self> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -79,6 +102,12 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if isolated {
+            cmd.env_clear().env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

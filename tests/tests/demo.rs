@@ -16,6 +16,7 @@ fn the_demo_runs_the_example_network_and_its_outputs_are_right() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the demo failed:\n{stdout}\n{stderr}");
     for expected in [
+        "no drift from the manifests",
         "every window exactly once, none lost or doubled",
         "web.orders-with-customers joined 30 of them",
         "9. Dead letters: 2",

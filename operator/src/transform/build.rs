@@ -63,6 +63,9 @@ pub fn deployed(d: &Deployment) -> Option<super::upgrade::Deployed> {
     })
 }
 
+/// The worker's path in Weir's image (see the Dockerfile).
+pub const WORKER_COMMAND: &str = "/usr/local/bin/weir-worker";
+
 /// The user id workers run as (any non-root id; the image needs no user of that name).
 pub const WORKER_UID: i64 = 65532;
 
@@ -545,6 +548,8 @@ pub fn deployment(
     let container = Container {
         name: "worker".into(),
         image: Some(settings.image.clone()),
+        // Weir's image holds the operator (its entrypoint), the worker and the CLI.
+        command: Some(vec![WORKER_COMMAND.into()]),
         args: Some({
             let mut args = vec![
                 "run".into(),

@@ -259,26 +259,28 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
     let stack = &weir.stack;
     let bootstrap = stack.bootstrap_servers();
     let client = stack.kube_client().await?;
-    println!("\n1. kubectl apply the example network (namespaces web and analytics):");
+    println!(
+        "\n1. kubectl apply --server-side the example network (namespaces web and analytics):"
+    );
+    let manifests = [
+        "-f",
+        "manifests/examples/namespaces.yaml",
+        "-f",
+        "manifests/examples/page-views.yaml",
+        "-f",
+        "manifests/examples/customers.yaml",
+        "-f",
+        "manifests/examples/orders.yaml",
+        "-f",
+        "manifests/examples/transforms/views-per-page.yaml",
+        "-f",
+        "manifests/examples/transforms/popular-pages.yaml",
+        "-f",
+        "manifests/examples/transforms/orders-with-customers.yaml",
+    ];
     let applied = kubectl(
         stack,
-        &[
-            "apply",
-            "-f",
-            "manifests/examples/namespaces.yaml",
-            "-f",
-            "manifests/examples/page-views.yaml",
-            "-f",
-            "manifests/examples/customers.yaml",
-            "-f",
-            "manifests/examples/orders.yaml",
-            "-f",
-            "manifests/examples/transforms/views-per-page.yaml",
-            "-f",
-            "manifests/examples/transforms/popular-pages.yaml",
-            "-f",
-            "manifests/examples/transforms/orders-with-customers.yaml",
-        ],
+        &[&["apply", "--server-side"][..], &manifests].concat(),
     )?;
     print!("{}", indent(&applied));
 
@@ -314,6 +316,21 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
         "{}",
         indent(&kubectl(stack, &["get", "datastreams,transforms", "-A"])?)
     );
+    // What Argo CD sees: the live objects still match the manifests once the operator has
+    // reconciled them (it writes only status, and objects it creates itself).
+    let diff = std::process::Command::new(weir_tests::tools::binary("kubectl")?)
+        .env("KUBECONFIG", stack.control_plane.kubeconfig_path())
+        .current_dir(weir_tests::tools::workspace_root())
+        .args([&["diff", "--server-side"][..], &manifests].concat())
+        .output()
+        .context("running kubectl diff")?;
+    anyhow::ensure!(
+        diff.status.success(),
+        "kubectl diff --server-side found drift from the manifests:\n{}{}",
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    println!("   kubectl diff --server-side: no drift from the manifests (GitOps stays in sync)");
     print!(
         "{}",
         indent(&kubectl(stack, &["get", "pods", "-A", "-o", "wide"])?)

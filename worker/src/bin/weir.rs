@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// Weir's command-line tool: test and explain Transforms on a laptop, with no cluster.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "weir", version, about)]
 struct Config {
     #[command(subcommand)]
     command: Command,
