@@ -8,8 +8,38 @@ use std::process::Command;
 use weir_tests::tools::{binary, workspace_root};
 use weir_tests::{Stack, install_crds};
 
+/// Runs `cmd`; fails the test if it fails. Returns its standard output.
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
+    succeeded(cmd, &out)
+}
+
+/// Runs `cmd` with `input` on its standard input; fails the test if it fails.
+fn run_with_input(cmd: &mut Command, input: &str) -> String {
+    let out = output_with_input(cmd, input);
+    succeeded(cmd, &out)
+}
+
+/// `cmd`'s output when given `input` on its standard input.
+fn output_with_input(cmd: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+/// The standard output of `cmd`, which must have succeeded.
+fn succeeded(cmd: &Command, out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}{}",
@@ -52,21 +82,10 @@ async fn the_examples_pass_server_side_validation() {
 async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_bad_keys_and_kafkas_topics() {
     let kubectl = kubectl_with_crds().await;
     let apply = |yaml: &str| {
-        use std::io::Write;
-        let mut child = kubectl()
-            .args(["apply", "--dry-run=server", "-n", "default", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(yaml.as_bytes())
-            .expect("write");
-        child.wait_with_output().expect("kubectl")
+        output_with_input(
+            kubectl().args(["apply", "--dry-run=server", "-n", "default", "-f", "-"]),
+            yaml,
+        )
     };
     let stream = |key: &str| {
         format!(
@@ -140,31 +159,6 @@ async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_bad_keys_and_k
             "spec.topic {topic} was not refused:\n{err}"
         );
     }
-}
-
-/// Runs `cmd` with `input` on its standard input; fails the test if it fails.
-fn run_with_input(cmd: &mut Command, input: &str) -> String {
-    use std::io::Write;
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[tokio::test]
