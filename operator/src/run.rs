@@ -22,6 +22,9 @@ use crate::data_stream::{self, validated::Defaults};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::topics::Topics;
+
+/// How long a stopping leader waits to release its Lease.
+const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 use crate::transform::{self, build::WorkerSettings};
 
 /// Why the operator could not start or had to stop.
@@ -215,19 +218,26 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let stop = shutdown.clone();
     let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut lease_task = None;
+    let mut lease = None;
     if let Some((mut leader, task)) = leadership {
         let stop = shutdown.clone();
-        lease_task = Some(task);
-        tokio::spawn(async move {
+        // Watches for lost leadership until shutdown; then drops the last receiver, which
+        // tells the lease task to release the Lease.
+        let monitor = tokio::spawn(async move {
             loop {
-                if leader.changed().await.is_err() || !*leader.borrow_and_update() {
-                    let _ = lost_tx.send(());
-                    stop.cancel();
-                    return;
+                tokio::select! {
+                    changed = leader.changed() => {
+                        if changed.is_err() || !*leader.borrow_and_update() {
+                            let _ = lost_tx.send(());
+                            stop.cancel();
+                            return;
+                        }
+                    }
+                    _ = stop.cancelled() => return,
                 }
             }
         });
+        lease = Some((monitor, task));
     }
 
     let stop_transforms = stop.clone();
@@ -247,8 +257,16 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     shutdown.cancel();
     let _ = server.await;
-    if let Some(task) = lease_task {
-        task.abort();
+    if let Some((monitor, task)) = lease {
+        // Release the Lease, so that a successor takes over at once instead of waiting
+        // out its duration; never wait long for it.
+        let _ = monitor.await;
+        match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, task).await {
+            Ok(Ok(Ok(_))) => info!("released the leader lease"),
+            Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+            Ok(Err(e)) => warn!(error = %e, "the lease task failed"),
+            Err(_) => warn!("could not release the leader lease in time; it expires on its own"),
+        }
     }
     if lost_rx.try_recv().is_ok() {
         error!("lost the leader lease");

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
 use weir_operator::topics::Topics;
 use weir_tests::fixtures::{data_stream, has_reason, is_ready};
+use weir_tests::operator::LEASE_NAMESPACE;
 use weir_tests::{Operator, OperatorOptions, Stack, await_condition, install_crds, with_temp_ns};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -185,7 +187,7 @@ async fn two_operators_at_once_agree_on_one_topic_and_one_status() {
     api.create(&PostParams::default(), &data_stream("led", ""))
         .await
         .expect("create");
-    await_condition(api, "led", is_ready(), WAIT).await;
+    await_condition(api.clone(), "led", is_ready(), WAIT).await;
     assert!(
         leader
             .metric_sum("weir_operator_reconciles_total")
@@ -199,5 +201,31 @@ async fn two_operators_at_once_agree_on_one_topic_and_one_status() {
             .await
             .expect("metrics"),
         0.0
+    );
+
+    // A leader stopped by SIGTERM releases the Lease as it exits (a rollout does not wait
+    // out the Lease's 15 s), and the standby takes over.
+    let mut leader = leader;
+    leader.stop();
+    let lease = Api::<Lease>::namespaced(client.clone(), LEASE_NAMESPACE)
+        .get("weir-operator")
+        .await
+        .expect("lease");
+    let holder = lease.spec.and_then(|s| s.holder_identity);
+    assert_ne!(
+        holder.as_deref(),
+        Some("weir-operator-0"),
+        "the stopped leader still holds the Lease"
+    );
+    api.create(&PostParams::default(), &data_stream("led-again", ""))
+        .await
+        .expect("create");
+    await_condition(api, "led-again", is_ready(), WAIT).await;
+    assert!(
+        standby
+            .metric_sum("weir_operator_reconciles_total")
+            .await
+            .expect("metrics")
+            > 0.0
     );
 }
