@@ -39,8 +39,9 @@ pub struct Config {
     #[arg(long, env = "WEIR_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, as `ip:port` (an IPv6 address
+    /// may go without brackets, as `$(POD_IP):port` expands in an IPv6 cluster).
+    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:8080", value_parser = weir_crds::net::listen_addr)]
     pub http_addr: SocketAddr,
 
     /// Elect one active replica through a Lease (turn off only for a single replica).

@@ -140,8 +140,9 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_MAX_RECORD_BYTES", default_value_t = 1 << 20)]
     pub max_record_bytes: usize,
 
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, as `ip:port` (an IPv6 address
+    /// may go without brackets, as `$(POD_IP):port` expands in an IPv6 cluster).
+    #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:9090", value_parser = weir_crds::net::listen_addr)]
     pub http_addr: SocketAddr,
 
     /// Log format.
