@@ -317,6 +317,10 @@ pub struct TransformStatus {
     /// The compiled plan's stable fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_fingerprint: Option<String>,
+    /// What the plan's state means (for a stateful plan): a change that keeps this value
+    /// keeps the running state under either `upgradePolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_fingerprint: Option<String>,
     /// The DataStreams the SQL reads, as `namespace/name`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<String>,

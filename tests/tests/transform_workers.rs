@@ -768,7 +768,13 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
         // A change above the aggregate keeps the state: the new workers go on from the
         // counts so far (16, not 1, after one more click each), with the new computation.
         let plan_of = |t: &Transform| t.status.as_ref().and_then(|s| s.plan_fingerprint.clone());
-        let v1_plan = plan_of(&transforms.get("by-url").await.expect("get"));
+        let state_of = |t: &Transform| t.status.as_ref().and_then(|s| s.state_fingerprint.clone());
+        let running = transforms.get("by-url").await.expect("get");
+        let (v1_plan, v1_state) = (plan_of(&running), state_of(&running));
+        assert!(
+            v1_state.is_some(),
+            "a stateful plan shows its state fingerprint"
+        );
         let v1x = v1
             .replace("COUNT(*) AS clicks", "COUNT(*) * 10 AS clicks")
             .replace("clicks: 2 }", "clicks: 20 }");
@@ -782,6 +788,11 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
             WAIT,
         )
         .await;
+        assert_eq!(
+            state_of(&tf),
+            v1_state,
+            "the status shows the same state fingerprint"
+        );
         assert_eq!(tf.status.unwrap().state_epoch, 0, "the state epoch is kept");
         let more: Vec<Record> = (0..2)
             .map(|i| {

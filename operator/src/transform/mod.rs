@@ -187,6 +187,9 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         }
     };
     report.facts.plan_fingerprint = Some(compiled.fingerprint.clone());
+    report.facts.state_fingerprint = compiled
+        .is_stateful()
+        .then(|| compiled.state_fingerprint.clone());
     report.facts.inputs = compiled.inputs.iter().map(StreamInput::id).collect();
     report.facts.output = Some(format!("{ns}/{}", tf.spec.output.name));
     report.compiled = State::yes(
