@@ -48,7 +48,7 @@ manifests: tools ## Regenerate the CRDs (manifests/crds, charts/weir/crds) and t
 	bash tools/render-argocd-cm.sh > manifests/argocd/argocd-cm.yaml
 
 image: tools ## Build Weir's container image (the Dockerfile's) as an OCI archive, target/weir-image.oci.tar, without Docker
-	$(CARGO) build --release --bin weir-operator --bin weir-worker --bin weir
+	$(CARGO) build --release --workspace --bins
 	bash tools/build-image.sh target/release target/weir-image.oci.tar
 
 bench: tools ## Run the benchmarks (record results, command and baseline in BENCHMARKS.md)

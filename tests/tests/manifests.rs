@@ -161,6 +161,63 @@ async fn kubectl_admits_an_event_stream_without_a_key_and_refuses_bad_keys_and_k
     }
 }
 
+/// The documents `helm template` renders for `args`, parsed.
+fn helm_template(args: &[&str]) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let out = run(Command::new(binary("helm").expect("helm"))
+        .args(["template", "weir"])
+        .arg(workspace_root().join("charts/weir"))
+        .args(args));
+    serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|d| serde_json::Value::deserialize(d).ok())
+        .filter(|d| !d.is_null())
+        .collect()
+}
+
+/// SASL credentials and a CA from existing Secrets reach the operator as Kubernetes
+/// expands them: the Secret-backed variables come before the setting that names them
+/// (`$(VAR)` only sees earlier variables), and the CA is mounted where the setting points.
+#[test]
+fn the_helm_chart_wires_kafka_credentials_from_existing_secrets() {
+    let docs = helm_template(&[
+        "--set",
+        "kafka.bootstrapServers=kafka:9093",
+        "--set",
+        "kafka.sasl.existingSecret=kafka-user",
+        "--set",
+        "kafka.tls.existingSecret=kafka-ca",
+        "--set",
+        "kafka.config.security\\.protocol=SASL_SSL",
+    ]);
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().expect("env");
+    let at = |name: &str| {
+        env.iter()
+            .position(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let config = &env[at("WEIR_KAFKA_CONFIG")]["value"];
+    assert_eq!(
+        config,
+        "security.protocol=SASL_SSL,sasl.username=$(WEIR_KAFKA_SASL_USERNAME),\
+         sasl.password=$(WEIR_KAFKA_SASL_PASSWORD),ssl.ca.location=/etc/weir/kafka-tls/ca.crt"
+    );
+    assert!(at("WEIR_KAFKA_SASL_PASSWORD") < at("WEIR_KAFKA_CONFIG"));
+    assert_eq!(
+        env[at("WEIR_KAFKA_SASL_PASSWORD")]["valueFrom"]["secretKeyRef"]["name"],
+        "kafka-user"
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0]["mountPath"],
+        "/etc/weir/kafka-tls"
+    );
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "kafka-ca");
+}
+
 #[tokio::test]
 async fn the_helm_chart_refuses_bad_values_with_clear_messages() {
     let helm = binary("helm").expect("helm");
@@ -217,37 +274,22 @@ async fn the_helm_chart_refuses_bad_values_with_clear_messages() {
 /// Argo CD's Lua runtime; returns the status and message it gives.
 fn argocd_health(group_kind: &str, object: &str) -> (String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let case = dir.path().join(group_kind);
-    std::fs::create_dir_all(case.join("testdata")).expect("mkdir");
-    std::fs::copy(
-        workspace_root()
-            .join("manifests/argocd/resource_customizations")
-            .join(group_kind)
-            .join("health.lua"),
-        case.join("health.lua"),
-    )
-    .expect("copy");
-    std::fs::write(case.join("testdata/live.yaml"), object).expect("write");
-    // Expect something no script returns, and read what it did return from the failure.
-    std::fs::write(
-        case.join("health_test.yaml"),
-        "tests:\n  - healthStatus: { status: Probe }\n    inputPath: testdata/live.yaml\n",
-    )
-    .expect("write");
-    let out = Command::new(binary("argocd-health").expect("argocd-health"))
-        .arg(dir.path())
-        .output()
-        .expect("argocd-health");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let got = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("got  {Status:"))
-        .unwrap_or_else(|| panic!("argocd-health printed no result:\n{text}"));
-    let (status, message) = got
-        .strip_suffix('}')
-        .and_then(|g| g.split_once(" Message:"))
-        .expect("a status and a message");
-    (status.to_owned(), message.to_owned())
+    let live = dir.path().join("live.yaml");
+    std::fs::write(&live, object).expect("write");
+    let out = run(
+        Command::new(binary("argocd-health").expect("argocd-health"))
+            .arg("eval")
+            .arg(
+                workspace_root()
+                    .join("manifests/argocd/resource_customizations")
+                    .join(group_kind)
+                    .join("health.lua"),
+            )
+            .arg(&live),
+    );
+    let got: serde_json::Value = serde_json::from_str(&out).expect("a JSON status");
+    let text = |k: &str| got[k].as_str().unwrap_or_default().to_owned();
+    (text("status"), text("message"))
 }
 
 /// The health checks pass their own tests (Argo CD's `health_test.yaml` layout, so they can
@@ -439,6 +481,67 @@ spec:
     let workers_before = worker_uids(pods.list(&workers).await.expect("pods").items);
     assert_eq!(workers_before.len(), 1, "one worker runs");
 
+    // The optional objects: the PodDisruptionBudget and NetworkPolicy pass the apiserver's
+    // validation, and the PodMonitor selects the real worker pods by a port they have.
+    let extras = run(helm()
+        .args(["template", "weir"])
+        .arg(&chart)
+        .args([
+            "--namespace",
+            "weir-helm",
+            "--show-only",
+            "templates/extras.yaml",
+        ])
+        .args(["--set", &bootstrap, "--set", "replicas=2"])
+        .args(["--set", "networkPolicy.enabled=true"]));
+    let applied = run_with_input(
+        kubectl().args(["apply", "--dry-run=server", "-n", "weir-helm", "-f", "-"]),
+        &extras,
+    );
+    assert!(
+        applied.contains("poddisruptionbudget.policy/weir-operator")
+            && applied.contains("networkpolicy.networking.k8s.io/weir-operator"),
+        "{applied}"
+    );
+    let monitor = helm_template(&[
+        "--show-only",
+        "templates/extras.yaml",
+        "--set",
+        &bootstrap,
+        "--set",
+        "podDisruptionBudget.enabled=false",
+        "--set",
+        "podMonitor.enabled=true",
+    ]);
+    let spec = &monitor[0]["spec"];
+    let selector = spec["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let monitored = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("pods");
+    assert_eq!(
+        worker_uids(monitored.items.clone()),
+        workers_before,
+        "{selector}"
+    );
+    let port = spec["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .expect("port");
+    let ports = monitored.items[0].spec.as_ref().unwrap().containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        ports.iter().any(|p| p.name.as_deref() == Some(port)),
+        "the workers have no port {port}"
+    );
+
     // `helm upgrade` with a changed value rolls the operator; the workers keep running
     // and the new operator takes over.
     let operators = Api::<Pod>::namespaced(client.clone(), "weir-helm");
@@ -592,5 +695,5 @@ fn the_image_runs_each_binary_from_its_own_filesystem_as_its_non_root_user() {
         "/tmp/page-views.yaml",
         "/tmp/views-per-page.yaml",
     ]);
-    assert!(out.to_lowercase().contains("pass"), "{out}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
 }

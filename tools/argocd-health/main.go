@@ -4,6 +4,8 @@
 //
 // Usage: argocd-health DIR
 //
+//	argocd-health eval SCRIPT OBJECT   (prints the status the script gives OBJECT, as JSON)
+//
 // Every folder under DIR holding a health.lua and a health_test.yaml (Argo CD's
 // resource_customizations/<group>/<kind>/ layout) is checked: for each test, the object at
 // inputPath is given to the script as the global `obj` and the table the script returns
@@ -14,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -38,8 +41,21 @@ type testFile struct {
 }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "eval" {
+		script, err := os.ReadFile(os.Args[2])
+		if err == nil {
+			var got healthStatus
+			if got, err = run(string(script), os.Args[3]); err == nil {
+				out, _ := json.Marshal(got)
+				fmt.Println(string(out))
+				return
+			}
+		}
+		fmt.Fprintln(os.Stderr, "argocd-health:", err)
+		os.Exit(1)
+	}
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: argocd-health DIR")
+		fmt.Fprintln(os.Stderr, "usage: argocd-health DIR | argocd-health eval SCRIPT OBJECT")
 		os.Exit(2)
 	}
 	checked, failed := 0, 0

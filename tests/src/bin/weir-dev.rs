@@ -128,13 +128,18 @@ async fn up() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn kubectl(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(weir_tests::tools::binary("kubectl")?)
+/// What `kubectl args…` printed, run from the workspace against the stack.
+fn kubectl_output(stack: &Stack, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    std::process::Command::new(weir_tests::tools::binary("kubectl")?)
         .env("KUBECONFIG", stack.control_plane.kubeconfig_path())
         .current_dir(weir_tests::tools::workspace_root())
         .args(args)
         .output()
-        .context("running kubectl")?;
+        .context("running kubectl")
+}
+
+fn kubectl(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
+    let out = kubectl_output(stack, args)?;
     anyhow::ensure!(
         out.status.success(),
         "kubectl {} failed: {}",
@@ -318,12 +323,10 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
     );
     // What Argo CD sees: the live objects still match the manifests once the operator has
     // reconciled them (it writes only status, and objects it creates itself).
-    let diff = std::process::Command::new(weir_tests::tools::binary("kubectl")?)
-        .env("KUBECONFIG", stack.control_plane.kubeconfig_path())
-        .current_dir(weir_tests::tools::workspace_root())
-        .args([&["diff", "--server-side"][..], &manifests].concat())
-        .output()
-        .context("running kubectl diff")?;
+    let diff = kubectl_output(
+        stack,
+        &[&["diff", "--server-side"][..], &manifests].concat(),
+    )?;
     anyhow::ensure!(
         diff.status.success(),
         "kubectl diff --server-side found drift from the manifests:\n{}{}",
