@@ -2,6 +2,11 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The label a Secret must carry, with value `"true"`, for Weir to read it as a
+/// connection's credentials: a DataStream cannot name any Secret of its namespace (a
+/// ServiceAccount token, another application's password) and have Weir send it to a server.
+pub const CREDENTIALS_LABEL: &str = "weir.dev/kafka-credentials";
+
 /// A Kafka cluster other than the operator's default, with credentials from Secrets in
 /// the resource's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -10,8 +15,9 @@ pub struct KafkaConnection {
     /// A name for the connection, shown in status and metrics.
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
-    /// The cluster's bootstrap servers, `host:port[,host:port…]`.
-    #[schemars(length(min = 1))]
+    /// The cluster's bootstrap servers, `host:port[,host:port…]`. The operator may restrict
+    /// which servers a DataStream may name (`WEIR_ALLOWED_BOOTSTRAP_SERVERS`).
+    #[schemars(length(min = 1, max = 1024))]
     pub bootstrap_servers: String,
     /// SASL authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,9 +33,14 @@ pub struct KafkaConnection {
 pub struct Sasl {
     /// The SASL mechanism.
     pub mechanism: SaslMechanism,
-    /// A Secret with keys `username` and `password`.
+    /// A Secret with keys `username` and `password`, labelled
+    /// `weir.dev/kafka-credentials: "true"`.
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
+    /// SASL without `tls` sends the credentials (with `PLAIN`, the password itself) and every
+    /// record unencrypted; it is refused unless this is `true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_plaintext: bool,
 }
 
 /// The SASL mechanisms Weir supports.
@@ -61,11 +72,12 @@ impl SaslMechanism {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Tls {
-    /// A Secret with key `ca.crt`: the CA that signed the brokers' certificates.
-    /// Defaults to the system's trust store.
+    /// A Secret with key `ca.crt`: the CA that signed the brokers' certificates, labelled
+    /// `weir.dev/kafka-credentials: "true"`. Defaults to the system's trust store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_name: Option<String>,
-    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) for mutual TLS.
+    /// A `kubernetes.io/tls` Secret (keys `tls.crt`, `tls.key`) for mutual TLS, labelled
+    /// `weir.dev/kafka-credentials: "true"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_name: Option<String>,
 }

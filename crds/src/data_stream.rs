@@ -12,6 +12,11 @@ use crate::schema::Schema;
 /// The annotation that lets a DataStream adopt a topic that already exists in Kafka.
 pub const ADOPT_ANNOTATION: &str = "weir.dev/adopt-existing-topic";
 
+/// Set to `"true"` to let an adoption lower the topic's retention (`retention.ms` or
+/// `retention.bytes`), which deletes the records older or beyond the new limit. Without it
+/// such an adoption waits with a condition that says what would be lost.
+pub const ACCEPT_RETENTION_DECREASE_ANNOTATION: &str = "weir.dev/accept-retention-decrease";
+
 /// A DataStream declares a Kafka topic together with its schema, owner and policy.
 // Several printer columns share a type; that is not a repeated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -100,9 +105,20 @@ pub struct DataStreamSpec {
     pub cleanup_policy: CleanupPolicy,
 
     /// Other Kafka topic configs, by their Kafka names (`max.message.bytes`, …). Weir
-    /// manages these keys and reverts changes made behind its back.
+    /// manages these keys and reverts changes made behind its back. Only keys the operator
+    /// allows are accepted (by default the per-topic settings that are safe for a tenant,
+    /// such as `max.message.bytes`, `compression.type`, `message.timestamp.type` and the
+    /// compaction lags); at most 32 keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+
+    /// Which of the topic's configs Weir manages. `Named` (the default): the keys this spec
+    /// sets, changed one by one; a key the spec stops setting is removed; every other key on
+    /// the topic (a replication throttle during a reassignment, a setting an admin made) is
+    /// left alone. `All`: the topic has exactly the spec's configs; any other key set on it
+    /// is removed.
+    #[serde(default)]
+    pub config_ownership: ConfigOwnership,
 
     /// How records are encoded.
     #[serde(default)]
@@ -195,6 +211,18 @@ pub struct Access {
     pub readers: Vec<String>,
 }
 
+/// Which of a topic's configs Weir manages.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+pub enum ConfigOwnership {
+    /// The keys the spec sets (and removes those it stops setting); others are left alone.
+    #[default]
+    Named,
+    /// Every key: keys the spec does not set are removed from the topic.
+    All,
+}
+
 /// What happens to the topic when its DataStream is deleted.
 #[derive(
     Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
@@ -214,9 +242,18 @@ pub struct DataStreamStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The Kafka topic's name.
+    /// The Kafka topic's name: the topic this DataStream manages (created or adopted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// Kafka's id of that topic, recorded when Weir created or adopted it: a topic of the
+    /// same name with another id (deleted and created again outside Weir) is not managed,
+    /// and `deletionPolicy: Delete` deletes only the topic with this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_id: Option<String>,
+    /// The id of the Kafka cluster the topic is on: a claim on one cluster says nothing
+    /// about a topic of the same name on another (after `spec.kafka` changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// The topic's partition count, as Kafka reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<i32>,

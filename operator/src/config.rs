@@ -31,6 +31,25 @@ pub struct Config {
     #[arg(long = "topic-grant", env = "WEIR_TOPIC_GRANTS", value_delimiter = ',', value_parser = parse_key_value)]
     pub topic_grants: Vec<(String, String)>,
 
+    /// The `spec.config` keys a DataStream may set (comma-separated; replaces the default
+    /// list). The default allows per-topic settings that are safe for a tenant:
+    /// `compression.type`, `delete.retention.ms`, `max.compaction.lag.ms`,
+    /// `max.message.bytes`, `message.timestamp.*`, `min.cleanable.dirty.ratio`,
+    /// `min.compaction.lag.ms`, `min.insync.replicas`, `segment.bytes`, `segment.ms`.
+    #[arg(long = "topic-config-allow-list", env = "WEIR_TOPIC_CONFIG_ALLOW_LIST", value_delimiter = ',', default_values_t = crate::data_stream::validated::DEFAULT_CONFIG_ALLOW_LIST.iter().map(|k| k.to_string()))]
+    pub topic_config_allow_list: Vec<String>,
+
+    /// The Kafka servers a DataStream's `spec.kafka.bootstrapServers` may name, as
+    /// comma-separated `host:port` patterns (`*.kafka.example.com:9093`, `10.0.0.7:*`).
+    /// Empty (the default): any server. Set it so that a tenant cannot make the operator
+    /// connect, with credentials, to a server of the tenant's choosing.
+    #[arg(
+        long = "allowed-bootstrap-servers",
+        env = "WEIR_ALLOWED_BOOTSTRAP_SERVERS",
+        value_delimiter = ','
+    )]
+    pub allowed_bootstrap_servers: Vec<String>,
+
     /// How often each DataStream is compared with Kafka to revert out-of-band changes.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
@@ -74,6 +93,19 @@ pub struct Config {
     /// letters rising or consumer lag growing (the Transform's `Degraded` condition).
     #[arg(long, env = "WEIR_WORKER_SAMPLE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub worker_sample_interval: Duration,
+
+    /// How long a watch of DataStreams or Transforms may keep failing (the apiserver
+    /// unreachable, the CRD gone, access revoked) before `/healthz` fails, so that the
+    /// kubelet restarts the operator rather than leave it blind to changes.
+    #[arg(long, env = "WEIR_WATCH_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub watch_stall_timeout: Duration,
+
+    /// How long a stopping operator (SIGTERM, or lost leadership) may take to finish the
+    /// reconciles in flight and release its Lease before it exits anyway. Keep it below the
+    /// pod's `terminationGracePeriodSeconds` (30 s by default): a stop must not wait on an
+    /// apiserver or broker that does not answer.
+    #[arg(long, env = "WEIR_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
 
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "json")]

@@ -21,6 +21,18 @@ pub enum ConnectionError {
         /// The Secret's name.
         name: String,
     },
+    /// A referenced Secret is not marked for Weir's use.
+    #[error(
+        "spec.kafka: Secret {namespace}/{name} is not marked for Weir's use: label it \
+         {label}=true if it holds Kafka credentials for Weir",
+        label = weir_crds::connection::CREDENTIALS_LABEL
+    )]
+    NotMarked {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+    },
     /// A referenced Secret lacks a key.
     #[error("spec.kafka: Secret {namespace}/{name} has no key {key:?}")]
     MissingKey {
@@ -111,13 +123,74 @@ async fn read(
     namespace: &str,
     name: &str,
 ) -> Result<Secret, ConnectionError> {
-    secrets
+    let secret = secrets
         .get_opt(name)
         .await?
         .ok_or_else(|| ConnectionError::MissingSecret {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+        })?;
+    let marked = secret
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
+        .is_some_and(|v| v == "true");
+    if !marked {
+        return Err(ConnectionError::NotMarked {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        });
+    }
+    Ok(secret)
+}
+
+/// The settings whose values are secret.
+const SECRET_SETTINGS: [&str; 3] = ["sasl.password", "ssl.key.pem", "ssl.key.password"];
+
+/// `message` with every secret value of `settings` replaced: librdkafka's configuration
+/// errors quote the value they refused, and such messages reach status, Events and logs.
+pub fn redact(message: &str, settings: &BTreeMap<String, String>) -> String {
+    SECRET_SETTINGS
+        .iter()
+        .filter_map(|k| settings.get(*k))
+        .filter(|v| !v.is_empty())
+        .fold(message.to_owned(), |m, v| {
+            m.replace(v.as_str(), "<redacted>")
         })
+}
+
+/// Whether every server of `bootstrap_servers` matches one of `allowed`: `host:port`
+/// entries, where the host may start with `*.` (any subdomain) and the port may be `*`. An
+/// empty list allows any server.
+pub fn bootstrap_allowed(bootstrap_servers: &str, allowed: &[String]) -> Result<(), String> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let matches = |server: &str, pattern: &str| {
+        let (Some((host, port)), Some((want_host, want_port))) =
+            (server.rsplit_once(':'), pattern.rsplit_once(':'))
+        else {
+            return false;
+        };
+        let host_ok = match want_host.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+            None => host.eq_ignore_ascii_case(want_host),
+        };
+        host_ok && (want_port == "*" || port == want_port)
+    };
+    for server in bootstrap_servers.split(',').map(str::trim) {
+        if !allowed.iter().any(|p| matches(server, p)) {
+            return Err(format!(
+                "{server:?} is not a Kafka server this operator lets DataStreams use (allowed: \
+                 {})",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn key(secret: &Secret, namespace: &str, key: &'static str) -> Result<String, ConnectionError> {
@@ -143,6 +216,53 @@ fn key(secret: &Secret, namespace: &str, key: &'static str) -> Result<String, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_values_never_reach_a_message() {
+        let settings: BTreeMap<String, String> = [
+            ("bootstrap.servers".to_owned(), "k:9092".to_owned()),
+            ("sasl.password".to_owned(), "hunter2".to_owned()),
+            (
+                "ssl.key.pem".to_owned(),
+                "-----BEGIN KEY-----abc".to_owned(),
+            ),
+        ]
+        .into();
+        // librdkafka's own refusal quotes the value it refused (here the key, in a build
+        // without OpenSSL; in others an invalid key).
+        let error = client_config(&settings)
+            .create::<rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>>()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let redacted = redact(&error, &settings);
+        assert!(
+            !redacted.contains("BEGIN KEY") && !redacted.contains("hunter2"),
+            "{redacted}"
+        );
+        assert_eq!(
+            redact("bad key -----BEGIN KEY-----abc", &settings),
+            "bad key <redacted>"
+        );
+    }
+
+    #[test]
+    fn bootstrap_servers_are_checked_against_the_operators_list() {
+        let allowed = vec!["*.kafka.svc:9093".to_owned(), "10.0.0.7:*".to_owned()];
+        assert!(bootstrap_allowed("b-1.kafka.svc:9093,b-2.kafka.svc:9093", &allowed).is_ok());
+        assert!(bootstrap_allowed("10.0.0.7:19092", &allowed).is_ok());
+        let e = bootstrap_allowed("b-1.kafka.svc:9093,evil.example.com:9093", &allowed)
+            .expect_err("refused");
+        assert!(
+            e.starts_with("\"evil.example.com:9093\" is not a Kafka server"),
+            "{e}"
+        );
+        // `*.` needs a subdomain: the bare suffix and look-alikes are refused.
+        assert!(bootstrap_allowed("kafka.svc:9093", &allowed).is_err());
+        assert!(bootstrap_allowed("evilkafka.svc:9093", &allowed).is_err());
+        assert!(bootstrap_allowed("b-1.kafka.svc:9092", &allowed).is_err());
+        assert!(bootstrap_allowed("anything:1", &[]).is_ok());
+    }
 
     #[test]
     fn the_fingerprint_changes_with_any_setting() {

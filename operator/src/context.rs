@@ -1,5 +1,6 @@
 //! What every reconcile shares: the client, Kafka, defaults, metrics, events and caches.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +44,32 @@ pub struct Context {
     pub worker_health: crate::transform::health::Histories,
     /// Per-object retry delays after transient errors.
     pub backoff: Backoff,
-    /// Admin clients for named connections, by the fingerprint of their settings.
-    connections: std::sync::Mutex<std::collections::HashMap<u64, Topics>>,
+    /// Admin clients for named connections, and which DataStream uses which.
+    connections: std::sync::Mutex<Connections>,
+}
+
+/// Admin clients for named connections, by the fingerprint of their settings, and the
+/// fingerprint each DataStream (by uid) used last: a client no DataStream uses any more is
+/// closed, so the cache follows the connections in use instead of every one ever seen.
+#[derive(Default)]
+struct Connections {
+    clients: HashMap<u64, Topics>,
+    users: HashMap<String, u64>,
+}
+
+impl Connections {
+    /// Records that `user` now uses the connection `key` (or none).
+    fn use_connection(&mut self, user: &str, key: Option<u64>) {
+        let previous = match key {
+            Some(key) => self.users.insert(user.to_owned(), key),
+            None => self.users.remove(user),
+        };
+        if let Some(old) = previous.filter(|old| Some(*old) != key)
+            && !self.users.values().any(|k| *k == old)
+        {
+            self.clients.remove(&old);
+        }
+    }
 }
 
 impl Context {
@@ -82,7 +107,9 @@ impl Context {
 
     /// The Kafka cluster a DataStream lives on: its named connection, or the default.
     pub async fn topics_for(&self, ds: &DataStream) -> Result<Topics, ConnectionProblem> {
+        let user = ds.metadata.uid.clone().unwrap_or_default();
         let Some(conn) = &ds.spec.kafka else {
+            self.with_connections(|c| c.use_connection(&user, None));
             return Ok(self.topics.clone());
         };
         let namespace = ds.metadata.namespace.clone().unwrap_or_default();
@@ -90,14 +117,40 @@ impl Context {
             .await
             .map_err(|e| ConnectionProblem(e.to_string()))?;
         let key = crate::connection::fingerprint(&settings);
-        let mut cache = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = cache.get(&key) {
-            return Ok(t.clone());
+        if let Some(t) = self.with_connections(|c| c.clients.get(&key).cloned()) {
+            self.with_connections(|c| c.use_connection(&user, Some(key)));
+            return Ok(t);
         }
-        let topics = Topics::new(crate::connection::client_config(&settings))
-            .map_err(|e| ConnectionProblem(format!("spec.kafka: {e}")))?;
-        cache.insert(key, topics.clone());
+        let topics = Topics::new(crate::connection::client_config(&settings)).map_err(|e| {
+            let message = crate::connection::redact(&e.to_string(), &settings);
+            ConnectionProblem(format!("spec.kafka: {message}"))
+        })?;
+        self.with_connections(|c| {
+            c.clients.entry(key).or_insert_with(|| topics.clone());
+            c.use_connection(&user, Some(key));
+        });
         Ok(topics)
+    }
+
+    /// The admin client this DataStream used last, while it is still open (for deleting its
+    /// topic after its Secret is gone).
+    pub fn cached_connection(&self, ds: &DataStream) -> Option<Topics> {
+        let user = ds.metadata.uid.as_deref().unwrap_or_default();
+        self.with_connections(|c| c.clients.get(c.users.get(user)?).cloned())
+    }
+
+    /// Forgets a deleted DataStream's connection, closing it if no other DataStream uses it.
+    pub fn forget_connection(&self, ds: &DataStream) {
+        let user = ds.metadata.uid.clone().unwrap_or_default();
+        self.with_connections(|c| c.use_connection(&user, None));
+    }
+
+    fn with_connections<T>(&self, f: impl FnOnce(&mut Connections) -> T) -> T {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let out = f(&mut connections);
+        self.metrics
+            .set_kafka_connections(connections.clients.len());
+        out
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
@@ -121,5 +174,33 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
             warn!(error = %e, reason, "could not publish an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_no_data_stream_uses_is_closed() {
+        let mut c = Connections::default();
+        let client = || {
+            let mut config = rdkafka::ClientConfig::new();
+            config.set("bootstrap.servers", "127.0.0.1:1");
+            Topics::new(config).expect("client")
+        };
+        c.clients.insert(1, client());
+        c.use_connection("a", Some(1));
+        c.use_connection("b", Some(1));
+        c.clients.insert(2, client());
+        // `a` moves to another connection: 1 stays open for `b`.
+        c.use_connection("a", Some(2));
+        assert_eq!(c.clients.len(), 2);
+        // `b` is deleted: nobody uses 1 any more.
+        c.use_connection("b", None);
+        assert!(!c.clients.contains_key(&1));
+        // `a` goes back to the default connection: 2 is closed too.
+        c.use_connection("a", None);
+        assert!(c.clients.is_empty() && c.users.is_empty());
     }
 }

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
+use crate::watch::WatchHealth;
 
 /// What the endpoints report.
 #[derive(Clone)]
@@ -17,6 +18,8 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     /// Set once the preflight checks passed and the operator is running.
     pub ready: Arc<AtomicBool>,
+    /// Whether the controllers' watches work.
+    pub watches: Arc<WatchHealth>,
 }
 
 /// Serves the endpoints on `listener` until `shutdown` resolves.
@@ -27,7 +30,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health);
     if let Ok(addr) = listener.local_addr() {
@@ -46,6 +49,15 @@ async fn metrics(State(h): State<Health>) -> ([(axum::http::HeaderName, &'static
         )],
         h.metrics.encode(),
     )
+}
+
+/// Fails when a watch has been failing for longer than the stall timeout: the operator no
+/// longer sees changes, and a restart is the way out.
+async fn healthz(State(h): State<Health>) -> (StatusCode, String) {
+    match h.watches.wedged() {
+        None => (StatusCode::OK, "ok".into()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn readyz(State(h): State<Health>) -> (StatusCode, &'static str) {

@@ -8,7 +8,8 @@
 //! if two overlap.
 //!
 //! The parts: [`config`] (flags and env), [`run`] (preflight, leader election, controllers,
-//! HTTP endpoints, graceful shutdown), [`topics`] (Kafka admin), [`metrics`] and [`http`].
+//! HTTP endpoints, graceful shutdown), [`watch`] (watches no one object can stop), [`topics`]
+//! (Kafka admin), [`metrics`] and [`http`].
 
 pub mod config;
 pub mod connection;
@@ -21,6 +22,7 @@ pub mod run;
 pub mod telemetry;
 pub mod topics;
 pub mod transform;
+pub mod watch;
 
 /// The field manager (and Event reporter) for everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";

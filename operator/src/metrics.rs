@@ -5,6 +5,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,7 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
     status_writes: Family<ControllerLabels, Counter>,
+    kafka_connections: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,17 +57,30 @@ impl Default for Metrics {
             "Status patches sent to the apiserver",
             status_writes.clone(),
         );
+        let kafka_connections = Gauge::default();
+        registry.register(
+            "kafka_connections",
+            "Admin clients open to named Kafka connections (spec.kafka)",
+            kafka_connections.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             durations,
             status_writes,
+            kafka_connections,
         }
     }
 }
 
 impl Metrics {
+    /// Records how many admin clients to named connections are open.
+    pub fn set_kafka_connections(&self, open: usize) {
+        self.kafka_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
     /// Counts a reconcile and returns a timer that records its duration when dropped.
     pub fn reconcile_timer(&self, controller: &str) -> ReconcileTimer {
         let labels = ControllerLabels {

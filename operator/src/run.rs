@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -22,10 +24,19 @@ use crate::data_stream::{self, validated::Defaults};
 use crate::http::{self, Health};
 use crate::metrics::Metrics;
 use crate::topics::Topics;
+use crate::watch::{self, WatchHealth};
+
+use crate::transform::{self, build::WorkerSettings};
 
 /// How long a stopping leader waits to release its Lease.
-const LEASE_RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-use crate::transform::{self, build::WorkerSettings};
+const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the Lease lasts after its last renewal; another replica may take over then.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+/// How long before the Lease expires the leader renews it.
+const LEASE_GRACE: Duration = Duration::from_secs(5);
+/// How long before the Lease would expire an unrenewed leader stops (its safety margin for
+/// noticing late and for clock differences).
+const FENCE_MARGIN: Duration = Duration::from_secs(3);
 
 /// Why the operator could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -78,8 +89,10 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let identity = config.identity.clone().unwrap_or_else(hostname_or_random);
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
+    let watches = Arc::new(WatchHealth::new(config.watch_stall_timeout));
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(exit_after(shutdown.clone(), config.shutdown_timeout));
 
     let http_shutdown = shutdown.clone();
     let addr = config.http_addr;
@@ -91,10 +104,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         Health {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            watches: watches.clone(),
         },
         async move { http_shutdown.cancelled().await },
     ));
 
+    // Cancelled once the controllers have stopped: from then on nothing reconciles, and
+    // the leader may release its Lease without being fenced for it.
+    let controllers_done = CancellationToken::new();
     let leadership = if config.leader_election {
         info!(identity, lease = %config.lease_name, namespace = %config.lease_namespace, "waiting for the leader lease");
         ready.store(true, Ordering::Relaxed);
@@ -103,8 +120,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .with_namespace(&config.lease_namespace)
                 .with_identity(&identity)
                 .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER))
-                .with_duration(15)
-                .with_grace(5)
+                .with_duration(LEASE_DURATION.as_secs())
+                .with_grace(LEASE_GRACE.as_secs())
                 .build()
                 .await
                 .map_err(|e| RunError::LeaderElection(e.to_string()))?;
@@ -127,20 +144,44 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             }
         }
         info!(identity, "became the leader");
+        let fencing = fence(
+            client.clone(),
+            config.lease_namespace.clone(),
+            config.lease_name.clone(),
+            identity.clone(),
+        );
+        let done = controllers_done.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = fencing => {}
+                _ = done.cancelled() => {}
+            }
+        });
         Some((leader, task))
     } else {
         None
     };
 
-    let api: Api<DataStream> = Api::all(client.clone());
+    // The operator's own resources are watched so that one undecodable object cannot stop
+    // the watch (see `watch`); the Deployments and pods it deploys are ordinary watches.
+    let any = || watcher::Config::default().any_semantic();
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
+    let (data_stream_store, writer) = reflector::store::<DataStream>();
+    let data_streams = watch::events(client.clone(), "DataStream", any(), watches.clone())
+        .reflect(writer)
+        .applied_objects();
     // A DataStream's status shows which Transforms read and write it: their changes wake it.
-    let controller = Controller::new(api.clone(), watcher::Config::default().any_semantic())
+    let controller = Controller::for_stream(data_streams, data_stream_store)
         .with_config(controller_config.clone())
-        .watches(
-            Api::<Transform>::all(client.clone()),
-            watcher::Config::default().any_semantic(),
+        .watches_stream(
+            watch::events::<Transform>(
+                client.clone(),
+                "Transform (for DataStreams)",
+                any(),
+                watches.clone(),
+            )
+            .touched_objects(),
             |tf| {
                 let status = tf.status.clone().unwrap_or_default();
                 let own = format!(
@@ -168,12 +209,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             crate::FIELD_MANAGER
         ))
         .any_semantic();
-    let transforms = Controller::new(
-        Api::<Transform>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(controller_config);
-    let transform_store = transforms.store();
+    let (transform_store, writer) = reflector::store::<Transform>();
+    let transform_events = watch::events(client.clone(), "Transform", any(), watches.clone())
+        .reflect(writer)
+        .applied_objects();
+    let transforms = Controller::for_stream(transform_events, transform_store.clone())
+        .with_config(controller_config);
     let lookup = transform_store.clone();
     let transforms = transforms
         .owns(Api::<Deployment>::all(client.clone()), managed)
@@ -187,18 +228,29 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 Some(ObjectRef::<Transform>::new(&name).within(&pod.namespace()?))
             },
         )
-        .watches(api, watcher::Config::default().any_semantic(), move |ds| {
-            transform::transforms_for(&ds, &lookup.state())
-                .into_iter()
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-                .collect::<Vec<_>>()
-        });
+        .watches_stream(
+            watch::events::<DataStream>(
+                client.clone(),
+                "DataStream (for Transforms)",
+                any(),
+                watches.clone(),
+            )
+            .touched_objects(),
+            move |ds| {
+                transform::transforms_for(&ds, &lookup.state())
+                    .into_iter()
+                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        );
     let ctx = Arc::new(Context::new(
         client.clone(),
         topics,
         Defaults {
             replication_factor: config.default_replication_factor,
             topic_grants: config.topic_grants.clone(),
+            config_allow_list: config.topic_config_allow_list.clone(),
+            allowed_bootstrap_servers: config.allowed_bootstrap_servers.clone(),
         },
         metrics.clone(),
         (controller.store(), transform_store),
@@ -254,6 +306,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .run(transform::reconcile, transform::error_policy, ctx)
         .for_each(log_controller_event);
     futures::join!(data_streams, transforms);
+    controllers_done.cancel();
 
     shutdown.cancel();
     let _ = server.await;
@@ -315,6 +368,55 @@ async fn cancel_on_signal(token: CancellationToken) {
     }
     info!("shutting down");
     token.cancel();
+}
+
+/// Once `stopping` is cancelled, gives the operator `timeout` to finish and then ends the
+/// process, on a thread of its own so that nothing the runtime waits on can hold it up.
+async fn exit_after(stopping: CancellationToken, timeout: Duration) {
+    stopping.cancelled().await;
+    std::thread::spawn(move || {
+        std::thread::sleep(timeout);
+        error!(
+            timeout = ?timeout,
+            "the operator did not stop in time (the apiserver or Kafka may not be answering); exiting"
+        );
+        std::process::exit(1);
+    });
+}
+
+/// Fencing: the leader reads its Lease every second and ends the process at once, before
+/// the Lease can expire and another replica take over, if the Lease shows no renewal by
+/// this replica in time (the apiserver unreachable, renewals failing) or names another
+/// holder. Exiting, rather than stopping the controllers, is what guarantees that no
+/// reconcile in flight goes on writing to Kafka or the apiserver after leadership ends.
+async fn fence(client: kube::Client, namespace: String, name: String, identity: String) {
+    let leases: Api<Lease> = Api::namespaced(client, &namespace);
+    let mut valid_until = SystemTime::now() + LEASE_DURATION - FENCE_MARGIN;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let read = tokio::time::timeout(Duration::from_secs(2), leases.get(&name)).await;
+        if let Ok(Ok(lease)) = read {
+            let spec = lease.spec.unwrap_or_default();
+            if spec.holder_identity.as_deref() != Some(identity.as_str()) {
+                error!(holder = ?spec.holder_identity, "the leader lease names another holder; exiting");
+                std::process::exit(1);
+            }
+            if let Some(renewed) = spec.renew_time {
+                let renewed = SystemTime::from(renewed.0);
+                let duration = spec
+                    .lease_duration_seconds
+                    .and_then(|s| u64::try_from(s).ok())
+                    .map_or(LEASE_DURATION, Duration::from_secs);
+                valid_until = renewed + duration.saturating_sub(FENCE_MARGIN);
+            }
+        }
+        if SystemTime::now() > valid_until {
+            error!(
+                "could not renew the leader lease in time; exiting before another replica may                  take over"
+            );
+            std::process::exit(1);
+        }
+    }
 }
 
 fn hostname_or_random() -> String {

@@ -194,6 +194,21 @@ impl ControlPlane {
         client_from_kubeconfig(&self.kubeconfig_path()).await
     }
 
+    /// Freezes kube-apiserver (SIGSTOP): requests hang, as with a wedged or partitioned
+    /// apiserver, until [`Self::thaw_apiserver`].
+    pub fn freeze_apiserver(&self) {
+        if let Some(p) = &self.apiserver {
+            p.signal(nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// Thaws a frozen kube-apiserver (SIGCONT).
+    pub fn thaw_apiserver(&self) {
+        if let Some(p) = &self.apiserver {
+            p.signal(nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
     /// The process ids of every running component.
     pub fn pids(&self) -> Vec<u32> {
         [

@@ -30,6 +30,8 @@ pub struct OperatorOptions {
     pub resync_interval: &'static str,
     /// Whether leader election is on.
     pub leader_election: bool,
+    /// More environment variables (operator settings) for this run.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for OperatorOptions {
@@ -38,6 +40,7 @@ impl Default for OperatorOptions {
             identity: "weir-operator-0".into(),
             resync_interval: "2s",
             leader_election: true,
+            env: Vec::new(),
         }
     }
 }
@@ -87,7 +90,10 @@ impl Operator {
             ("POD_NAME", options.identity.clone()),
             ("WEIR_LOG_FORMAT", "text".to_owned()),
             ("RUST_LOG", "info,weir_operator=debug,kube=warn".to_owned()),
-        ];
+        ]
+        .into_iter()
+        .chain(options.env.iter().cloned())
+        .collect::<Vec<_>>();
         let mut process = Supervised::spawn_with_env(
             "weir-operator",
             &workspace_binary("weir-operator")?,
@@ -164,6 +170,23 @@ impl Operator {
     /// Stops the operator gracefully (SIGTERM).
     pub fn stop(&mut self) {
         self.process.stop();
+    }
+
+    /// Asks the operator to stop (SIGTERM) and waits up to `timeout` for it to exit by
+    /// itself; whether it did.
+    pub fn stops_within(&mut self, timeout: Duration) -> bool {
+        self.process.signal(nix::sys::signal::Signal::SIGTERM);
+        self.exits_within(timeout)
+    }
+
+    /// Waits up to `timeout` for the operator to exit by itself; whether it did.
+    pub fn exits_within(&mut self, timeout: Duration) -> bool {
+        self.process.exits_within(timeout)
+    }
+
+    /// The operator's `/healthz`: its status code and body.
+    pub async fn healthz(&self) -> Option<(u16, String)> {
+        http_get(self.http_port, "/healthz").await
     }
 
     /// Kills the operator at once, as a crash or an evicted pod would.

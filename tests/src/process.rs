@@ -197,6 +197,26 @@ impl Supervised {
         let _ = self.watchdog.wait();
     }
 
+    /// Sends the service a signal (SIGSTOP freezes it, SIGCONT thaws it, SIGTERM asks it to
+    /// stop without waiting); nothing happens if it has exited.
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, signal);
+        }
+    }
+
+    /// Waits up to `timeout` for the service to exit by itself; whether it did.
+    pub fn exits_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Kills the service at once with SIGKILL, as a crash would.
     pub fn crash(&mut self) {
         if let Some(pid) = self.pid {

@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::operator::{http_get, workspace_binary};
 use crate::process::Supervised;
@@ -153,8 +152,6 @@ impl Worker {
     }
 
     fn signal(&self, s: Signal) {
-        if let Some(pid) = self.process.pid() {
-            let _ = kill(Pid::from_raw(pid as i32), s);
-        }
+        self.process.signal(s);
     }
 }

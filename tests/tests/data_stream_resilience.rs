@@ -1,12 +1,14 @@
-//! The DataStream controller through failures: a broker outage, an operator crash, and
-//! two operators at once. Each test owns its stack, since it breaks it.
+//! The DataStream controller through failures: a broker outage, an operator crash, two
+//! operators at once, an object the operator cannot decode, a watch that cannot work and a
+//! hung apiserver. Each test owns its stack, since it breaks it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
 use weir_operator::topics::Topics;
@@ -227,5 +229,156 @@ async fn two_operators_at_once_agree_on_one_topic_and_one_status() {
             .await
             .expect("metrics")
             > 0.0
+    );
+}
+
+/// The DataStream CRD as an older install might have had it: `spec` unchecked.
+async fn install_unchecked_data_stream_crd(client: &kube::Client) {
+    let path = weir_tests::tools::workspace_root().join("manifests/crds/weir.dev_datastreams.yaml");
+    let text = std::fs::read_to_string(&path).expect("CRD file");
+    let mut crd: serde_json::Value = serde_yaml::from_str(&text).expect("CRD YAML");
+    for version in crd["spec"]["versions"].as_array_mut().expect("versions") {
+        let schema = &mut version["schema"]["openAPIV3Schema"];
+        schema["properties"]["spec"] = serde_json::json!({
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+        });
+        if let Some(o) = schema.as_object_mut() {
+            o.remove("x-kubernetes-validations");
+        }
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "datastreams.weir.dev",
+        &PatchParams::apply("weir-tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("apply the unchecked CRD");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// The Ready condition's reason and message of an object read as plain JSON.
+async fn ready_of(api: &Api<DynamicObject>, name: &str) -> Option<(String, String)> {
+    let obj = api.get(name).await.ok()?;
+    let conditions = obj.data["status"]["conditions"].as_array()?.clone();
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+    Some((
+        ready["reason"].as_str()?.to_owned(),
+        ready["message"].as_str()?.to_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn no_bad_object_lost_watch_or_hung_apiserver_leaves_the_operator_stuck() {
+    let stack = Stack::start().await.expect("stack");
+    let client = stack.kube_client().await.expect("client");
+
+    // A DataStream stored before the CRD checked nested field types, then the CRD of today.
+    install_unchecked_data_stream_crd(&client).await;
+    let resource = ApiResource::erase::<DataStream>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &resource);
+    let mut bad = serde_json::to_value(data_stream("bad", "")).expect("json");
+    bad["spec"]["schema"]["fields"][1] = serde_json::json!({"name": "u", "type": "struct", "fields": [{"name": "x", "type": "uuid"}]});
+    let bad: DynamicObject = serde_json::from_value(bad).expect("object");
+    raw.create(&PostParams::default(), &bad)
+        .await
+        .expect("stored under the unchecked CRD");
+    install_crds(&client).await.expect("crds");
+
+    let mut leader = Operator::start(
+        &stack,
+        OperatorOptions {
+            env: vec![("WEIR_WATCH_STALL_TIMEOUT", "3s".to_owned())],
+            ..OperatorOptions::default()
+        },
+    )
+    .await
+    .expect("operator");
+    // The bad object is reported on itself, naming the field; every other one is served.
+    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &data_stream("good", ""))
+        .await
+        .expect("create");
+    await_condition(api.clone(), "good", is_ready(), WAIT).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (reason, message) = loop {
+        if let Some(r) = ready_of(&raw, "bad").await {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no status on the bad object"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("spec.schema.fields[1].fields[0].type") && message.contains("uuid"),
+        "{message}"
+    );
+    assert_eq!(leader.healthz().await.map(|(code, _)| code), Some(200));
+
+    // A watch that cannot work (its CRD deleted) makes /healthz fail after the stall
+    // timeout, and recover when the watch does.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.delete("transforms.weir.dev", &Default::default())
+        .await
+        .expect("delete the Transform CRD");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let why = loop {
+        match leader.healthz().await {
+            Some((503, why)) => break why,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "/healthz stayed 200"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(why.contains("Transform"), "{why}");
+    install_crds(&client).await.expect("crds again");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while leader.healthz().await.map(|(code, _)| code) != Some(200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/healthz stayed 503"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // The apiserver hangs. A standby asked to stop exits within its shutdown timeout, and
+    // the leader, unable to renew its Lease, exits by itself before the Lease can expire.
+    let mut standby = Operator::start(
+        &stack,
+        OperatorOptions {
+            identity: "weir-operator-standby".into(),
+            env: vec![("WEIR_SHUTDOWN_TIMEOUT", "3s".to_owned())],
+            ..OperatorOptions::default()
+        },
+    )
+    .await
+    .expect("standby");
+    stack.control_plane.freeze_apiserver();
+    let frozen = std::time::Instant::now();
+    let stopped = standby.stops_within(Duration::from_secs(8));
+    let fenced = leader.exits_within(Duration::from_secs(15).saturating_sub(frozen.elapsed()));
+    stack.control_plane.thaw_apiserver();
+    assert!(
+        stopped,
+        "SIGTERM did not stop the standby: {}",
+        standby.log_tail(20)
+    );
+    assert!(
+        fenced,
+        "the leader kept running with an unrenewable Lease: {}",
+        leader.log_tail(20)
+    );
+    assert!(
+        leader
+            .log_tail(20)
+            .contains("could not renew the leader lease"),
+        "{}",
+        leader.log_tail(20)
     );
 }

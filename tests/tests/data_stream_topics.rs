@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use tokio::sync::OnceCell;
 use weir_crds::DataStream;
-use weir_operator::topics::{DesiredTopic, Topics};
+use weir_operator::topics::{ConfigChange, DesiredTopic, TopicState, Topics};
 use weir_tests::fixtures::{data_stream, has_reason, is_ready, ready_condition};
 use weir_tests::kafka::{SASL_PASSWORD, SASL_USERNAME};
 use weir_tests::{
@@ -24,9 +24,17 @@ async fn setup() -> (kube::Client, Topics) {
     OPERATOR
         .get_or_init(|| async {
             install_crds(&client).await.expect("crds");
-            Operator::start(stack, OperatorOptions::default())
-                .await
-                .expect("operator")
+            let options = OperatorOptions {
+                env: vec![
+                    (
+                        "WEIR_TOPIC_GRANTS",
+                        GRANTED.map(|ns| format!("{ns}=shared.")).join(","),
+                    ),
+                    ("WEIR_ALLOWED_BOOTSTRAP_SERVERS", "127.0.0.1:*".to_owned()),
+                ],
+                ..OperatorOptions::default()
+            };
+            Operator::start(stack, options).await.expect("operator")
         })
         .await;
     let mut config = ClientConfig::new();
@@ -93,41 +101,113 @@ async fn raising_partitions_grows_the_topic() {
     .await;
 }
 
+/// A DataStream that asks to adopt an existing topic.
+fn adopting(mut ds: DataStream) -> DataStream {
+    ds.metadata.annotations = Some(
+        [(
+            weir_crds::data_stream::ADOPT_ANNOTATION.to_owned(),
+            "true".to_owned(),
+        )]
+        .into(),
+    );
+    ds
+}
+
+/// Waits until Kafka no longer lists the topic (it deletes topics asynchronously: the
+/// metadata may lag the acknowledgement).
+async fn await_topic_gone(topics: &Topics, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while topics.describe(topic).await.expect("describe").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} was not deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the topic's state passes `check`.
+async fn await_topic(topics: &Topics, topic: &str, check: impl Fn(&TopicState) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let state = topics
+            .describe(topic)
+            .await
+            .expect("describe")
+            .expect("exists");
+        if check(&state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic {topic} never reached the expected state: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test]
-async fn config_changed_behind_the_operators_back_is_reverted() {
+async fn configs_are_changed_key_by_key_and_keys_weir_does_not_manage_are_left_alone() {
     let (client, topics) = setup().await;
     with_temp_ns(client, |client, ns| async move {
         let api = Api::<DataStream>::namespaced(client, &ns);
-        api.create(&PostParams::default(), &data_stream("orders", ""))
+        let extra = "  config: { max.message.bytes: \"2097152\" }";
+        api.create(&PostParams::default(), &data_stream("orders", extra))
             .await
             .expect("create");
         await_condition(api.clone(), "orders", is_ready(), WAIT).await;
         let topic = format!("{ns}.orders");
-        let tampered = [
-            ("retention.ms".to_owned(), "1000".to_owned()),
-            ("segment.ms".to_owned(), "60000".to_owned()),
-        ]
-        .into();
-        topics.set_configs(&topic, &tampered).await.expect("tamper");
+        // Behind Weir's back: two keys it manages, and one it does not (as an admin's
+        // setting would be).
+        let set = |k: &str, v: &str| ConfigChange::Set(k.into(), v.into());
+        topics
+            .change_configs(
+                &topic,
+                vec![
+                    set("retention.ms", "1000"),
+                    set("max.message.bytes", "1000"),
+                    set("segment.ms", "7200000"),
+                ],
+            )
+            .await
+            .expect("tamper");
+        await_topic(&topics, &topic, |s| {
+            s.configs["retention.ms"] == "604800000" && s.configs["max.message.bytes"] == "2097152"
+        })
+        .await;
+        let state = topics
+            .describe(&topic)
+            .await
+            .expect("describe")
+            .expect("topic");
+        assert_eq!(
+            state.dynamic_configs.get("segment.ms").map(String::as_str),
+            Some("7200000"),
+            "a key Weir does not manage was touched"
+        );
 
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let state = topics
-                .describe(&topic)
-                .await
-                .expect("describe")
-                .expect("exists");
-            if state.configs["retention.ms"] == "604800000"
-                && !state.dynamic_configs.contains_key("segment.ms")
-            {
-                break;
+        // A key the spec stops naming is removed; the admin's key stays.
+        let patch = |p: serde_json::Value| {
+            let api = api.clone();
+            async move {
+                api.patch("orders", &PatchParams::default(), &Patch::Merge(&p))
+                    .await
+                    .expect("patch");
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "drift not reverted: {state:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        };
+        patch(serde_json::json!({"spec": {"config": null}})).await;
+        await_topic(&topics, &topic, |s| {
+            !s.dynamic_configs.contains_key("max.message.bytes")
+                && s.dynamic_configs.contains_key("segment.ms")
+        })
+        .await;
+
+        // Asked to own every config, Weir removes the rest.
+        patch(serde_json::json!({"spec": {"configOwnership": "All"}})).await;
+        await_topic(&topics, &topic, |s| {
+            !s.dynamic_configs.contains_key("segment.ms")
+        })
+        .await;
     })
     .await;
 }
@@ -162,16 +242,7 @@ async fn deleting_with_retain_keeps_the_topic_and_with_delete_removes_it() {
                 .expect("describe")
                 .is_some()
         );
-        // Kafka deletes topics asynchronously: the metadata may lag the acknowledgement.
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let dropped = format!("{ns}.dropped");
-        while topics.describe(&dropped).await.expect("describe").is_some() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{dropped} was not deleted"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        await_topic_gone(&topics, &format!("{ns}.dropped")).await;
     })
     .await;
 }
@@ -200,6 +271,18 @@ async fn a_spec_mistake_is_a_condition_naming_the_field() {
             .await
             .expect("fix");
         await_condition(api.clone(), "typo", is_ready(), WAIT).await;
+
+        // A topic setting a tenant may not change is refused by name.
+        let extra = "  config: { unclean.leader.election.enable: \"true\" }";
+        api.create(&PostParams::default(), &data_stream("unsafe", extra))
+            .await
+            .expect("create");
+        let ds = await_condition(api.clone(), "unsafe", has_reason("InvalidSpec"), WAIT).await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(
+            message.starts_with("spec.config.unclean.leader.election.enable:"),
+            "{message}"
+        );
     })
     .await;
 }
@@ -222,17 +305,10 @@ async fn a_namespace_cannot_take_another_namespaces_topic_even_with_the_adopt_an
             .expect("another tenant's topic");
 
         let api = Api::<DataStream>::namespaced(client, &ns);
-        let mut ds = data_stream(
+        let ds = adopting(data_stream(
             "grab",
             &format!("  topic: {victim}\n  deletionPolicy: Delete\n"),
-        );
-        ds.metadata.annotations = Some(
-            [(
-                "weir.dev/adopt-existing-topic".to_owned(),
-                "true".to_owned(),
-            )]
-            .into(),
-        );
+        ));
         api.create(&PostParams::default(), &ds)
             .await
             .expect("create");
@@ -305,6 +381,55 @@ async fn an_existing_topic_is_left_alone_unless_adopted() {
             .expect("exists");
         assert_eq!(state.partitions, 3);
         assert_eq!(state.configs["retention.ms"], "604800000");
+
+        // Adopting a topic that keeps records forever would delete every record older than
+        // the spec's 7 days: Weir says so and waits to be told.
+        let forever = format!("{ns}.forever");
+        let existing = DesiredTopic {
+            name: forever.clone(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: [("retention.ms".to_owned(), "-1".to_owned())].into(),
+        };
+        topics.create(&existing).await.expect("pre-existing topic");
+        let ds = adopting(data_stream("forever", ""));
+        api.create(&PostParams::default(), &ds)
+            .await
+            .expect("create");
+        let ds = await_condition(
+            api.clone(),
+            "forever",
+            has_reason("RetentionDecrease"),
+            WAIT,
+        )
+        .await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(
+            message.contains("retention.ms -1 -> 604800000")
+                && message.contains("weir.dev/accept-retention-decrease"),
+            "{message}"
+        );
+        assert!(
+            ds.status.and_then(|s| s.topic).is_none(),
+            "claimed before the user agreed"
+        );
+        let state = topics
+            .describe(&forever)
+            .await
+            .expect("describe")
+            .expect("exists");
+        assert_eq!(state.configs["retention.ms"], "-1");
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { "weir.dev/accept-retention-decrease": "true" } }
+        });
+        api.patch("forever", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("annotate");
+        await_condition(api.clone(), "forever", is_ready(), WAIT).await;
+        await_topic(&topics, &forever, |s| {
+            s.configs["retention.ms"] == "604800000"
+        })
+        .await;
     })
     .await;
 }
@@ -382,32 +507,51 @@ async fn a_steady_state_reconcile_writes_nothing() {
 }
 
 #[tokio::test]
-async fn a_named_connection_uses_sasl_credentials_from_a_secret() {
+async fn a_named_connection_uses_sasl_credentials_only_from_a_secret_marked_for_weir() {
     let (client, topics) = setup().await;
     let sasl = Stack::shared().await.kafka.sasl_bootstrap_servers();
     with_temp_ns(client, |client, ns| async move {
-        let connection = format!(
-            "  kafka:\n    name: sasl\n    bootstrapServers: \"{sasl}\"\n    \
-             sasl: {{ mechanism: PLAIN, secretName: kafka-user }}\n"
-        );
         let api = Api::<DataStream>::namespaced(client.clone(), &ns);
-        api.create(&PostParams::default(), &data_stream("secured", &connection))
+        let connection = |servers: &str, plaintext: bool| {
+            format!(
+                "  deletionPolicy: Delete\n  kafka:\n    name: sasl\n    bootstrapServers: \"{servers}\"\n    \
+                 sasl: {{ mechanism: PLAIN, secretName: kafka-user, allowPlaintext: {plaintext} }}\n"
+            )
+        };
+        let message_of = |ds: DataStream| ready_condition(&ds).expect("condition").2;
+
+        // A server the operator does not allow (WEIR_ALLOWED_BOOTSTRAP_SERVERS).
+        api.create(
+            &PostParams::default(),
+            &data_stream("elsewhere", &connection("kafka.example.com:9092", true)),
+        )
+        .await
+        .expect("create");
+        let ds = await_condition(api.clone(), "elsewhere", has_reason("InvalidSpec"), WAIT).await;
+        let message = message_of(ds);
+        assert!(message.starts_with("spec.kafka.bootstrapServers:"), "{message}");
+
+        // SASL without TLS, not opted in.
+        api.create(&PostParams::default(), &data_stream("secured", &connection(&sasl, false)))
             .await
             .expect("create");
+        let ds = await_condition(api.clone(), "secured", has_reason("InvalidSpec"), WAIT).await;
+        let message = message_of(ds);
+        assert!(message.contains("allowPlaintext"), "{message}");
+        let patch = serde_json::json!({ "spec": { "kafka": { "sasl": { "allowPlaintext": true } } } });
+        api.patch("secured", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("opt in");
+
         // Without the Secret: a condition that names it.
-        let ds = await_condition(
-            api.clone(),
-            "secured",
-            has_reason("ConnectionInvalid"),
-            WAIT,
-        )
-        .await;
-        let (_, _, message) = ready_condition(&ds).expect("condition");
+        let ds = await_condition(api.clone(), "secured", has_reason("ConnectionInvalid"), WAIT).await;
+        let message = message_of(ds);
         assert!(
             message.contains(&format!("Secret {ns}/kafka-user does not exist")),
             "{message}"
         );
 
+        // A Secret that is not marked for Weir is not read.
         let secrets = Api::<Secret>::namespaced(client, &ns);
         let mut secret = Secret::default();
         secret.metadata.name = Some("kafka-user".into());
@@ -422,13 +566,192 @@ async fn a_named_connection_uses_sasl_credentials_from_a_secret() {
             .create(&PostParams::default(), &secret)
             .await
             .expect("secret");
+        let ds = await_condition(
+            api.clone(),
+            "secured",
+            |ds: Option<&DataStream>| {
+                ds.and_then(ready_condition)
+                    .is_some_and(|(_, _, m)| m.contains("not marked for Weir's use"))
+            },
+            WAIT,
+        )
+        .await;
+        assert!(message_of(ds).contains("weir.dev/kafka-credentials=true"));
+        let label = serde_json::json!({
+            "metadata": { "labels": { "weir.dev/kafka-credentials": "true" } }
+        });
+        secrets
+            .patch("kafka-user", &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .expect("label");
         await_condition(api.clone(), "secured", is_ready(), WAIT).await;
+        let topic = format!("{ns}.secured");
         let state = topics
-            .describe(&format!("{ns}.secured"))
+            .describe(&topic)
             .await
             .expect("describe")
             .expect("created through the SASL listener");
         assert_eq!(state.partitions, 3);
+
+        // The Secret goes first (as when a namespace is deleted): the DataStream's deletion
+        // still finishes, and deletes its topic with the connection it used.
+        secrets
+            .delete("kafka-user", &DeleteParams::default())
+            .await
+            .expect("delete the Secret");
+        api.delete("secured", &DeleteParams::default())
+            .await
+            .expect("delete");
+        await_deletion(api.clone(), "secured", WAIT).await;
+        await_topic_gone(&topics, &topic).await;
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_claim_names_the_topic_by_id_and_only_that_topic_is_ever_deleted() {
+    let (client, topics) = setup().await;
+    with_temp_ns(client, |client, ns| async move {
+        let api = Api::<DataStream>::namespaced(client, &ns);
+        let extra = "  deletionPolicy: Delete\n";
+        api.create(&PostParams::default(), &data_stream("owned", extra))
+            .await
+            .expect("create");
+        let ds = await_condition(api.clone(), "owned", is_ready(), WAIT).await;
+        let topic = format!("{ns}.owned");
+        let state = topics
+            .describe(&topic)
+            .await
+            .expect("describe")
+            .expect("topic");
+        let status = ds.status.expect("status");
+        assert_eq!(status.topic_id.as_deref(), Some(state.id.as_str()));
+        assert!(status.cluster_id.is_some_and(|c| !c.is_empty()));
+
+        // The claim now names another topic id, as after the topic was deleted and created
+        // again outside Weir (or a status edited by hand): Weir stops managing the topic
+        // and its Delete policy leaves it.
+        let patch = serde_json::json!({ "status": { "topicId": "AAAAAAAAAAAAAAAAAAAAAA" } });
+        api.patch_status("owned", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("edit the claim");
+        let ds = await_condition(api.clone(), "owned", has_reason("TopicNotManaged"), WAIT).await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(message.contains("created again outside Weir"), "{message}");
+        api.delete("owned", &DeleteParams::default())
+            .await
+            .expect("delete");
+        await_deletion(api.clone(), "owned", WAIT).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let kept = topics.describe(&topic).await.expect("describe");
+        assert_eq!(
+            kept.map(|s| s.id),
+            Some(state.id),
+            "a topic Weir cannot prove is its own was deleted"
+        );
+        topics.delete(&topic).await.expect("clean up");
+    })
+    .await;
+}
+
+/// Namespaces granted the shared prefix `shared.` by the operator's configuration.
+const GRANTED: [&str; 2] = ["claim-a", "claim-b"];
+
+#[tokio::test]
+async fn data_streams_racing_for_one_topic_end_with_exactly_one_owner() {
+    let (client, topics) = setup().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in GRANTED {
+        let mut n = Namespace::default();
+        n.metadata.name = Some(ns.into());
+        let _ = namespaces.create(&PostParams::default(), &n).await;
+    }
+    let apis = GRANTED.map(|ns| Api::<DataStream>::namespaced(client.clone(), ns));
+    // Three topics, each named at the same moment by a DataStream in both namespaces.
+    let names = ["r0", "r1", "r2"];
+    let mut creates = Vec::new();
+    for name in names {
+        for api in &apis {
+            let ds = data_stream(
+                name,
+                &format!("  topic: shared.{name}\n  deletionPolicy: Delete\n"),
+            );
+            let api = api.clone();
+            creates.push(async move { api.create(&PostParams::default(), &ds).await });
+        }
+    }
+    for created in futures::future::join_all(creates).await {
+        created.expect("create");
+    }
+    for name in names {
+        let topic = format!("shared.{name}");
+        let [a, b] = &apis;
+        let settled =
+            |ds: Option<&DataStream>| is_ready()(ds) || has_reason("TopicOwnedByOther")(ds);
+        let both = [
+            await_condition(a.clone(), name, settled, WAIT).await,
+            await_condition(b.clone(), name, settled, WAIT).await,
+        ];
+        // The owner is the oldest, then the first by namespace: the same answer everywhere.
+        let owner = both
+            .iter()
+            .min_by_key(|d| {
+                (
+                    d.metadata.creation_timestamp.clone().map(|t| t.0),
+                    d.metadata.namespace.clone(),
+                )
+            })
+            .expect("two");
+        let owner_ns = owner.metadata.namespace.clone().unwrap_or_default();
+        // Give a racing reconcile time to settle, then look again.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut claims = Vec::new();
+        for api in &apis {
+            let ds = api.get(name).await.expect("get");
+            let ns = ds.metadata.namespace.clone().unwrap_or_default();
+            if ns == owner_ns {
+                assert!(
+                    is_ready()(Some(&ds)),
+                    "the owner is not Ready: {:?}",
+                    ds.status
+                );
+            } else {
+                assert!(
+                    has_reason("TopicOwnedByOther")(Some(&ds)),
+                    "{:?}",
+                    ds.status
+                );
+            }
+            if ds.status.as_ref().and_then(|s| s.topic.as_deref()) == Some(topic.as_str()) {
+                claims.push(ns);
+            }
+        }
+        assert_eq!(
+            claims,
+            vec![owner_ns.clone()],
+            "{topic} must have exactly one claim"
+        );
+
+        // Deleting the other DataStream (Delete policy) leaves the owner's topic.
+        let other = apis
+            .iter()
+            .find(|api| api.namespace() != Some(owner_ns.as_str()))
+            .expect("other");
+        other
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        await_deletion(other.clone(), name, WAIT).await;
+        assert!(topics.describe(&topic).await.expect("describe").is_some());
+        let owner_api = apis
+            .iter()
+            .find(|api| api.namespace() == Some(owner_ns.as_str()))
+            .expect("owner");
+        owner_api
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        await_deletion(owner_api.clone(), name, WAIT).await;
+        await_topic_gone(&topics, &topic).await;
+    }
 }

@@ -425,6 +425,54 @@ async fn plain_manifests_apply_twice_and_helm_installs_upgrades_and_uninstalls_a
         "NOTES.txt says how to check the operator:\n{out}"
     );
 
+    // Least privilege, as the apiserver's RBAC answers for the operator's ServiceAccount:
+    // it reads the Secrets it is pointed at one by one and cannot list or watch them.
+    let account = run(kubectl().args([
+        "get",
+        "deployment",
+        "weir-operator",
+        "-n",
+        "weir-helm",
+        "-o",
+        "jsonpath={.spec.template.spec.serviceAccountName}",
+    ]));
+    let as_operator = format!("system:serviceaccount:weir-helm:{}", account.trim());
+    let can = |verb: &str, resource: &str| {
+        let out = kubectl()
+            .args([
+                "auth",
+                "can-i",
+                verb,
+                resource,
+                "--all-namespaces",
+                "--as",
+                &as_operator,
+            ])
+            .output()
+            .expect("kubectl auth can-i");
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    for (verb, resource, allowed) in [
+        ("get", "secrets", true),
+        ("list", "secrets", false),
+        ("watch", "secrets", false),
+        ("watch", "datastreams.weir.dev", true),
+        ("patch", "datastreams.weir.dev/status", true),
+        ("update", "datastreams.weir.dev", false),
+        ("delete", "datastreams.weir.dev", false),
+        ("delete", "deployments.apps", false),
+        ("list", "configmaps", false),
+        ("create", "pods", false),
+        ("escalate", "clusterroles.rbac.authorization.k8s.io", false),
+    ] {
+        assert_eq!(
+            can(verb, resource),
+            allowed,
+            "the operator's ServiceAccount {} {verb} {resource}",
+            if allowed { "cannot" } else { "can" }
+        );
+    }
+
     // A team applies a DataStream and a Transform with kubectl; the operator in its pod
     // makes them Ready.
     run(kubectl().args(["create", "namespace", "helm-web"]));

@@ -8,7 +8,7 @@
 pub mod status;
 pub mod validated;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,10 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 use weir_crds::DataStream;
-use weir_crds::data_stream::DeletionPolicy;
+use weir_crds::data_stream::{ConfigOwnership, DeletionPolicy};
 
 use crate::context::Context;
-use crate::topics::{DesiredTopic, TopicError, TopicState, Topics};
+use crate::topics::{ConfigChange, DesiredTopic, TopicError, TopicState, Topics};
 use crate::{Error, Result};
 use status::{Problem, Reason, Update};
 use validated::{ValidatedDataStream, validate};
@@ -76,9 +76,13 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
     if let Some(owner) = other_owner(ds, &topic.name, ctx) {
         let problem = Problem::new(
             Reason::TopicOwnedByOther,
-            format!("topic {} belongs to DataStream {owner}", topic.name),
+            format!(
+                "topic {} belongs to DataStream {owner} (when several name one topic, the \
+                 oldest owns it)",
+                topic.name
+            ),
         );
-        status::write(api, ds, ctx, Update::Problem(problem)).await?;
+        status::write(api, ds, ctx, Update::Yield(problem)).await?;
         ctx.backoff.reset(&ds.object_ref(&()));
         return Ok(Action::requeue(ctx.resync));
     }
@@ -93,23 +97,35 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             return Ok(Action::requeue(ctx.resync));
         }
     };
-    let state = match topics.describe(&topic.name).await {
-        Ok(s) => s,
+    let (cluster, state) = match tokio::try_join!(topics.cluster_id(), topics.describe(&topic.name))
+    {
+        Ok(found) => found,
         Err(e) => return kafka_failed(api, ds, ctx, e).await,
     };
-    let mut claimed = status::claimed_topic(ds) == Some(topic.name.as_str());
-    if !claimed && state.is_some() {
+    let mut ownership = ownership(status::claim(ds), &topic.name, &cluster, state.as_ref());
+    if ownership == Ownership::None && state.is_some() {
         // Before calling an existing topic foreign, make sure the cache is not behind.
         status::refresh(api, ds).await?;
-        claimed = status::claimed_topic(ds) == Some(topic.name.as_str());
+        ownership = ownership_of(ds, &topic.name, &cluster, state.as_ref());
     }
 
-    let state = match state {
-        None => {
-            if !claimed {
+    let racing = match (&state, ownership) {
+        (Some(state), Ownership::None) => {
+            racing_claimant(ds, &topic.name, &state.id, &cluster, ctx)
+        }
+        _ => None,
+    };
+
+    let state = match (state, ownership) {
+        (None, _) => {
+            if ownership != Ownership::Ours {
                 // Record the claim first: if we crash after creating the topic, the next
                 // reconcile still knows the topic is ours.
-                status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
+                let claim = Update::Claim {
+                    topic: topic.name.clone(),
+                    cluster: cluster.clone(),
+                };
+                status::write(api, ds, ctx, claim).await?;
             }
             let created = match topics.create(topic).await {
                 Ok(created) => created,
@@ -135,35 +151,101 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 Err(e) => return kafka_failed(api, ds, ctx, e).await,
             }
         }
-        Some(state) if claimed => state,
-        Some(state) if validated.adopt => {
-            let diff = config_diff(&topic.configs, &state.dynamic_configs);
-            status::write(api, ds, ctx, Update::Claim(topic.name.clone())).await?;
+        (Some(state), Ownership::Ours) => state,
+        (Some(state), _) if let Some(loser) = racing => {
+            // Another DataStream created it racing us; we are the owner, so it is ours
+            // (that one gives the claim up on its next reconcile).
+            let claim = Update::Claim {
+                topic: topic.name.clone(),
+                cluster: cluster.clone(),
+            };
+            status::write(api, ds, ctx, claim).await?;
+            ctx.publish(
+                ds,
+                EventType::Normal,
+                "TopicClaimed",
+                "Adopt",
+                format!(
+                    "took over topic {} from DataStream {loser}, which named it too (the oldest \
+                     DataStream owns a topic)",
+                    topic.name
+                ),
+            )
+            .await;
+            state
+        }
+        (Some(state), ownership) if validated.adopt => {
+            let changes = config_changes(
+                &topic.configs,
+                &state.dynamic_configs,
+                &BTreeSet::new(),
+                validated.config_ownership,
+            );
+            let lowered = retention_lowered(&topic.configs, &state.configs, &changes);
+            if !lowered.is_empty() && !validated.accept_retention_decrease {
+                let problem = Problem::new(
+                    Reason::RetentionDecrease,
+                    format!(
+                        "adopting topic {} would lower its retention ({}), deleting the records \
+                         beyond it; set spec.retention/spec.retentionSize to keep them, or \
+                         annotate the DataStream with {}=true to accept",
+                        topic.name,
+                        lowered.join(", "),
+                        weir_crds::data_stream::ACCEPT_RETENTION_DECREASE_ANNOTATION
+                    ),
+                );
+                status::write(api, ds, ctx, Update::Problem(problem)).await?;
+                ctx.backoff.reset(&ds.object_ref(&()));
+                return Ok(Action::await_change());
+            }
+            let claim = Update::Claim {
+                topic: topic.name.clone(),
+                cluster: cluster.clone(),
+            };
+            status::write(api, ds, ctx, claim).await?;
+            let replaced = if ownership == Ownership::Replaced {
+                " (it replaces the topic Weir had created under that name)"
+            } else {
+                ""
+            };
             ctx.publish(
                 ds,
                 EventType::Normal,
                 "TopicAdopted",
                 "Adopt",
                 format!(
-                    "adopted existing topic {} ({} partitions); config differences to converge: {}",
+                    "adopted existing topic {} ({} partitions){replaced}; config changes to \
+                     converge: {}",
                     topic.name,
                     state.partitions,
-                    describe_diff(&diff)
+                    describe_changes(&changes, &state.dynamic_configs)
                 ),
             )
             .await;
             state
         }
-        Some(_) => {
-            let problem = Problem::new(
-                Reason::TopicNotManaged,
+        (Some(state), ownership) => {
+            let message = if ownership == Ownership::Replaced {
                 format!(
-                    "topic {} already exists and is not managed by Weir; annotate the DataStream \
+                    "topic {} was deleted and created again outside Weir (its id is now {}, \
+                     not the {} Weir created); Weir leaves it alone: annotate the DataStream \
                      with {}=true to adopt it",
                     topic.name,
+                    state.id,
+                    status::claim(ds)
+                        .and_then(|c| c.topic_id)
+                        .unwrap_or_default(),
                     weir_crds::data_stream::ADOPT_ANNOTATION
-                ),
-            );
+                )
+            } else {
+                format!(
+                    "topic {} already exists and is not managed by Weir; annotate the \
+                     DataStream with {}=true to adopt it",
+                    topic.name,
+                    weir_crds::data_stream::ADOPT_ANNOTATION
+                )
+            };
+            let problem = Problem::new(Reason::TopicNotManaged, message);
             status::write(api, ds, ctx, Update::Problem(problem)).await?;
             ctx.backoff.reset(&ds.object_ref(&()));
             return Ok(Action::requeue(ctx.resync));
@@ -176,10 +258,83 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
     };
 
     let problem = limits(topic, &state);
-    status::write(api, ds, ctx, Update::Topic(topic.clone(), state, problem)).await?;
+    let update = Update::Topic {
+        desired: topic.clone(),
+        state,
+        cluster,
+        problem,
+    };
+    status::write(api, ds, ctx, update).await?;
     ctx.backoff.reset(&ds.object_ref(&()));
     // Kafka sends no events: look again later to revert changes made behind our back.
     Ok(Action::requeue(ctx.resync))
+}
+
+/// Whether a DataStream's claim covers the topic Kafka reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The claim names this topic on this cluster, and its id (if recorded and the topic
+    /// exists) matches: Weir manages it.
+    Ours,
+    /// The claim names this topic on this cluster, but the topic there now has another id:
+    /// it was deleted and created again outside Weir.
+    Replaced,
+    /// No claim on this topic on this cluster.
+    None,
+}
+
+/// Decides whether `claim` covers topic `name` on cluster `cluster` as Kafka reports it
+/// (`state`, `None` if it does not exist). A claim without a cluster or topic id (recorded
+/// by a Weir that did not record them, or before creation) is matched by name.
+pub fn ownership(
+    claim: Option<status::Claim<'_>>,
+    name: &str,
+    cluster: &str,
+    state: Option<&TopicState>,
+) -> Ownership {
+    let Some(claim) = claim else {
+        return Ownership::None;
+    };
+    if claim.topic != name || claim.cluster_id.is_some_and(|c| c != cluster) {
+        return Ownership::None;
+    }
+    match (claim.topic_id, state) {
+        (Some(id), Some(state)) if id != state.id => Ownership::Replaced,
+        _ => Ownership::Ours,
+    }
+}
+
+fn ownership_of(
+    ds: &DataStream,
+    name: &str,
+    cluster: &str,
+    state: Option<&TopicState>,
+) -> Ownership {
+    ownership(status::claim(ds), name, cluster, state)
+}
+
+/// Another DataStream whose status claims this very topic (same name and id): one that
+/// created it while racing this one, which owns it.
+fn racing_claimant(
+    ds: &DataStream,
+    topic: &str,
+    id: &str,
+    cluster: &str,
+    ctx: &Context,
+) -> Option<String> {
+    let me = ds.meta().uid.clone();
+    ctx.data_streams
+        .state()
+        .into_iter()
+        .filter(|d| d.meta().uid != me)
+        .find(|d| {
+            status::claim(d).is_some_and(|c| {
+                c.topic == topic
+                    && c.topic_id.is_none_or(|i| i == id)
+                    && c.cluster_id.is_none_or(|c| c == cluster)
+            })
+        })
+        .map(|d| format!("{}/{}", d.namespace().unwrap_or_default(), d.name_any()))
 }
 
 /// Reads a topic just created: the broker's metadata may take a moment to show it.
@@ -222,9 +377,21 @@ async fn converge(
         .await;
         changed = true;
     }
-    let diff = config_diff(&topic.configs, &state.dynamic_configs);
-    if !diff.is_empty() {
-        topics.set_configs(&topic.name, &topic.configs).await?;
+    // What Weir applied last time: keys the spec stops naming are removed.
+    let managed_before: BTreeSet<String> = ds
+        .status
+        .as_ref()
+        .map(|s| s.effective_config.keys().cloned().collect())
+        .unwrap_or_default();
+    let changes = config_changes(
+        &topic.configs,
+        &state.dynamic_configs,
+        &managed_before,
+        validated.config_ownership,
+    );
+    if !changes.is_empty() {
+        let summary = describe_changes(&changes, &state.dynamic_configs);
+        topics.change_configs(&topic.name, changes).await?;
         // What we applied last time equals the spec: the topic was changed behind our back.
         let applied_before = ds
             .status
@@ -241,11 +408,7 @@ async fn converge(
             EventType::Normal,
             reason,
             "Update",
-            format!(
-                "{verb} topic {} configs: {}",
-                topic.name,
-                describe_diff(&diff)
-            ),
+            format!("{verb} topic {} configs: {summary}", topic.name),
         )
         .await;
         changed = true;
@@ -324,19 +487,23 @@ async fn kafka_failed(
             Err(Error::KafkaUnavailable(m))
         }
         TopicError::Rejected(m) => {
+            // Kafka refused what was asked (an unknown config, a policy, missing ACLs, a
+            // topic deleted meanwhile). A spec change retries at once; so that a fix made in
+            // Kafka (an ACL granted) is seen too, retry with a growing delay, not in a loop.
             let problem = Problem::new(Reason::KafkaRejected, m);
             status::write(api, ds, ctx, Update::Problem(problem)).await?;
-            ctx.backoff.reset(&ds.object_ref(&()));
-            Ok(Action::await_change())
+            Ok(Action::requeue(ctx.backoff.next(&ds.object_ref(&()))))
         }
     }
 }
 
 async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
-    let Some(topic) = status::claimed_topic(ds).map(str::to_owned) else {
+    let Some(claim) = status::claim(ds) else {
         // We never created or adopted a topic: nothing to do.
+        ctx.forget_connection(ds);
         return Ok(Action::await_change());
     };
+    let topic = claim.topic.to_owned();
     match ds.spec.deletion_policy {
         DeletionPolicy::Retain => {
             ctx.publish(
@@ -369,75 +536,177 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
                     readers.join(", ")
                 )));
             }
-            if let Some(owner) = other_owner(ds, &topic, ctx) {
-                ctx.publish(
-                    ds,
-                    EventType::Warning,
-                    "TopicRetained",
-                    "Delete",
-                    format!("kept topic {topic}: it belongs to DataStream {owner}"),
-                )
-                .await;
-            } else {
-                // A connection whose Secret is gone blocks deletion until it is back:
-                // deleting the resource must not silently leave a topic it promised to delete.
-                let topics = ctx
-                    .topics_for(ds)
-                    .await
-                    .map_err(|e| Error::KafkaUnavailable(e.0))?;
-                topics
-                    .delete(&topic)
-                    .await
-                    .map_err(|e| Error::KafkaUnavailable(e.to_string()))?;
-                info!(%topic, "deleted topic");
-                ctx.publish(
-                    ds,
-                    EventType::Normal,
-                    "TopicDeleted",
-                    "Delete",
-                    format!("deleted topic {topic} (deletionPolicy: Delete)"),
-                )
-                .await;
+            match delete_claimed(ds, claim, ctx).await? {
+                Ok(()) => {
+                    info!(%topic, "deleted topic");
+                    ctx.publish(
+                        ds,
+                        EventType::Normal,
+                        "TopicDeleted",
+                        "Delete",
+                        format!("deleted topic {topic} (deletionPolicy: Delete)"),
+                    )
+                    .await;
+                }
+                Err(why) => {
+                    warn!(%topic, %why, "left the topic in place");
+                    ctx.publish(
+                        ds,
+                        EventType::Warning,
+                        "TopicRetained",
+                        "Delete",
+                        format!("kept topic {topic} although deletionPolicy is Delete: {why}"),
+                    )
+                    .await;
+                }
             }
         }
     }
+    ctx.forget_connection(ds);
     Ok(Action::await_change())
 }
 
-/// Keys whose value differs between what we want and what the topic has:
-/// `key -> (actual, desired)`; a key we do not manage but the topic sets shows `desired` None.
-fn config_diff(
-    desired: &BTreeMap<String, String>,
-    actual: &BTreeMap<String, String>,
-) -> BTreeMap<String, (Option<String>, Option<String>)> {
-    let mut diff = BTreeMap::new();
-    for (k, v) in desired {
-        if actual.get(k) != Some(v) {
-            diff.insert(k.clone(), (actual.get(k).cloned(), Some(v.clone())));
+/// Deletes the claimed topic if, and only if, it is provably the one Weir created or
+/// adopted for this DataStream: named by the spec within the namespace's topics, not owned
+/// by another DataStream, on the same cluster, with the recorded id. `Ok(Err(why))` when it
+/// is left in place (and why); `Err` when Kafka could not be asked (retried).
+async fn delete_claimed(
+    ds: &DataStream,
+    claim: status::Claim<'_>,
+    ctx: &Context,
+) -> Result<Result<(), String>> {
+    let topic = claim.topic;
+    let namespace = ds.metadata.namespace.as_deref().unwrap_or_default();
+    if ds.topic_name() != topic {
+        return Ok(Err(format!(
+            "the status names topic {topic} but the spec names {}",
+            ds.topic_name()
+        )));
+    }
+    if let Err(why) = validated::check_topic_owner(namespace, topic, &ctx.defaults.topic_grants) {
+        return Ok(Err(why));
+    }
+    if let Some(owner) = other_owner(ds, topic, ctx) {
+        return Ok(Err(format!("it belongs to DataStream {owner}")));
+    }
+    let Some(id) = claim.topic_id else {
+        return Ok(Err(
+            "no topic id was recorded for it, so Weir cannot tell it is the topic it created"
+                .into(),
+        ));
+    };
+    // A connection whose Secret is gone (as when its namespace is deleted, Secrets first)
+    // is served from the client this DataStream used; without one the topic is left, and
+    // the Event says so, rather than holding the namespace in Terminating.
+    let topics = match ctx.topics_for(ds).await {
+        Ok(t) => t,
+        Err(problem) => match ctx.cached_connection(ds) {
+            Some(t) => t,
+            None => {
+                return Ok(Err(format!(
+                    "its Kafka connection cannot be used: {}",
+                    problem.0
+                )));
+            }
+        },
+    };
+    let unavailable = |e: TopicError| Error::KafkaUnavailable(e.to_string());
+    let cluster = topics.cluster_id().await.map_err(unavailable)?;
+    if claim.cluster_id.is_some_and(|c| c != cluster) {
+        return Ok(Err(format!(
+            "it is on Kafka cluster {}, and spec.kafka now reaches cluster {cluster}",
+            claim.cluster_id.unwrap_or_default()
+        )));
+    }
+    match topics.describe(topic).await.map_err(unavailable)? {
+        None => Ok(Ok(())),
+        Some(state) if state.id != id => Ok(Err(format!(
+            "it has id {}, not the {id} Weir created (it was deleted and created again \
+             outside Weir)",
+            state.id
+        ))),
+        Some(_) => {
+            topics.delete(topic).await.map_err(unavailable)?;
+            Ok(Ok(()))
         }
     }
-    for (k, v) in actual {
-        if !desired.contains_key(k) {
-            diff.insert(k.clone(), (Some(v.clone()), None));
-        }
-    }
-    diff
 }
 
-fn describe_diff(diff: &BTreeMap<String, (Option<String>, Option<String>)>) -> String {
-    if diff.is_empty() {
+/// The per-key changes that bring the topic's own configs (`actual`) to the spec's
+/// (`desired`): set what differs; remove keys Weir managed before (`managed_before`) that the
+/// spec no longer names; under [`ConfigOwnership::All`], remove every other key too. Keys
+/// Weir never managed are otherwise left alone.
+pub fn config_changes(
+    desired: &BTreeMap<String, String>,
+    actual: &BTreeMap<String, String>,
+    managed_before: &BTreeSet<String>,
+    ownership: ConfigOwnership,
+) -> Vec<ConfigChange> {
+    let set = desired
+        .iter()
+        .filter(|(k, v)| actual.get(*k) != Some(*v))
+        .map(|(k, v)| ConfigChange::Set(k.clone(), v.clone()));
+    let delete = actual
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .filter(|k| ownership == ConfigOwnership::All || managed_before.contains(*k))
+        .map(|k| ConfigChange::Delete(k.clone()));
+    set.chain(delete).collect()
+}
+
+/// The changes as `key: from -> to`, for Events.
+fn describe_changes(changes: &[ConfigChange], actual: &BTreeMap<String, String>) -> String {
+    if changes.is_empty() {
         return "none".into();
     }
-    diff.iter()
-        .map(|(k, (from, to))| {
-            format!(
-                "{k}: {} -> {}",
-                from.as_deref().unwrap_or("(default)"),
-                to.as_deref().unwrap_or("(default)")
-            )
+    changes
+        .iter()
+        .map(|c| {
+            let (key, to) = match c {
+                ConfigChange::Set(k, v) => (k, v.as_str()),
+                ConfigChange::Delete(k) => (k, "(default)"),
+            };
+            let from = actual.get(key).map_or("(default)", String::as_str);
+            format!("{key}: {from} -> {to}")
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The retention limits an adoption would lower, as `key from -> to`: a smaller
+/// `retention.ms`/`retention.bytes` than the topic has (`-1`, unlimited, is larger than any),
+/// or removing one the topic sets (the broker's default may be smaller).
+pub fn retention_lowered(
+    desired: &BTreeMap<String, String>,
+    effective: &BTreeMap<String, String>,
+    changes: &[ConfigChange],
+) -> Vec<String> {
+    let limit = |v: Option<&String>| -> Option<i64> {
+        v.and_then(|v| v.parse::<i64>().ok())
+            .map(|n| if n < 0 { i64::MAX } else { n })
+    };
+    let mut lowered = Vec::new();
+    for key in ["retention.ms", "retention.bytes"] {
+        let have = effective.get(key);
+        match (limit(desired.get(key)), limit(have)) {
+            (Some(want), Some(now)) if want < now => lowered.push(format!(
+                "{key} {} -> {}",
+                have.map_or("(default)", String::as_str),
+                desired.get(key).map_or("", String::as_str)
+            )),
+            _ => {}
+        }
+        if changes
+            .iter()
+            .any(|c| matches!(c, ConfigChange::Delete(k) if k == key))
+        {
+            lowered.push(format!(
+                "{key} {} -> the broker's default",
+                have.map_or("(default)", String::as_str)
+            ));
+        }
+    }
+    lowered
 }
 
 /// How long to wait before retrying an object after consecutive failures.
@@ -481,23 +750,104 @@ mod tests {
             .collect()
     }
 
+    fn set(k: &str, v: &str) -> ConfigChange {
+        ConfigChange::Set(k.into(), v.into())
+    }
+
     #[test]
-    fn config_diff_finds_changed_missing_and_extra_keys() {
+    fn config_changes_touch_only_the_keys_weir_manages() {
         let desired = map(&[("cleanup.policy", "delete"), ("retention.ms", "1000")]);
-        let actual = map(&[("retention.ms", "5"), ("segment.ms", "10")]);
-        let diff = config_diff(&desired, &actual);
-        assert_eq!(diff.len(), 3);
-        assert_eq!(diff["cleanup.policy"], (None, Some("delete".into())));
+        // The topic: one managed key drifted, one Weir set before and the spec dropped, one
+        // an admin set (a replication throttle).
+        let actual = map(&[
+            ("retention.ms", "5"),
+            ("max.message.bytes", "10"),
+            ("leader.replication.throttled.replicas", "*"),
+        ]);
+        let before: BTreeSet<String> = ["max.message.bytes".to_owned()].into();
+        let changes = config_changes(&desired, &actual, &before, ConfigOwnership::Named);
         assert_eq!(
-            diff["retention.ms"],
-            (Some("5".into()), Some("1000".into()))
+            changes,
+            vec![
+                set("cleanup.policy", "delete"),
+                set("retention.ms", "1000"),
+                ConfigChange::Delete("max.message.bytes".into()),
+            ]
         );
-        assert_eq!(diff["segment.ms"], (Some("10".into()), None));
         assert_eq!(
-            describe_diff(&diff),
-            "cleanup.policy: (default) -> delete, retention.ms: 5 -> 1000, segment.ms: 10 -> (default)"
+            describe_changes(&changes, &actual),
+            "cleanup.policy: (default) -> delete, retention.ms: 5 -> 1000, max.message.bytes: 10 -> (default)"
         );
-        assert!(config_diff(&desired, &desired).is_empty());
+        // Owning every key removes the admin's too.
+        let all = config_changes(&desired, &actual, &before, ConfigOwnership::All);
+        assert!(all.contains(&ConfigChange::Delete(
+            "leader.replication.throttled.replicas".into()
+        )));
+        assert!(config_changes(&desired, &desired, &before, ConfigOwnership::All).is_empty());
+    }
+
+    #[test]
+    fn an_adoption_that_lowers_retention_is_named() {
+        let desired = map(&[("retention.ms", "604800000")]);
+        let forever = map(&[("retention.ms", "-1"), ("retention.bytes", "-1")]);
+        assert_eq!(
+            retention_lowered(&desired, &forever, &[]),
+            vec!["retention.ms -1 -> 604800000"]
+        );
+        let short = map(&[("retention.ms", "1000")]);
+        assert!(retention_lowered(&desired, &short, &[]).is_empty());
+        // Removing a retention the topic sets may fall back to a smaller default.
+        let removed = [ConfigChange::Delete("retention.bytes".into())];
+        assert_eq!(
+            retention_lowered(&desired, &forever, &removed),
+            vec![
+                "retention.ms -1 -> 604800000",
+                "retention.bytes -1 -> the broker's default"
+            ]
+        );
+    }
+
+    fn topic_state(id: &str) -> TopicState {
+        TopicState {
+            id: id.into(),
+            partitions: 3,
+            replication_factor: 1,
+            dynamic_configs: BTreeMap::new(),
+            configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_claim_covers_a_topic_only_by_name_cluster_and_id() {
+        let claim = |topic_id, cluster_id| {
+            Some(status::Claim {
+                topic: "n.t",
+                topic_id,
+                cluster_id,
+            })
+        };
+        let t = topic_state("id1");
+        let ours = claim(Some("id1"), Some("c1"));
+        assert_eq!(ownership(ours, "n.t", "c1", Some(&t)), Ownership::Ours);
+        assert_eq!(ownership(ours, "n.t", "c1", None), Ownership::Ours);
+        assert_eq!(ownership(ours, "n.other", "c1", Some(&t)), Ownership::None);
+        // Another cluster (spec.kafka changed): a topic there is not ours.
+        assert_eq!(ownership(ours, "n.t", "c2", Some(&t)), Ownership::None);
+        // Same name, another id: deleted and created again outside Weir.
+        assert_eq!(
+            ownership(ours, "n.t", "c1", Some(&topic_state("id2"))),
+            Ownership::Replaced
+        );
+        // Claimed, not yet created (or recorded by an older Weir): matched by name.
+        assert_eq!(
+            ownership(claim(None, Some("c1")), "n.t", "c1", Some(&t)),
+            Ownership::Ours
+        );
+        assert_eq!(
+            ownership(claim(None, None), "n.t", "c9", Some(&t)),
+            Ownership::Ours
+        );
+        assert_eq!(ownership(None, "n.t", "c1", Some(&t)), Ownership::None);
     }
 
     #[test]
@@ -523,10 +873,8 @@ mod tests {
             configs: BTreeMap::new(),
         };
         let state = TopicState {
-            partitions: 3,
             replication_factor: 1,
-            dynamic_configs: BTreeMap::new(),
-            configs: BTreeMap::new(),
+            ..topic_state("id")
         };
         let p = limits(&topic, &state).expect("rf change");
         assert_eq!(p.reason, Reason::ReplicationFactorChangeUnsupported);

@@ -36,6 +36,9 @@ pub enum Reason {
     ReplicationFactorChangeUnsupported,
     /// The topic has more partitions than the spec, which Kafka cannot undo.
     PartitionsDecreaseUnsupported,
+    /// Adopting the topic would lower its retention, deleting records; it waits for the
+    /// user to say so.
+    RetentionDecrease,
     /// Deleting the DataStream (and its topic) waits until no Transform reads it.
     StillRead,
 }
@@ -54,6 +57,7 @@ impl Reason {
             Self::TopicOwnedByOther => "TopicOwnedByOther",
             Self::ReplicationFactorChangeUnsupported => "ReplicationFactorChangeUnsupported",
             Self::PartitionsDecreaseUnsupported => "PartitionsDecreaseUnsupported",
+            Self::RetentionDecrease => "RetentionDecrease",
             Self::StillRead => "StillRead",
         }
     }
@@ -83,20 +87,59 @@ impl Problem {
 pub enum Update {
     /// Not Ready because of this problem; the topic facts stay as stored.
     Problem(Problem),
-    /// The topic is claimed before it is created or adopted.
-    Claim(String),
-    /// The topic as Kafka reports it, Ready unless there is a problem.
-    Topic(DesiredTopic, TopicState, Option<Problem>),
+    /// Not Ready because another DataStream owns the topic: any claim this one made (racing
+    /// the owner) is given up, so that exactly one DataStream manages the topic.
+    Yield(Problem),
+    /// The topic on cluster `cluster` is claimed before it is created or adopted.
+    Claim {
+        /// The topic's name.
+        topic: String,
+        /// The cluster's id.
+        cluster: String,
+    },
+    /// The topic as Kafka reports it on cluster `cluster`, Ready unless there is a problem.
+    Topic {
+        /// What the spec asks for.
+        desired: DesiredTopic,
+        /// What Kafka reports.
+        state: TopicState,
+        /// The cluster's id.
+        cluster: String,
+        /// What keeps it from being Ready, if anything.
+        problem: Option<Problem>,
+    },
 }
 
 impl Update {
     fn observe(self, ds: &DataStream) -> Observed {
         match self {
             Self::Problem(p) => Observed::problem(ds, p),
-            Self::Claim(topic) => Observed::claim(ds, &topic),
-            Self::Topic(desired, state, problem) => Observed::topic(ds, &desired, &state, problem),
+            Self::Yield(p) => Observed::released(ds, p),
+            Self::Claim { topic, cluster } => Observed::claim(ds, &topic, &cluster),
+            Self::Topic {
+                desired,
+                state,
+                cluster,
+                problem,
+            } => Observed::topic(ds, &desired, &state, &cluster, problem),
         }
     }
+
+    fn keeps_claim(&self) -> bool {
+        matches!(self, Self::Problem(_))
+    }
+}
+
+/// A DataStream's claim on a topic, as its status records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    /// The topic's name.
+    pub topic: &'a str,
+    /// Kafka's id of the topic Weir created or adopted (absent between claim and creation,
+    /// and on claims recorded before Weir recorded ids).
+    pub topic_id: Option<&'a str>,
+    /// The cluster the claim is on (absent on claims recorded before Weir recorded it).
+    pub cluster_id: Option<&'a str>,
 }
 
 /// The status a reconcile observed, before timestamps.
@@ -121,11 +164,28 @@ impl Observed {
         }
     }
 
-    /// A claim on `topic`, recorded before the topic is created or adopted.
-    pub fn claim(ds: &DataStream, topic: &str) -> Self {
+    /// No claim (given up to the topic's owner), with the problem as the Ready condition.
+    pub fn released(ds: &DataStream, problem: Problem) -> Self {
+        let status = DataStreamStatus {
+            observed_generation: ds.metadata.generation,
+            ..Default::default()
+        };
+        Self {
+            status,
+            ready: false,
+            reason: problem.reason,
+            message: problem.message,
+        }
+    }
+
+    /// A claim on `topic` on cluster `cluster`, recorded before the topic is created or
+    /// adopted (its id is recorded once Kafka reports it).
+    pub fn claim(ds: &DataStream, topic: &str, cluster: &str) -> Self {
         let mut status = ds.status.clone().unwrap_or_default();
         status.observed_generation = ds.metadata.generation;
         status.topic = Some(topic.to_owned());
+        status.topic_id = None;
+        status.cluster_id = Some(cluster.to_owned());
         Self {
             status,
             ready: false,
@@ -139,6 +199,7 @@ impl Observed {
         ds: &DataStream,
         desired: &DesiredTopic,
         state: &TopicState,
+        cluster: &str,
         problem: Option<Problem>,
     ) -> Self {
         let effective_config: BTreeMap<String, String> = desired
@@ -149,6 +210,8 @@ impl Observed {
         let status = DataStreamStatus {
             observed_generation: ds.metadata.generation,
             topic: Some(desired.name.clone()),
+            topic_id: Some(state.id.clone()),
+            cluster_id: Some(cluster.to_owned()),
             partitions: Some(state.partitions),
             replication_factor: Some(state.replication_factor),
             effective_config,
@@ -251,7 +314,17 @@ pub async fn refresh(api: &Api<DataStream>, ds: &mut DataStream) -> Result<()> {
 
 /// The topic this DataStream has claimed (created or adopted), if any.
 pub fn claimed_topic(ds: &DataStream) -> Option<&str> {
-    ds.status.as_ref().and_then(|s| s.topic.as_deref())
+    claim(ds).map(|c| c.topic)
+}
+
+/// This DataStream's claim, if its status records one.
+pub fn claim(ds: &DataStream) -> Option<Claim<'_>> {
+    let status = ds.status.as_ref()?;
+    Some(Claim {
+        topic: status.topic.as_deref()?,
+        topic_id: status.topic_id.as_deref(),
+        cluster_id: status.cluster_id.as_deref(),
+    })
 }
 
 /// Writes the status if it differs from the stored one, and records it in `ds` so later
@@ -263,7 +336,7 @@ pub async fn write(
     ctx: &Context,
     update: Update,
 ) -> Result<()> {
-    if matches!(update, Update::Problem(_)) && claimed_topic(ds).is_none() {
+    if update.keeps_claim() && claimed_topic(ds).is_none() {
         // The cached object may predate our claim; a problem must never erase a claim.
         refresh(api, ds).await?;
     }
@@ -369,8 +442,10 @@ spec:
     #[test]
     fn a_claim_records_the_topic_before_creation() {
         let ds = ds();
-        let status = Observed::claim(&ds, "n.s").into_status(None, &Lineage::default());
+        let status = Observed::claim(&ds, "n.s", "c1").into_status(None, &Lineage::default());
         assert_eq!(status.topic.as_deref(), Some("n.s"));
+        assert_eq!(status.cluster_id.as_deref(), Some("c1"));
+        assert_eq!(status.topic_id, None);
         assert_eq!(status.conditions[0].reason, "Creating");
     }
 }

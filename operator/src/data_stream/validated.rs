@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use weir_crds::DataStream;
-use weir_crds::data_stream::{ADOPT_ANNOTATION, CleanupPolicy, DeletionPolicy};
+use weir_crds::data_stream::{
+    ACCEPT_RETENTION_DECREASE_ANNOTATION, ADOPT_ANNOTATION, CleanupPolicy, ConfigOwnership,
+    DeletionPolicy,
+};
 use weir_crds::schema::FieldType;
 
 use crate::topics::DesiredTopic;
@@ -13,6 +16,38 @@ const DERIVED_CONFIGS: [(&str, &str); 3] = [
     ("retention.ms", "spec.retention"),
     ("retention.bytes", "spec.retentionSize"),
     ("cleanup.policy", "spec.cleanupPolicy"),
+];
+
+/// The `spec.config` keys a tenant may set unless the operator is configured otherwise:
+/// per-topic settings that shape the tenant's own data. Left out on purpose: settings that
+/// trade durability or availability for everyone on the brokers (`unclean.leader.election.enable`,
+/// `flush.*`, `preallocate`), replication throttles (an admin's, during reassignments),
+/// tiered storage (`remote.storage.enable`, `local.retention.*`) and index tuning.
+pub const DEFAULT_CONFIG_ALLOW_LIST: &[&str] = &[
+    "compression.type",
+    "delete.retention.ms",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "segment.bytes",
+    "segment.ms",
+];
+
+/// The most `spec.config` keys a DataStream may set, and the longest value.
+const MAX_CONFIG_KEYS: usize = 32;
+const MAX_CONFIG_VALUE: usize = 256;
+
+/// Lower bounds that keep a tenant's topic from loading the brokers (tiny segments mean
+/// many files and frequent rolls) and upper bounds on record size: `(key, min, max)`.
+const CONFIG_BOUNDS: &[(&str, i64, i64)] = &[
+    ("segment.bytes", 16 << 20, i64::MAX),
+    ("segment.ms", 3_600_000, i64::MAX),
+    ("max.message.bytes", 1, 16 << 20),
 ];
 
 /// A mistake in a spec, naming the field.
@@ -43,6 +78,11 @@ pub struct Defaults {
     /// `(namespace, prefix)` pairs from the operator's configuration (a tenant cannot
     /// grant itself one).
     pub topic_grants: Vec<(String, String)>,
+    /// The `spec.config` keys a DataStream may set ([`DEFAULT_CONFIG_ALLOW_LIST`] unless the
+    /// operator is configured otherwise).
+    pub config_allow_list: Vec<String>,
+    /// The Kafka servers a DataStream's `spec.kafka` may name (empty: any).
+    pub allowed_bootstrap_servers: Vec<String>,
 }
 
 /// A DataStream whose spec passed every check.
@@ -54,6 +94,10 @@ pub struct ValidatedDataStream {
     pub adopt: bool,
     /// What happens to the topic on deletion.
     pub deletion_policy: DeletionPolicy,
+    /// Which of the topic's configs Weir manages.
+    pub config_ownership: ConfigOwnership,
+    /// Whether an adoption may lower the topic's retention.
+    pub accept_retention_decrease: bool,
 }
 
 /// Checks the spec and computes the desired topic.
@@ -110,20 +154,42 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         ));
     }
 
+    let replication_factor = spec
+        .replication_factor
+        .unwrap_or(defaults.replication_factor);
     let mut configs = BTreeMap::new();
+    if spec.config.len() > MAX_CONFIG_KEYS {
+        return Err(SpecError::new(
+            "spec.config",
+            format!(
+                "sets {} keys; at most {MAX_CONFIG_KEYS} are allowed",
+                spec.config.len()
+            ),
+        ));
+    }
     for (key, value) in &spec.config {
-        if let Some((_, field)) = DERIVED_CONFIGS.iter().find(|(k, _)| k == key) {
+        let field = || format!("spec.config.{key}");
+        if let Some((_, derived)) = DERIVED_CONFIGS.iter().find(|(k, _)| k == key) {
+            return Err(SpecError::new(field(), format!("set {derived} instead")));
+        }
+        if !defaults.config_allow_list.iter().any(|k| k == key) {
             return Err(SpecError::new(
-                format!("spec.config.{key}"),
-                format!("set {field} instead"),
+                field(),
+                format!(
+                    "{key} is not a topic setting a DataStream may change; allowed: {} (the \
+                     operator's WEIR_TOPIC_CONFIG_ALLOW_LIST sets the list)",
+                    defaults.config_allow_list.join(", ")
+                ),
             ));
         }
-        if value.is_empty() {
+        if value.is_empty() || value.len() > MAX_CONFIG_VALUE {
             return Err(SpecError::new(
-                format!("spec.config.{key}"),
-                "must not be empty",
+                field(),
+                format!("must be 1 to {MAX_CONFIG_VALUE} characters"),
             ));
         }
+        check_config_value(key, value, replication_factor)
+            .map_err(|m| SpecError::new(field(), m))?;
         configs.insert(key.clone(), value.clone());
     }
     configs.insert(
@@ -142,6 +208,24 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         configs.insert("retention.bytes".into(), bytes.to_string());
     }
 
+    if let Some(conn) = &spec.kafka {
+        crate::connection::bootstrap_allowed(
+            &conn.bootstrap_servers,
+            &defaults.allowed_bootstrap_servers,
+        )
+        .map_err(|m| SpecError::new("spec.kafka.bootstrapServers", m))?;
+        if let Some(sasl) = &conn.sasl
+            && conn.tls.is_none()
+            && !sasl.allow_plaintext
+        {
+            return Err(SpecError::new(
+                "spec.kafka.sasl",
+                "SASL without spec.kafka.tls sends the credentials and every record \
+                 unencrypted: add tls, or set allowPlaintext: true to accept that",
+            ));
+        }
+    }
+
     let name = ds.topic_name();
     check_topic_name(&name).map_err(|m| {
         let field = if spec.topic.is_some() {
@@ -155,24 +239,54 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
     check_topic_owner(namespace, &name, &defaults.topic_grants)
         .map_err(|m| SpecError::new("spec.topic", m))?;
 
-    let adopt = ds
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ADOPT_ANNOTATION))
-        .is_some_and(|v| v == "true");
+    let annotated = |key: &str| {
+        ds.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .is_some_and(|v| v == "true")
+    };
     Ok(ValidatedDataStream {
         topic: DesiredTopic {
             name,
             partitions: spec.partitions,
-            replication_factor: spec
-                .replication_factor
-                .unwrap_or(defaults.replication_factor),
+            replication_factor,
             configs,
         },
-        adopt,
+        adopt: annotated(ADOPT_ANNOTATION),
         deletion_policy: spec.deletion_policy,
+        config_ownership: spec.config_ownership,
+        accept_retention_decrease: annotated(ACCEPT_RETENTION_DECREASE_ANNOTATION),
     })
+}
+
+/// Checks the values whose range matters to the brokers or to durability.
+fn check_config_value(key: &str, value: &str, replication_factor: i32) -> Result<(), String> {
+    let number = || {
+        value
+            .parse::<i64>()
+            .map_err(|_| format!("{value:?} is not a whole number"))
+    };
+    if let Some((_, min, max)) = CONFIG_BOUNDS.iter().find(|(k, _, _)| *k == key) {
+        let n = number()?;
+        if n < *min || n > *max {
+            return Err(if *max == i64::MAX {
+                format!("{n} is below the smallest allowed value, {min}")
+            } else {
+                format!("{n} is outside the allowed range {min}..={max}")
+            });
+        }
+    }
+    if key == "min.insync.replicas" {
+        let n = number()?;
+        if n < 1 || i64::from(replication_factor) < n {
+            return Err(format!(
+                "{n} must be between 1 and the replication factor ({replication_factor}): more \
+                 in-sync replicas than replicas would refuse every write"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether namespace `namespace` may manage (create, adopt, delete) topic `name`: topics
@@ -298,6 +412,11 @@ spec:
         Defaults {
             replication_factor: 1,
             topic_grants: vec![("legacy".into(), "orders.".into())],
+            config_allow_list: DEFAULT_CONFIG_ALLOW_LIST
+                .iter()
+                .map(|k| k.to_string())
+                .collect(),
+            allowed_bootstrap_servers: vec!["*.kafka.svc:9093".into()],
         }
     }
 
@@ -377,6 +496,74 @@ spec:
         assert_eq!(
             err.to_string(),
             "spec.config.retention.ms: set spec.retention instead"
+        );
+    }
+
+    #[test]
+    fn config_takes_only_allowed_keys_within_bounds() {
+        let with =
+            |config: &str| data_stream(&BASE.replace("max.message.bytes: \"2097152\"", config));
+        let refused = |config: &str| {
+            validate(&with(config), &defaults())
+                .expect_err(config)
+                .to_string()
+        };
+        let e = refused("unclean.leader.election.enable: \"true\"");
+        assert!(
+            e.starts_with("spec.config.unclean.leader.election.enable: unclean.leader.election.enable is not a topic setting a DataStream may change; allowed: compression.type"),
+            "{e}"
+        );
+        assert!(refused("flush.messages: \"1\"").contains("not a topic setting"));
+        assert_eq!(
+            refused("segment.bytes: \"1024\""),
+            "spec.config.segment.bytes: 1024 is below the smallest allowed value, 16777216"
+        );
+        assert_eq!(
+            refused("max.message.bytes: \"1e9\""),
+            "spec.config.max.message.bytes: \"1e9\" is not a whole number"
+        );
+        // More in-sync replicas than replicas would refuse every write (replication 1 here).
+        assert!(
+            refused("min.insync.replicas: \"2\"")
+                .contains("between 1 and the replication factor (1)")
+        );
+        let many = (0..33)
+            .map(|i| format!("k{i}: v"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        assert_eq!(
+            refused(&many),
+            "spec.config: sets 33 keys; at most 32 are allowed"
+        );
+        assert!(validate(&with("compression.type: zstd"), &defaults()).is_ok());
+        // The operator's list replaces the default.
+        let mut narrow = defaults();
+        narrow.config_allow_list = vec!["compression.type".into()];
+        assert!(validate(&with("max.message.bytes: \"10\""), &narrow).is_err());
+    }
+
+    #[test]
+    fn a_connection_must_use_an_allowed_server_and_encrypt_sasl_unless_told() {
+        let with = |kafka: &str| data_stream(&format!("{BASE}  kafka: {kafka}\n"));
+        let e = validate(
+            &with("{ name: c, bootstrapServers: \"evil.example.com:9093\" }"),
+            &defaults(),
+        )
+        .expect_err("not allowed");
+        assert!(
+            e.to_string()
+                .starts_with("spec.kafka.bootstrapServers: \"evil.example.com:9093\""),
+            "{e}"
+        );
+        let sasl = "{ name: c, bootstrapServers: \"b.kafka.svc:9093\", sasl: { mechanism: PLAIN, secretName: s } }";
+        let e = validate(&with(sasl), &defaults()).expect_err("plaintext");
+        assert_eq!(e.field, "spec.kafka.sasl");
+        let opted_in = sasl.replace("secretName: s", "secretName: s, allowPlaintext: true");
+        assert!(validate(&with(&opted_in), &defaults()).is_ok());
+        let encrypted = sasl.replace("secretName: s }", "secretName: s }, tls: {}");
+        assert!(
+            validate(&with(&encrypted), &defaults()).is_ok(),
+            "{encrypted}"
         );
     }
 

@@ -303,6 +303,7 @@ pub fn output_data_stream(
         retention_size: None,
         cleanup_policy,
         config: BTreeMap::new(),
+        config_ownership: Default::default(),
         format: Default::default(),
         schema: Schema { fields },
         key: if changelog {

@@ -1,5 +1,7 @@
-//! Kafka topics as the operator sees them: read a topic's state, create it, raise its
-//! partitions, set its configs, delete it.
+//! Kafka topics as the operator sees them: read a topic's state (with its id), create it,
+//! raise its partitions, change its configs key by key, delete it.
+
+mod native;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,11 +9,13 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{
-    AdminClient, AdminOptions, AlterConfig, ConfigSource, NewPartitions, NewTopic,
-    ResourceSpecifier, TopicReplication,
+    AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
+    TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+pub use native::ConfigChange;
 
 /// How long one admin request may take before the broker counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,11 +56,24 @@ impl TopicError {
             None => Self::Unavailable(format!("{what}: {e}")),
         }
     }
+
+    fn from_native(what: &str, e: native::NativeError) -> Self {
+        match e.code {
+            Some(code) => match Self::from_code(what, code) {
+                Self::Rejected(m) => Self::Rejected(format!("{m} ({})", e.message)),
+                Self::Unavailable(m) => Self::Unavailable(format!("{m} ({})", e.message)),
+            },
+            None => Self::Unavailable(format!("{what}: {}", e.message)),
+        }
+    }
 }
 
 /// A topic as Kafka reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicState {
+    /// Kafka's id for the topic: a topic deleted and created again under the same name has
+    /// a new one, so it tells Weir's topic from a stranger's of the same name.
+    pub id: String,
     /// The number of partitions.
     pub partitions: i32,
     /// The replication factor (of partition 0).
@@ -85,6 +102,7 @@ pub struct DesiredTopic {
 pub struct Topics {
     admin: Arc<AdminClient<DefaultClientContext>>,
     bootstrap: String,
+    cluster_id: Arc<std::sync::OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Topics {
@@ -114,7 +132,24 @@ impl Topics {
         Ok(Self {
             admin: Arc::new(admin),
             bootstrap,
+            cluster_id: Arc::default(),
         })
+    }
+
+    /// The cluster's id, which names the cluster a topic was created on.
+    pub async fn cluster_id(&self) -> Result<String, TopicError> {
+        if let Some(id) = self.cluster_id.get() {
+            return Ok(id.clone());
+        }
+        let admin = self.admin.clone();
+        let id =
+            tokio::task::spawn_blocking(move || admin.inner().fetch_cluster_id(REQUEST_TIMEOUT))
+                .await
+                .map_err(|e| TopicError::Unavailable(format!("cluster id task: {e}")))?
+                .ok_or_else(|| {
+                    TopicError::Unavailable("reading the cluster id: no answer".into())
+                })?;
+        Ok(self.cluster_id.get_or_init(|| id).clone())
     }
 
     /// The bootstrap servers this connection uses.
@@ -128,41 +163,23 @@ impl Topics {
             .operation_timeout(Some(REQUEST_TIMEOUT))
     }
 
-    /// Reads a topic's partitions, replication factor and configs; `None` if it does not exist.
+    /// Reads a topic's id, partitions, replication factor and configs; `None` if it does not
+    /// exist.
     pub async fn describe(&self, name: &str) -> Result<Option<TopicState>, TopicError> {
         let admin = self.admin.clone();
         let topic = name.to_owned();
-        let metadata = tokio::task::spawn_blocking(move || {
-            admin
-                .inner()
-                .fetch_metadata(Some(&topic), REQUEST_TIMEOUT)
-                .map(|m| {
-                    m.topics().first().map(|t| {
-                        (
-                            t.error(),
-                            t.partitions().len() as i32,
-                            t.partitions()
-                                .first()
-                                .map_or(0, |p| p.replicas().len() as i32),
-                        )
-                    })
-                })
+        let description = tokio::task::spawn_blocking(move || {
+            native::describe_topic(&admin, &topic, REQUEST_TIMEOUT)
         })
         .await
-        .map_err(|e| TopicError::Unavailable(format!("metadata task: {e}")))?
-        .map_err(|e| TopicError::from_kafka("reading metadata", e))?;
-        let (partitions, replication_factor) = match metadata {
-            None => return Ok(None),
-            Some((Some(err), _, _)) => {
-                let code = RDKafkaErrorCode::from(err);
-                if code == RDKafkaErrorCode::UnknownTopicOrPartition {
-                    return Ok(None);
-                }
-                return Err(TopicError::from_code("reading metadata", code));
-            }
-            Some((None, 0, _)) => return Ok(None),
-            Some((None, p, rf)) => (p, rf),
+        .map_err(|e| TopicError::Unavailable(format!("describe task: {e}")))?
+        .map_err(|e| TopicError::from_native("describing the topic", e))?;
+        let Some(description) = description else {
+            return Ok(None);
         };
+        if description.partitions == 0 {
+            return Ok(None);
+        }
 
         let results = self
             .admin
@@ -186,8 +203,9 @@ impl Topics {
             }
         }
         Ok(Some(TopicState {
-            partitions,
-            replication_factor,
+            id: description.id,
+            partitions: description.partitions,
+            replication_factor: description.replication_factor,
             dynamic_configs,
             configs,
         }))
@@ -236,27 +254,23 @@ impl Topics {
         Ok(())
     }
 
-    /// Replaces the topic's own configs with exactly `configs` (others return to defaults).
-    pub async fn set_configs(
+    /// Changes the topic's configs key by key; keys not named are left as they are.
+    pub async fn change_configs(
         &self,
         name: &str,
-        configs: &BTreeMap<String, String>,
+        changes: Vec<ConfigChange>,
     ) -> Result<(), TopicError> {
-        let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
-        for (k, v) in configs {
-            alter = alter.set(k, v);
+        if changes.is_empty() {
+            return Ok(());
         }
-        let results = self
-            .admin
-            .alter_configs(&[alter], &Self::options())
-            .await
-            .map_err(|e| TopicError::from_kafka("setting configs", e))?;
-        for r in results {
-            if let Err((_, code)) = r {
-                return Err(TopicError::from_code("setting configs", code));
-            }
-        }
-        Ok(())
+        let admin = self.admin.clone();
+        let topic = name.to_owned();
+        tokio::task::spawn_blocking(move || {
+            native::alter_topic_configs(&admin, &topic, &changes, REQUEST_TIMEOUT)
+        })
+        .await
+        .map_err(|e| TopicError::Unavailable(format!("config task: {e}")))?
+        .map_err(|e| TopicError::from_native("changing configs", e))
     }
 
     /// Deletes the topic. A topic that is already gone is not an error.
