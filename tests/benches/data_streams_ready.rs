@@ -1,6 +1,7 @@
-//! Benchmark: apply 1,000 DataStreams at once and time until all are Ready, with the
-//! operator's peak memory. The baseline, measured in the same run on a fresh broker, is
-//! creating the same 1,000 topics straight through the Kafka admin API.
+//! Benchmark: apply 2,000 DataStreams over 10 namespaces at once and time until all are
+//! Ready, with the operator's peak memory. The baseline, measured in the same run on a
+//! fresh broker, is creating the same 2,000 topics straight through the Kafka admin API.
+//! `WEIR_BENCH_DATASTREAMS` and `WEIR_BENCH_NAMESPACES` change the sizes.
 //!
 //! Run with `make bench` (which builds the release binaries first).
 
@@ -13,7 +14,8 @@ use weir_operator::topics::{DesiredTopic, Topics};
 use weir_tests::fixtures::{data_stream, is_ready};
 use weir_tests::{Operator, OperatorOptions, Stack, install_crds};
 
-const COUNT: usize = 1_000;
+const COUNT: usize = 2_000;
+const NAMESPACES: usize = 10;
 const IN_FLIGHT: usize = 32;
 
 mod common;
@@ -29,6 +31,12 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(COUNT);
+    let namespaces: usize = std::env::var("WEIR_BENCH_NAMESPACES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(NAMESPACES)
+        .max(1);
+    let namespace = |i: usize| format!("bench-{}", i % namespaces);
 
     // Baseline: the same topics through the admin API, on its own fresh broker.
     let baseline = {
@@ -42,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
                 let topics = topics.clone();
                 async move {
                     let t = DesiredTopic {
-                        name: format!("bench.s{i:04}"),
+                        name: format!("{}.s{i:04}", namespace(i)),
                         partitions: 3,
                         replication_factor: 1,
                         configs: [("retention.ms".to_owned(), "604800000".to_owned())].into(),
@@ -69,12 +77,18 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+    let all = Api::<DataStream>::all(client.clone());
+    let namespace_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    for n in 0..namespaces {
+        let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+        ns.metadata.name = Some(namespace(n));
+        namespace_api.create(&PostParams::default(), &ns).await?;
+    }
 
     let started = Instant::now();
     common::run_all(
         (0..count).map(|i| {
-            let api = api.clone();
+            let api = Api::<DataStream>::namespaced(client.clone(), &namespace(i));
             async move {
                 api.create(
                     &PostParams::default(),
@@ -93,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let mut peak_kib = 0;
     loop {
         peak_kib = peak_kib.max(operator.peak_rss_kib());
-        let list = api.list(&ListParams::default()).await?;
+        let list = all.list(&ListParams::default()).await?;
         let ready = list.items.iter().filter(|d| is_ready()(Some(d))).count();
         if ready == count {
             break;
@@ -107,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let all_ready = started.elapsed();
     peak_kib = peak_kib.max(operator.peak_rss_kib());
 
-    println!("data_streams_ready: {count} DataStreams");
+    println!("data_streams_ready: {count} DataStreams over {namespaces} namespaces");
     println!("  applied in            {:>8.2} s", applied.as_secs_f64());
     println!("  all Ready after       {:>8.2} s", all_ready.as_secs_f64());
     println!(

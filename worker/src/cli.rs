@@ -30,6 +30,41 @@ struct Kind {
 /// The kinds Weir reads.
 const KINDS: [&str; 2] = ["DataStream", "Transform"];
 
+/// The largest file Weir reads: its files describe resources and small fixtures, and
+/// anything larger is a mistake (a data file passed by accident) better refused than read
+/// into memory whole.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// The first value in `value` that JSON cannot carry (YAML's `.nan`, `.inf`, `-.inf`), by
+/// its path: reading it would silently turn it into a null.
+fn non_finite(value: &serde_yaml::Value, path: &str) -> Option<String> {
+    use serde_yaml::Value;
+    match value {
+        Value::Number(n) if n.as_f64().is_some_and(|f| !f.is_finite()) => Some(path.to_owned()),
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| non_finite(v, &format!("{path}[{i}]"))),
+        Value::Mapping(map) => map.iter().find_map(|(k, v)| {
+            let key = match k {
+                Value::String(s) => s.clone(),
+                other => serde_yaml::to_string(other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+            };
+            let path = if path.is_empty() {
+                key
+            } else {
+                format!("{path}.{key}")
+            };
+            non_finite(v, &path)
+        }),
+        Value::Tagged(t) => non_finite(&t.value, path),
+        _ => None,
+    }
+}
+
 /// Decodes `value` as a `T`, refusing fields `T` does not have (a misspelled field would
 /// otherwise be ignored silently), each named by its path.
 fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> anyhow::Result<T> {
@@ -54,6 +89,17 @@ pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
     let mut out = Resources::default();
     for file in files {
         let file = file.as_ref();
+        let size = std::fs::metadata(file)
+            .with_context(|| format!("cannot read {}", file.display()))?
+            .len();
+        if size > MAX_FILE_BYTES {
+            bail!(
+                "{} has {size} bytes; Weir reads files of at most {} MiB (resources and small \
+                 fixtures, not data sets)",
+                file.display(),
+                MAX_FILE_BYTES >> 20
+            );
+        }
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read {}", file.display()))?;
         for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
@@ -67,6 +113,15 @@ pub fn load(files: &[impl AsRef<Path>]) -> anyhow::Result<Resources> {
                 kind: None,
             });
             let at = || format!("{}: document {}", file.display(), i + 1);
+            if matches!(kind.kind.as_deref(), Some("DataStream" | "Transform"))
+                && let Some(path) = non_finite(&value, "")
+            {
+                bail!(
+                    "{}: {path} is NaN or infinite, which a record cannot carry (JSON has \
+                     neither); write null for a missing value",
+                    at()
+                );
+            }
             match kind.kind.as_deref() {
                 Some("DataStream") => out
                     .data_streams

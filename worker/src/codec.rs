@@ -98,6 +98,8 @@ pub struct Decoder {
     table: bool,
     event_time: Option<usize>,
     max_bytes: usize,
+    /// The top-level integer fields, checked for numbers arrow-json would truncate.
+    integers: Vec<String>,
 }
 
 impl Decoder {
@@ -133,6 +135,7 @@ impl Decoder {
                 .as_ref()
                 .and_then(|et| input.schema.index_of(&et.field).ok()),
             max_bytes,
+            integers: weir_engine::lossless::integer_fields(&input.schema),
         }
     }
 
@@ -227,6 +230,9 @@ impl Decoder {
             if decoder.has_partial_record() || decoder.len() != n + 1 {
                 return None;
             }
+            if weir_engine::lossless::lossy_integer(value, &self.integers).is_some() {
+                return None;
+            }
         }
         decoder.flush().ok().flatten()
     }
@@ -272,6 +278,16 @@ impl Decoder {
     }
 
     fn decode_one(&self, schema: &SchemaRef, bytes: &[u8]) -> Result<RecordBatch, Rejection> {
+        if let Some((field, number)) = weir_engine::lossless::lossy_integer(bytes, &self.integers) {
+            return Err(Rejection {
+                class: "type_mismatch",
+                message: format!(
+                    "{number} is not a whole number, and the field is an integer: Weir does not \
+                     round or truncate it"
+                ),
+                field: Some(field),
+            });
+        }
         let mut decoder = self
             .builder(schema, 1)
             .build_decoder()
@@ -584,6 +600,26 @@ mod tests {
             Some("n"),
             "{:?}",
             d.rejected[2]
+        );
+    }
+
+    #[test]
+    fn a_fraction_in_an_integer_field_is_rejected_not_truncated() {
+        let d = Decoder::new(&input(false), 1 << 20).decode(&values(&[
+            r#"{"id":"a","n":1.0,"ts":0}"#,
+            r#"{"id":"b","n":1.9,"ts":0}"#,
+            r#"{"id":"c","n":3e1,"ts":0}"#,
+        ]));
+        assert_eq!(ids(&d), ["a", "c"]);
+        let (i, r) = &d.rejected[0];
+        assert_eq!(
+            (*i, r.class, r.field.as_deref()),
+            (1, "type_mismatch", Some("n"))
+        );
+        assert!(
+            r.message.starts_with("1.9 is not a whole number"),
+            "{}",
+            r.message
         );
     }
 

@@ -170,3 +170,86 @@ fn a_misspelled_field_or_kind_is_named_not_ignored() {
     let (_, _, err) = weir(&["test", STREAM, &case]);
     assert!(err.contains("did you mean Transform?"), "{err}");
 }
+
+/// A DataStream with an integer field and a Transform over it whose one test gives `n` as
+/// `value`, in `dir`; their paths.
+fn with_given_n(dir: &tempfile::TempDir, value: &str) -> (String, String) {
+    let stream = dir.path().join("orders.yaml");
+    std::fs::write(
+        &stream,
+        r#"apiVersion: weir.dev/v1alpha1
+kind: DataStream
+metadata: { name: orders, namespace: shop }
+spec:
+  description: Orders.
+  owner: shop@example.com
+  schema:
+    fields:
+      - { name: id, type: string }
+      - { name: n, type: bigint }
+"#,
+    )
+    .expect("write");
+    let transform = dir.path().join("big.yaml");
+    std::fs::write(
+        &transform,
+        format!(
+            r#"apiVersion: weir.dev/v1alpha1
+kind: Transform
+metadata: {{ name: big, namespace: shop }}
+spec:
+  description: Big orders.
+  owner: shop@example.com
+  sql: SELECT id, n FROM orders WHERE n > 1
+  output: {{ name: big }}
+  tests:
+    - name: keeps big ones
+      given:
+        orders:
+          - {{ id: a, n: {value} }}
+      expect:
+        - {{ id: a, n: 2 }}
+"#
+        ),
+    )
+    .expect("write");
+    let path = |p: std::path::PathBuf| p.to_str().expect("utf-8").to_owned();
+    (path(stream), path(transform))
+}
+
+#[test]
+fn a_fixture_value_that_would_change_on_the_way_in_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stream, transform) = with_given_n(&dir, "2");
+    let (code, out, err) = weir(&["test", &stream, &transform]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // 1.9 into a bigint would be truncated to 1.
+    let (stream, transform) = with_given_n(&dir, "1.9");
+    let (code, out, err) = weir(&["test", &stream, &transform]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        format!("{out}{err}").contains("1.9 is not a whole number"),
+        "{out}{err}"
+    );
+
+    // YAML's .nan would become a null.
+    let (stream, transform) = with_given_n(&dir, ".nan");
+    let (code, out, err) = weir(&["test", &stream, &transform]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("spec.tests[0].given.orders[0].n is NaN or infinite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_too_large_to_be_a_resource_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let huge = dir.path().join("huge.yaml");
+    let file = std::fs::File::create(&huge).expect("create");
+    file.set_len(17 << 20).expect("size");
+    let (code, out, err) = weir(&["test", huge.to_str().expect("utf-8")]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("Weir reads files of at most 16 MiB"), "{err}");
+}

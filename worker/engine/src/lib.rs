@@ -31,6 +31,7 @@ mod changes;
 mod engine;
 pub mod expectations;
 mod exprs;
+pub mod lossless;
 mod ops;
 pub mod runner;
 

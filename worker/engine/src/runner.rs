@@ -156,6 +156,19 @@ pub fn decode_records(
                 ),
             });
         }
+        if let Some((name, value)) = r.iter().find(|(k, v)| {
+            schema
+                .field_with_name(k)
+                .is_ok_and(|f| crate::lossless::lossy_value(v, f.data_type()))
+        }) {
+            return Err(RunError::BadRecord {
+                path: format!("{path}[{i}].{name}"),
+                message: format!(
+                    "{value} is not a whole number, and the field is an integer: Weir does not \
+                     round or truncate it"
+                ),
+            });
+        }
         weights.push(if delete { -1 } else { 1 });
         rows.push(r);
     }

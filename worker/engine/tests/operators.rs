@@ -382,3 +382,97 @@ fn an_integer_sum_that_overflows_is_an_error() {
         .unwrap();
     assert!(!out.is_empty());
 }
+
+/// Event times in milliseconds: ordinary ones, and ones at and beyond the edges of what
+/// 64-bit nanoseconds hold (the years 1677 and 2262).
+fn extreme_time() -> impl Strategy<Value = i64> {
+    let edge = i64::MAX / 1_000_000;
+    prop_oneof![
+        2 => 0i64..120_000,
+        2 => (edge - 120_000)..=edge,
+        2 => (-edge - 1)..=(-edge + 120_000),
+        1 => prop_oneof![Just(edge + 1), Just(-edge - 2), Just(i64::MAX), Just(i64::MIN)],
+    ]
+}
+
+/// Window sizes from a second to what a 64-bit nanosecond interval holds.
+fn window_query() -> impl Strategy<Value = String> {
+    let size = prop_oneof![
+        Just("INTERVAL '1' SECOND"),
+        Just("INTERVAL '1' MINUTE"),
+        Just("INTERVAL '30' DAY"),
+        Just("INTERVAL '36500' DAY"),
+        Just("INTERVAL '100000' DAY"),
+    ];
+    (0usize..3, size).prop_map(|(kind, size)| match kind {
+        0 => format!("SELECT k, window_start, window_end, COUNT(*) AS n FROM e GROUP BY k, TUMBLE(ts, {size})"),
+        1 => format!("SELECT k, window_start, COUNT(*) AS n FROM e GROUP BY k, HOP(ts, INTERVAL '1' SECOND, {size})"),
+        _ => format!("SELECT k, window_start, window_end, SUM(v) AS s FROM e GROUP BY k, SESSION(ts, {size})"),
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, .. ProptestConfig::default() })]
+
+    /// Windows over times near the limits of time never panic (tests run with overflow
+    /// checks) nor produce a wrapped window: each push either works or names the problem.
+    #[test]
+    fn windows_at_the_limits_of_time_fail_clearly_or_work(
+        sql in window_query(),
+        times in prop::collection::vec(extreme_time(), 1..6),
+    ) {
+        // A query the compiler refuses (an interval too long) is its own error, tested there.
+        let Ok(c) = compile(&sql, &inputs_for_windows(), &CompileOptions::new("ns")) else {
+            return Ok(());
+        };
+        let mut engine = Engine::new(&c).expect("engine");
+        let i = c.inputs.iter().position(|x| x.name == "e").expect("input e");
+        for t in times {
+            let rows = [(1, Some(1), t)];
+            match engine.push(i, batch(&c.inputs[i].schema, &rows, 1)) {
+                Ok(out) => {
+                    let rows = consolidate(&engine.output_schema(), &out).expect("renders");
+                    for (row, _) in rows {
+                        prop_assert!(row.iter().all(|v| !v.contains("overflow")), "{:?}", row);
+                    }
+                }
+                Err(e) => prop_assert!(!e.to_string().is_empty()),
+            }
+            if let Err(e) = engine.advance_watermark(i, t.saturating_mul(1_000_000)) {
+                prop_assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}
+
+fn inputs_for_windows() -> Vec<StreamInput> {
+    compiled("SELECT k FROM e").inputs.clone()
+}
+
+#[test]
+fn an_integer_sum_that_leaves_64_bits_when_sessions_merge_is_an_error_not_clamped() {
+    let c = compiled(
+        "SELECT k, window_start, SUM(v) AS s FROM e GROUP BY k, SESSION(ts, INTERVAL '6' SECOND)",
+    );
+    let mut engine = Engine::new(&c).expect("engine");
+    let i = c
+        .inputs
+        .iter()
+        .position(|x| x.name == "e")
+        .expect("input e");
+    let schema = c.inputs[i].schema.clone();
+    // Two sessions, [0s, 6s) and [10s, 16s), then a row at 5s with no value bridges them.
+    engine
+        .push(i, batch(&schema, &[(1, Some(i64::MAX - 10), 0)], 1))
+        .expect("first session");
+    engine
+        .push(i, batch(&schema, &[(1, Some(100), 10_000)], 1))
+        .expect("second session");
+    let error = engine
+        .push(i, batch(&schema, &[(1, None, 5_000)], 1))
+        .expect_err("the merged SUM does not fit in 64 bits");
+    assert!(
+        error.to_string().contains("overflowed the 64-bit range"),
+        "{error}"
+    );
+}

@@ -428,20 +428,36 @@ fn group_values(kinds: &[Kind], global: bool, g: Option<&Group>) -> Option<Vec<V
     )
 }
 
-/// The windows a row at time `t` falls in, as starts.
-fn assign(kind: WinKind, size: i64, slide: i64, t: i64, out: &mut Vec<i64>) {
+/// The windows a row at time `t` falls in, as starts. Every window's start and end are
+/// representable (64-bit nanoseconds, the years 1677 to 2262): a time so close to the limits
+/// that its window is not is an error for that row, never a wrapped or clamped window.
+fn assign(kind: WinKind, size: i64, slide: i64, t: i64, out: &mut Vec<i64>) -> Result<()> {
     out.clear();
+    let beyond = || {
+        EngineError::Overflow(format!(
+            "the event time {t} (nanoseconds since 1970) is too close to the limits of time \
+             (the years 1677 and 2262) for its window: the window's start or end cannot be \
+             represented"
+        ))
+    };
+    let window = |start: Option<i64>| -> Result<i64> {
+        let start = start.ok_or_else(beyond)?;
+        start.checked_add(size).ok_or_else(beyond)?;
+        Ok(start)
+    };
     match kind {
-        WinKind::Tumble => out.push(t.div_euclid(size) * size),
+        WinKind::Tumble => out.push(window(t.div_euclid(size).checked_mul(size))?),
         WinKind::Hop => {
-            let mut s = t.div_euclid(slide) * slide;
-            while s > t.saturating_sub(size) {
-                out.push(s);
-                s -= slide;
+            let mut s = window(t.div_euclid(slide).checked_mul(slide))?;
+            let first_end = t.checked_sub(size).ok_or_else(beyond)?;
+            while s > first_end {
+                out.push(window(Some(s))?);
+                s = s.checked_sub(slide).ok_or_else(beyond)?;
             }
         }
-        WinKind::Session => out.push(t),
+        WinKind::Session => out.push(window(Some(t))?),
     }
+    Ok(())
 }
 
 struct OutRow {
@@ -732,7 +748,8 @@ impl Operator for AggregateOp {
                     }
                     let t = times.value(i);
                     if kind == WinKind::Session {
-                        let end = t.saturating_add(size);
+                        assign(kind, size, slide, t, &mut starts)?;
+                        let end = t + size;
                         if self.closed(end) {
                             self.state.late += 1;
                             continue;
@@ -741,7 +758,7 @@ impl Operator for AggregateOp {
                         self.session_add(key, t, end, &kinds, &prepared, i, w, &mut touched)?;
                         continue;
                     }
-                    assign(kind, size, slide, t, &mut starts);
+                    assign(kind, size, slide, t, &mut starts)?;
                     let before = pairs.len();
                     for &s in &starts {
                         if !self.closed(s.saturating_add(size)) {
@@ -1131,6 +1148,31 @@ impl AggregateOp {
             .filter(|(_, (e, _))| *e > t)
             .map(|(s, _)| *s)
             .collect();
+        // An integer SUM must stay within 64 bits when sessions merge, even when the row
+        // that bridges them adds nothing (a NULL): checked before any state changes.
+        for (k, kind) in kinds.iter().enumerate() {
+            if *kind != Kind::SumInt {
+                continue;
+            }
+            let mut total: i128 = overlapping
+                .iter()
+                .filter_map(|s| match sessions.get(s).and_then(|(_, g)| g.accs.get(k)) {
+                    Some(Acc::SumI { sum, .. }) => Some(*sum),
+                    _ => None,
+                })
+                .sum();
+            if let Some(Prepared::Int(a)) = prepared.get(k)
+                && a.is_valid(i)
+            {
+                total += i128::from(a.value(i)) * i128::from(w);
+            }
+            if i64::try_from(total).is_err() {
+                return Err(EngineError::Overflow(format!(
+                    "an integer SUM overflowed the 64-bit range when sessions merged (it \
+                     reached {total})"
+                )));
+            }
+        }
         let mut start = t;
         let mut stop = end;
         let mut merged = fresh;

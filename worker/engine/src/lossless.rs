@@ -1,0 +1,160 @@
+//! Numbers an integer column would truncate.
+//!
+//! arrow-json reads a JSON number into an integer column by parsing it as an integer or,
+//! failing that, as a double cast to the integer: `1.9` silently becomes `1`. Weir refuses
+//! such a record instead (the worker dead-letters it, `weir test` names it). A number whose
+//! value is whole (`3`, `3.0`, `3e2`) is exact and accepted.
+//!
+//! [`lossy_integer`] finds one in a record's raw JSON with one pass over its bytes (no
+//! parsing into values), so the worker can afford it on every record; [`lossy_value`] does
+//! the same for a value already parsed. Only top-level fields are checked: an integer
+//! inside a `struct` or `list` field is still read as arrow-json reads it.
+
+use arrow::datatypes::{DataType, Schema};
+
+/// The names of `schema`'s top-level integer fields.
+pub fn integer_fields(schema: &Schema) -> Vec<String> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| f.data_type().is_integer())
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+/// Whether a number, written as `text`, is exact in an integer column: no fraction. Text
+/// that is not a number, or out of range, is arrow-json's error to report.
+fn whole(text: &str) -> bool {
+    if !text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+        return true;
+    }
+    text.parse::<f64>()
+        .map_or(true, |v| v.fract() == 0.0 && v.abs() < 9.3e18)
+}
+
+/// The first top-level field of the JSON object `json` that is one of `integers` and holds
+/// a number with a fraction: `(field, the number as written)`.
+pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String)> {
+    if integers.is_empty() {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut key: Option<String> = None;
+    let mut in_value = false;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                let mut escaped = false;
+                while j < json.len() && json[j] != b'"' {
+                    if json[j] == b'\\' {
+                        escaped = true;
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                if depth == 1 && !in_value {
+                    let raw = &json[start..j.min(json.len())];
+                    key = if escaped {
+                        serde_json::from_slice(&json[i..(j + 1).min(json.len())]).ok()
+                    } else {
+                        std::str::from_utf8(raw).ok().map(str::to_owned)
+                    };
+                }
+                i = j + 1;
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => in_value = true,
+            b',' if depth == 1 => {
+                in_value = false;
+                key = None;
+            }
+            b'-' | b'0'..=b'9' if depth == 1 && in_value => {
+                let start = i;
+                while i < json.len()
+                    && matches!(json[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    i += 1;
+                }
+                let text = std::str::from_utf8(&json[start..i]).unwrap_or_default();
+                if let Some(k) = &key
+                    && integers.contains(k)
+                    && !whole(text)
+                {
+                    return Some((k.clone(), text.to_owned()));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Whether `value`, bound for a column of `data_type`, is a number that column would
+/// truncate.
+pub fn lossy_value(value: &serde_json::Value, data_type: &DataType) -> bool {
+    match value {
+        serde_json::Value::Number(n) if data_type.is_integer() && n.is_f64() => {
+            !whole(&n.to_string())
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ints() -> Vec<String> {
+        vec!["price".into(), "qty".into()]
+    }
+
+    #[test]
+    fn a_fraction_in_an_integer_field_is_found_with_its_field() {
+        let found = lossy_integer(br#"{"name": "a", "price": 1.9, "qty": 2}"#, &ints());
+        assert_eq!(found, Some(("price".into(), "1.9".into())));
+        assert_eq!(
+            lossy_integer(br#"{"qty":-2.5e-1}"#, &ints()),
+            Some(("qty".into(), "-2.5e-1".into()))
+        );
+    }
+
+    #[test]
+    fn whole_numbers_strings_and_other_fields_pass() {
+        for ok in [
+            r#"{"price": 3, "qty": 3.0, "ratio": 0.5}"#,
+            r#"{"price": 3e2, "note": "price: 1.9", "v1.9": 1.9}"#,
+            r#"{"nested": {"price": 1.9}, "list": [1.5], "price": -7}"#,
+            r#"{"na\"me": "x\\", "price": 1}"#,
+            r#"{"price": null, "qty": "1.9"}"#,
+            "not json at all 1.9",
+        ] {
+            assert_eq!(lossy_integer(ok.as_bytes(), &ints()), None, "{ok}");
+        }
+        assert_eq!(lossy_integer(br#"{"price": 1.9}"#, &[]), None);
+    }
+
+    #[test]
+    fn an_escaped_key_is_read_as_json_reads_it() {
+        let ints = vec!["pr\"ice".to_owned()];
+        assert_eq!(
+            lossy_integer(br#"{"pr\"ice": 0.5}"#, &ints),
+            Some(("pr\"ice".into(), "0.5".into()))
+        );
+    }
+
+    #[test]
+    fn a_parsed_value_is_checked_the_same_way() {
+        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).expect("json");
+        assert!(lossy_value(&v("1.9"), &DataType::Int64));
+        assert!(!lossy_value(&v("1.0"), &DataType::Int32));
+        assert!(!lossy_value(&v("1.9"), &DataType::Float64));
+        assert!(!lossy_value(&v("19"), &DataType::Int64));
+    }
+}
