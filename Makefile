@@ -19,7 +19,7 @@ build: ## Build every crate and binary
 
 test: tools ## Run every test: unit, property, golden and integration on the real local stack
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace --lib --bins --tests -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --workspace --lib --tests -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --workspace --doc
 
 tools: ## Install the pinned Kafka, etcd, kube-apiserver, kubectl and helm into .tools/
