@@ -59,14 +59,7 @@ pub fn id_of(meta: &ObjectMeta) -> String {
     )
 }
 
-/// Reads a duration such as `5s` or `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration: {e}"))
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+use crate::units::{duration as parse_duration, duration_ms};
 
 /// A DataStream as the compiler sees it: its Arrow schema, key, event time and kind (a
 /// compacted, keyed DataStream is a table).
@@ -84,13 +77,11 @@ pub fn stream_input(ds: &DataStream) -> Result<StreamInput, String> {
     )
     .with_key(ds.spec.key.clone());
     if let Some(et) = &ds.spec.event_time {
-        let ooo =
-            match &et.max_out_of_orderness {
-                Some(d) => millis(parse_duration(d).map_err(|e| {
-                    format!("DataStream {id}: spec.eventTime.maxOutOfOrderness: {e}")
-                })?),
-                None => 0,
-            };
+        let ooo = match &et.max_out_of_orderness {
+            Some(d) => duration_ms(d)
+                .map_err(|e| format!("DataStream {id}: spec.eventTime.maxOutOfOrderness: {e}"))?,
+            None => 0,
+        };
         input = input.with_event_time(&et.field, ooo);
     }
     if ds.spec.cleanup_policy == CleanupPolicy::Compact && !ds.spec.key.is_empty() {
@@ -109,12 +100,10 @@ pub fn compile_options(tf: &Transform) -> Result<CompileOptions, TransformError>
         };
         if let Some(l) = &w.allowed_lateness {
             options.allowed_lateness_ms =
-                millis(
-                    parse_duration(l).map_err(|message| TransformError::Windows {
-                        field: "allowedLateness",
-                        message,
-                    })?,
-                );
+                duration_ms(l).map_err(|message| TransformError::Windows {
+                    field: "allowedLateness",
+                    message,
+                })?;
         }
     }
     Ok(options)

@@ -16,6 +16,7 @@ pub mod data_stream;
 pub mod net;
 pub mod schema;
 pub mod transform;
+pub mod units;
 
 pub use data_stream::{DataStream, DataStreamSpec, DataStreamStatus};
 pub use transform::{Transform, TransformSpec, TransformStatus};

@@ -8,6 +8,7 @@ use weir_crds::data_stream::{
     DeletionPolicy,
 };
 use weir_crds::schema::FieldType;
+use weir_crds::units::{duration_ms as parse_duration_ms, size_bytes as parse_bytes};
 
 use crate::topics::DesiredTopic;
 
@@ -343,42 +344,6 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses a duration such as `7d`, `12h`, `1h30m` or `500ms` into milliseconds.
-pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let d = humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration such as 7d, 12h or 30m ({e})"))?;
-    i64::try_from(d.as_millis()).map_err(|_| format!("{text:?} is too long"))
-}
-
-/// Parses a size such as `10Gi`, `500Mi` or `1G` into bytes.
-pub fn parse_bytes(text: &str) -> Result<i64, String> {
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(digits_end);
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size such as 10Gi or 500Mi"))?;
-    let factor: i64 = match unit {
-        "" => 1,
-        "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?} (use K, M, G, T, Ki, Mi, Gi or Ti)"
-            ));
-        }
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too large"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,16 +580,6 @@ spec:
         let e = validate(&ds, &defaults()).unwrap_err();
         assert_eq!(e.field, "spec.topic");
         assert!(e.message.contains("internal"), "{}", e.message);
-    }
-
-    #[test]
-    fn sizes_and_durations_parse() {
-        assert_eq!(parse_bytes("500Mi"), Ok(500 << 20));
-        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
-        assert!(parse_bytes("2Q").is_err());
-        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
-        assert_eq!(parse_duration_ms("12h"), Ok(43_200_000));
-        assert!(parse_duration_ms("soon").is_err());
     }
 
     #[test]

@@ -69,16 +69,16 @@ fn parse_type(t: &str) -> Result<DataType, String> {
     })
 }
 
+/// A duration as Weir's resources write it (`weir_crds::units` reads them with humantime
+/// too); a bare number is seconds.
 fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = n.parse().map_err(|_| format!("bad duration {s}"))?;
-    Ok(match unit {
-        "ms" => n,
-        "s" | "" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        other => return Err(format!("bad unit {other}")),
-    })
+    let text = if s.bytes().all(|b| b.is_ascii_digit()) {
+        format!("{s}s")
+    } else {
+        s.to_owned()
+    };
+    let d = humantime::parse_duration(&text).map_err(|e| format!("bad duration {s}: {e}"))?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("duration {s} is too long"))
 }
 
 /// `stream ns.name (a string not null, b bigint) event_time b ooo 5s`
