@@ -36,7 +36,7 @@ pub struct Config {
     /// `compression.type`, `delete.retention.ms`, `max.compaction.lag.ms`,
     /// `max.message.bytes`, `message.timestamp.*`, `min.cleanable.dirty.ratio`,
     /// `min.compaction.lag.ms`, `min.insync.replicas`, `segment.bytes`, `segment.ms`.
-    #[arg(long = "topic-config-allow-list", env = "WEIR_TOPIC_CONFIG_ALLOW_LIST", value_delimiter = ',', default_values_t = crate::data_stream::validated::DEFAULT_CONFIG_ALLOW_LIST.iter().map(|k| k.to_string()))]
+    #[arg(long = "topic-config-allow-list", env = "WEIR_TOPIC_CONFIG_ALLOW_LIST", value_delimiter = ',', default_values_t = crate::policy::DEFAULT_CONFIG_ALLOW_LIST.iter().map(|k| k.to_string()))]
     pub topic_config_allow_list: Vec<String>,
 
     /// The Kafka servers a DataStream's `spec.kafka.bootstrapServers` may name, as

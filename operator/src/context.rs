@@ -10,11 +10,70 @@ use kube::runtime::reflector::Store;
 use tracing::warn;
 use weir_crds::{DataStream, Transform};
 
-use crate::data_stream::Backoff;
-use crate::data_stream::validated::Defaults;
+use crate::backoff::Backoff;
+use crate::kafka_admin::KafkaAdmin;
 use crate::metrics::Metrics;
-use crate::topics::Topics;
+use crate::policy::Policy;
 use crate::transform::build::WorkerSettings;
+
+/// What an Event reports: its `reason` and `action`, stable for alerting and filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Happened {
+    /// Weir created a topic.
+    TopicCreated,
+    /// Weir adopted an existing topic.
+    TopicAdopted,
+    /// Weir took over a topic another DataStream had created while racing the owner.
+    TopicClaimed,
+    /// Weir raised a topic's partitions.
+    PartitionsRaised,
+    /// Weir changed a topic's configs after a spec change.
+    ConfigUpdated,
+    /// Weir reverted configs changed behind its back.
+    ConfigDriftReverted,
+    /// A DataStream went away and its topic stayed (by policy, or because Weir could not
+    /// prove it was its own).
+    TopicRetained,
+    /// A DataStream went away and its topic with it.
+    TopicDeleted,
+    /// A Transform's changed plan reprocesses from the start into a new state epoch.
+    Reprocessing,
+    /// A DataStream's schema change leaves a Transform that reads it not compiling.
+    BreaksReaders,
+    /// A condition turned to a problem: the condition's reason.
+    Problem(&'static str),
+}
+
+impl Happened {
+    /// The Event's reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TopicCreated => "TopicCreated",
+            Self::TopicAdopted => "TopicAdopted",
+            Self::TopicClaimed => "TopicClaimed",
+            Self::PartitionsRaised => "PartitionsRaised",
+            Self::ConfigUpdated => "ConfigUpdated",
+            Self::ConfigDriftReverted => "ConfigDriftReverted",
+            Self::TopicRetained => "TopicRetained",
+            Self::TopicDeleted => "TopicDeleted",
+            Self::Reprocessing => "Reprocessing",
+            Self::BreaksReaders => "BreaksReaders",
+            Self::Problem(reason) => reason,
+        }
+    }
+
+    /// The Event's action: what the operator did or was doing.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::TopicCreated => "Create",
+            Self::TopicAdopted | Self::TopicClaimed => "Adopt",
+            Self::PartitionsRaised | Self::ConfigUpdated | Self::ConfigDriftReverted => "Update",
+            Self::TopicRetained | Self::TopicDeleted => "Delete",
+            Self::Reprocessing => "Upgrade",
+            Self::BreaksReaders | Self::Problem(_) => "Reconcile",
+        }
+    }
+}
 
 /// A named connection that cannot be used, with a message naming what is missing.
 #[derive(Debug, Clone)]
@@ -24,10 +83,10 @@ pub struct ConnectionProblem(pub String);
 pub struct Context {
     /// The Kubernetes client.
     pub client: kube::Client,
-    /// The default Kafka cluster.
-    pub topics: Topics,
-    /// Defaults for what a spec leaves out.
-    pub defaults: Defaults,
+    /// The default Kafka cluster's admin client.
+    pub kafka: KafkaAdmin,
+    /// The operator-wide policy for DataStreams.
+    pub policy: Policy,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes Kubernetes Events.
@@ -53,7 +112,7 @@ pub struct Context {
 /// closed, so the cache follows the connections in use instead of every one ever seen.
 #[derive(Default)]
 struct Connections {
-    clients: HashMap<u64, Topics>,
+    clients: HashMap<u64, KafkaAdmin>,
     users: HashMap<String, u64>,
 }
 
@@ -77,8 +136,8 @@ impl Context {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
-        topics: Topics,
-        defaults: Defaults,
+        kafka: KafkaAdmin,
+        policy: Policy,
         metrics: Arc<Metrics>,
         (data_streams, transforms): (Store<DataStream>, Store<Transform>),
         workers: WorkerSettings,
@@ -92,8 +151,8 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            topics,
-            defaults,
+            kafka,
+            policy,
             metrics,
             data_streams,
             transforms,
@@ -106,11 +165,11 @@ impl Context {
     }
 
     /// The Kafka cluster a DataStream lives on: its named connection, or the default.
-    pub async fn topics_for(&self, ds: &DataStream) -> Result<Topics, ConnectionProblem> {
+    pub async fn kafka_for(&self, ds: &DataStream) -> Result<KafkaAdmin, ConnectionProblem> {
         let user = ds.metadata.uid.clone().unwrap_or_default();
         let Some(conn) = &ds.spec.kafka else {
             self.with_connections(|c| c.use_connection(&user, None));
-            return Ok(self.topics.clone());
+            return Ok(self.kafka.clone());
         };
         let namespace = ds.metadata.namespace.clone().unwrap_or_default();
         let settings = crate::connection::settings(&self.client, &namespace, conn)
@@ -121,7 +180,7 @@ impl Context {
             self.with_connections(|c| c.use_connection(&user, Some(key)));
             return Ok(t);
         }
-        let topics = Topics::new(crate::connection::client_config(&settings)).map_err(|e| {
+        let topics = KafkaAdmin::new(crate::connection::client_config(&settings)).map_err(|e| {
             let message = crate::connection::redact(&e.to_string(), &settings);
             ConnectionProblem(format!("spec.kafka: {message}"))
         })?;
@@ -134,7 +193,7 @@ impl Context {
 
     /// The admin client this DataStream used last, while it is still open (for deleting its
     /// topic after its Secret is gone).
-    pub fn cached_connection(&self, ds: &DataStream) -> Option<Topics> {
+    pub fn cached_connection(&self, ds: &DataStream) -> Option<KafkaAdmin> {
         let user = ds.metadata.uid.as_deref().unwrap_or_default();
         self.with_connections(|c| c.clients.get(c.users.get(user)?).cloned())
     }
@@ -154,21 +213,16 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
-    pub async fn publish<K>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) where
+    pub async fn publish<K>(&self, obj: &K, type_: EventType, happened: Happened, note: String)
+    where
         K: Resource<DynamicType = ()>,
     {
+        let reason = happened.reason();
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
-            action: action.into(),
+            action: happened.action().into(),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
@@ -187,7 +241,7 @@ mod tests {
         let client = || {
             let mut config = rdkafka::ClientConfig::new();
             config.set("bootstrap.servers", "127.0.0.1:1");
-            Topics::new(config).expect("client")
+            KafkaAdmin::new(config).expect("client")
         };
         c.clients.insert(1, client());
         c.use_connection("a", Some(1));

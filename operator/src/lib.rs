@@ -8,19 +8,22 @@
 //! if two overlap.
 //!
 //! The parts: [`config`] (flags and env), [`run`] (preflight, leader election, controllers,
-//! HTTP endpoints, graceful shutdown), [`watch`] (watches no one object can stop), [`topics`]
-//! (Kafka admin), [`metrics`] and [`http`].
+//! HTTP endpoints, graceful shutdown), [`watch`] (watches no one object can stop),
+//! [`kafka_admin`] (the Kafka admin client), [`policy`] (what the operator's configuration
+//! decides for every DataStream), [`backoff`], [`metrics`] and [`http`].
 
+pub mod backoff;
 pub mod config;
 pub mod connection;
 pub mod context;
 pub mod data_stream;
 pub mod http;
+pub mod kafka_admin;
 pub mod lineage;
 pub mod metrics;
+pub mod policy;
 pub mod run;
 pub mod telemetry;
-pub mod topics;
 pub mod transform;
 pub mod watch;
 
@@ -36,6 +39,9 @@ pub enum Error {
     /// Kafka could not be reached; the reconcile is retried with backoff.
     #[error("{0}")]
     KafkaUnavailable(String),
+    /// Kafka refused a request (missing ACLs, a policy); retried with backoff.
+    #[error("{0}")]
+    KafkaRejected(String),
     /// The finalizer helper failed (adding, removing, or the wrapped reconcile).
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -56,6 +62,7 @@ impl Error {
         match self {
             Self::Kube(_) => "kubernetes",
             Self::KafkaUnavailable(_) => "kafka_unavailable",
+            Self::KafkaRejected(_) => "kafka_rejected",
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
@@ -64,6 +71,15 @@ impl Error {
             Self::MissingField(_) => "malformed_object",
             Self::Internal(_) => "internal",
             Self::Waiting(_) => "waiting",
+        }
+    }
+}
+
+impl From<kafka_admin::TopicError> for Error {
+    fn from(e: kafka_admin::TopicError) -> Self {
+        match e {
+            kafka_admin::TopicError::Unavailable(_) => Self::KafkaUnavailable(e.to_string()),
+            kafka_admin::TopicError::Rejected(_) => Self::KafkaRejected(e.to_string()),
         }
     }
 }

@@ -20,10 +20,11 @@ use weir_crds::{DataStream, Transform};
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::data_stream::{self, validated::Defaults};
+use crate::data_stream;
 use crate::http::{self, Health};
+use crate::kafka_admin::KafkaAdmin;
 use crate::metrics::Metrics;
-use crate::topics::Topics;
+use crate::policy::Policy;
 use crate::watch::{self, WatchHealth};
 
 use crate::transform::{self, build::WorkerSettings};
@@ -55,7 +56,7 @@ pub enum RunError {
     Preflight(#[source] kube::Error),
     /// The Kafka client configuration is invalid.
     #[error("configuring Kafka: {0}")]
-    Kafka(#[source] crate::topics::TopicError),
+    Kafka(#[source] crate::kafka_admin::TopicError),
     /// The HTTP endpoints could not be served.
     #[error("serving HTTP on {addr}: {source}")]
     Http {
@@ -84,7 +85,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     for (k, v) in &config.kafka_config {
         kafka.set(k, v);
     }
-    let topics = Topics::new(kafka).map_err(RunError::Kafka)?;
+    let topics = KafkaAdmin::new(kafka).map_err(RunError::Kafka)?;
 
     let identity = config.identity.clone().unwrap_or_else(hostname_or_random);
     let metrics = Arc::new(Metrics::default());
@@ -246,7 +247,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         topics,
-        Defaults {
+        Policy {
             replication_factor: config.default_replication_factor,
             topic_grants: config.topic_grants.clone(),
             config_allow_list: config.topic_config_allow_list.clone(),

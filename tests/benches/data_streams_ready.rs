@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, ListParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
-use weir_operator::topics::{DesiredTopic, Topics};
+use weir_operator::kafka_admin::{DesiredTopic, KafkaAdmin};
 use weir_tests::fixtures::{data_stream, is_ready};
 use weir_tests::{Operator, OperatorOptions, Stack, install_crds};
 
@@ -43,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         let stack = Stack::start().await?;
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", stack.bootstrap_servers());
-        let topics = Topics::new(config)?;
+        let topics = KafkaAdmin::new(config)?;
         let started = Instant::now();
         common::run_all(
             (0..count).map(|i| {

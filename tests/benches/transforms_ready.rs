@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::{DataStream, Transform};
-use weir_operator::topics::{DesiredTopic, Topics};
+use weir_operator::kafka_admin::{DesiredTopic, KafkaAdmin};
 use weir_tests::fixtures::{data_stream, is_ready};
 use weir_tests::records::{self, Record};
 use weir_tests::worker::Worker;
@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         let stack = Stack::start().await?;
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", stack.bootstrap_servers());
-        let topics = Topics::new(config)?;
+        let topics = KafkaAdmin::new(config)?;
         let started = Instant::now();
         let names: Vec<String> = (0..STREAMS)
             .map(|i| format!("default.s{i:03}"))

@@ -32,6 +32,7 @@ pub mod operator;
 pub mod process;
 pub mod records;
 pub mod tools;
+pub mod wait;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub use kafka::Kafka;
 pub use local_node::{Images, LocalNode};
 pub use namespace::{await_condition, await_deletion, with_temp_ns};
 pub use operator::{Operator, OperatorOptions, install_crds};
+pub use wait::wait_until;
 
 /// Errors from starting or talking to the local stack.
 #[derive(Debug, thiserror::Error)]

@@ -11,10 +11,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
-use weir_operator::topics::Topics;
+use weir_operator::kafka_admin::KafkaAdmin;
 use weir_tests::fixtures::{data_stream, has_reason, is_ready};
 use weir_tests::operator::LEASE_NAMESPACE;
-use weir_tests::{Operator, OperatorOptions, Stack, await_condition, install_crds, with_temp_ns};
+use weir_tests::{
+    Operator, OperatorOptions, Stack, await_condition, install_crds, wait_until, with_temp_ns,
+};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -25,10 +27,10 @@ async fn stack() -> (Stack, kube::Client) {
     (stack, client)
 }
 
-fn topics(stack: &Stack) -> Topics {
+fn topics(stack: &Stack) -> KafkaAdmin {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", stack.bootstrap_servers());
-    Topics::new(config).expect("admin")
+    KafkaAdmin::new(config).expect("admin")
 }
 
 /// `TopicCreated` Events per DataStream name in `ns`.
@@ -301,17 +303,12 @@ async fn no_bad_object_lost_watch_or_hung_apiserver_leaves_the_operator_stuck() 
         .await
         .expect("create");
     await_condition(api.clone(), "good", is_ready(), WAIT).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let (reason, message) = loop {
-        if let Some(r) = ready_of(&raw, "bad").await {
-            break r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no status on the bad object"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let raw = &raw;
+    let (reason, message) = wait_until("a status on the bad object", WAIT, || async move {
+        ready_of(raw, "bad").await.ok_or("none")
+    })
+    .await
+    .expect("the bad object is reported");
     assert_eq!(reason, "InvalidSpec");
     assert!(
         message.contains("spec.schema.fields[1].fields[0].type") && message.contains("uuid"),
@@ -325,27 +322,23 @@ async fn no_bad_object_lost_watch_or_hung_apiserver_leaves_the_operator_stuck() 
     crds.delete("transforms.weir.dev", &Default::default())
         .await
         .expect("delete the Transform CRD");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let why = loop {
-        match leader.healthz().await {
-            Some((503, why)) => break why,
-            _ => assert!(
-                tokio::time::Instant::now() < deadline,
-                "/healthz stayed 200"
-            ),
+    let healthz = |want: u16| {
+        let leader = &leader;
+        move || async move {
+            match leader.healthz().await {
+                Some((code, body)) if code == want => Ok(body),
+                other => Err(format!("{other:?}")),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    let why = wait_until("/healthz to fail", WAIT, healthz(503))
+        .await
+        .expect("a wedged watch fails /healthz");
     assert!(why.contains("Transform"), "{why}");
     install_crds(&client).await.expect("crds again");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while leader.healthz().await.map(|(code, _)| code) != Some(200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/healthz stayed 503"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    wait_until("/healthz to recover", WAIT, healthz(200))
+        .await
+        .expect("/healthz recovers with the watch");
 
     // The apiserver hangs. A standby asked to stop exits within its shutdown timeout, and
     // the leader, unable to renew its Lease, exits by itself before the Lease can expire.

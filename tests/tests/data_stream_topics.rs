@@ -7,17 +7,18 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use tokio::sync::OnceCell;
 use weir_crds::DataStream;
-use weir_operator::topics::{ConfigChange, DesiredTopic, TopicState, Topics};
+use weir_operator::kafka_admin::{ConfigChange, DesiredTopic, KafkaAdmin, TopicState};
 use weir_tests::fixtures::{data_stream, has_reason, is_ready, ready_condition};
 use weir_tests::kafka::{SASL_PASSWORD, SASL_USERNAME};
 use weir_tests::{
-    Operator, OperatorOptions, Stack, await_condition, await_deletion, install_crds, with_temp_ns,
+    Operator, OperatorOptions, Stack, await_condition, await_deletion, install_crds, wait_until,
+    with_temp_ns,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// One stack and one operator (resync every 2s) shared by the tests in this file.
-async fn setup() -> (kube::Client, Topics) {
+async fn setup() -> (kube::Client, KafkaAdmin) {
     static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
     let stack = Stack::shared().await;
     let client = stack.kube_client().await.expect("client");
@@ -39,7 +40,7 @@ async fn setup() -> (kube::Client, Topics) {
         .await;
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", stack.bootstrap_servers());
-    (client, Topics::new(config).expect("admin"))
+    (client, KafkaAdmin::new(config).expect("admin"))
 }
 
 #[tokio::test]
@@ -115,35 +116,32 @@ fn adopting(mut ds: DataStream) -> DataStream {
 
 /// Waits until Kafka no longer lists the topic (it deletes topics asynchronously: the
 /// metadata may lag the acknowledgement).
-async fn await_topic_gone(topics: &Topics, topic: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while topics.describe(topic).await.expect("describe").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{topic} was not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn await_topic_gone(topics: &KafkaAdmin, topic: &str) {
+    wait_until(format!("{topic} to be deleted"), WAIT, || async move {
+        match topics.describe(topic).await.expect("describe") {
+            None => Ok(()),
+            Some(state) => Err(format!("{state:?}")),
+        }
+    })
+    .await
+    .expect("the topic is deleted");
 }
 
 /// Waits until the topic's state passes `check`.
-async fn await_topic(topics: &Topics, topic: &str, check: impl Fn(&TopicState) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let state = topics
-            .describe(topic)
-            .await
-            .expect("describe")
-            .expect("exists");
-        if check(&state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "topic {topic} never reached the expected state: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn await_topic(topics: &KafkaAdmin, topic: &str, check: impl Fn(&TopicState) -> bool) {
+    let check = &check;
+    wait_until(
+        format!("topic {topic} to reach the expected state"),
+        WAIT,
+        || async move {
+            match topics.describe(topic).await.expect("describe") {
+                Some(state) if check(&state) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("the topic reaches the state");
 }
 
 #[tokio::test]

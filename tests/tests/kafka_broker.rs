@@ -126,7 +126,7 @@ async fn asking_about_a_missing_topic_never_creates_it() {
 
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", &bootstrap);
-    let topics = weir_operator::topics::Topics::new(config).unwrap();
+    let topics = weir_operator::kafka_admin::KafkaAdmin::new(config).unwrap();
     assert!(topics.describe("ns.never-created").await.unwrap().is_none());
 
     // A worker whose output topic is missing refuses to start after its wait.

@@ -656,7 +656,7 @@ spec:
     assert!(streams.get_opt("clicks").await.expect("get").is_some());
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", stack.bootstrap_servers());
-    let admin = weir_operator::topics::Topics::new(config).expect("admin");
+    let admin = weir_operator::kafka_admin::KafkaAdmin::new(config).expect("admin");
     for topic in ["helm-web.clicks", "helm-web.known-clicks"] {
         assert!(
             admin.describe(topic).await.expect("describe").is_some(),

@@ -16,7 +16,7 @@ use weir_tests::fixtures;
 use weir_tests::records::{self, Record};
 use weir_tests::{
     Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, await_deletion,
-    install_crds, with_temp_ns,
+    install_crds, wait_until, with_temp_ns,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -167,32 +167,31 @@ async fn clicks_per_url(bootstrap: &str, topic: &str) -> BTreeMap<String, i64> {
 
 /// Waits until the `by-url` output counts `want`.
 async fn wait_for_clicks(bootstrap: &str, topic: &str, want: &BTreeMap<String, i64>) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    wait_until(format!("{topic} to count {want:?}"), WAIT, || async move {
         let got = clicks_per_url(bootstrap, topic).await;
         if &got == want {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{topic} counts {got:?}, not {want:?}"
-        );
-    }
+    })
+    .await
+    .expect("the output counts what was clicked");
 }
 
 /// Waits until Kafka no longer has topic `name`.
 async fn wait_for_topic_deleted(bootstrap: &str, name: &str) {
     let mut config = rdkafka::ClientConfig::new();
     config.set("bootstrap.servers", bootstrap);
-    let admin = weir_operator::topics::Topics::new(config).expect("admin");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while admin.describe(name).await.expect("describe").is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "topic {name} was not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let admin = &weir_operator::kafka_admin::KafkaAdmin::new(config).expect("admin");
+    wait_until(format!("topic {name} to be deleted"), WAIT, || async move {
+        match admin.describe(name).await.expect("describe") {
+            None => Ok(()),
+            Some(state) => Err(format!("{state:?}")),
+        }
+    })
+    .await
+    .expect("the topic is deleted");
 }
 
 /// Whether condition `type_` of a Transform has reason `reason`.

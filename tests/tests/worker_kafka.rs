@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use weir_engine::runner::{Record as Row, Rows, render, run_records};
 use weir_engine::sql::StreamKind;
-use weir_tests::Kafka;
 use weir_tests::records::{self, Record};
 use weir_tests::worker::Worker;
+use weir_tests::{Kafka, wait_until};
 use weir_worker::transform::Job;
 
 /// One broker for the whole file.
@@ -588,15 +588,19 @@ async fn an_idle_partition_does_not_stop_windows_closing_and_its_late_records_co
     let (mut late, _) = clicks(30, 1, 30);
     late[0].partition = Some(2);
     s.produce(&late).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while w.metric_sum("weir_worker_late_records_total").await < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the late record was never counted:\n{}",
-            w.log_tail(20)
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let worker = &w;
+    wait_until(
+        "the late record to be counted",
+        Duration::from_secs(60),
+        || async move {
+            match worker.metric_sum("weir_worker_late_records_total").await {
+                n if n >= 1.0 => Ok(()),
+                _ => Err(worker.log_tail(20)),
+            }
+        },
+    )
+    .await
+    .expect("the late record is counted");
     assert_eq!(
         s.output().await,
         expected,
@@ -656,26 +660,31 @@ async fn a_stream_table_join_at_parallelism_3_looks_up_each_users_current_row() 
     records::produce(&s.bootstrap, &s.topic("users"), &user_records)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut read = 0.0;
-        for w in &workers {
-            read += w
-                .metric_sum(&format!(
-                    "weir_worker_records_in_total{{topic=\"{}\"",
-                    s.topic("users")
-                ))
-                .await;
-        }
-        if read as usize >= user_records.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the users were never read"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (readers, wanted, users_in) = (
+        &workers,
+        user_records.len(),
+        &format!(
+            "weir_worker_records_in_total{{topic=\"{}\"",
+            s.topic("users")
+        ),
+    );
+    wait_until(
+        "the users to be read",
+        Duration::from_secs(30),
+        || async move {
+            let mut read = 0.0;
+            for w in readers {
+                read += w.metric_sum(users_in).await;
+            }
+            if read as usize >= wanted {
+                Ok(())
+            } else {
+                Err(format!("{read} read"))
+            }
+        },
+    )
+    .await
+    .expect("every user record is read");
     let (clicks_records, rows) = clicks(0, 3000, 30);
     s.produce(&clicks_records).await;
     let given = vec![
@@ -752,11 +761,20 @@ async fn the_broker_going_away_during_a_commit_and_during_a_restore_loses_and_re
     ));
     workers[0] = s.worker("w0", &env);
     let restoring = r#"weir_worker_tasks{role="run",state="restoring"}"#;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while workers[0].metric_sum(restoring).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no restore began");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let first = &workers[0];
+    wait_until(
+        "a restore to begin",
+        Duration::from_secs(60),
+        || async move {
+            if first.metric_sum(restoring).await >= 1.0 {
+                Ok(())
+            } else {
+                Err(first.log_tail(5))
+            }
+        },
+    )
+    .await
+    .expect("a restore begins");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     kafka.stop();
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -21,10 +21,10 @@ use tracing::{info, instrument, warn};
 use weir_crds::DataStream;
 use weir_crds::data_stream::{ConfigOwnership, DeletionPolicy};
 
-use crate::context::Context;
-use crate::topics::{ConfigChange, DesiredTopic, TopicError, TopicState, Topics};
+use crate::context::{Context, Happened};
+use crate::kafka_admin::{ConfigChange, DesiredTopic, KafkaAdmin, TopicError, TopicState};
 use crate::{Error, Result};
-use status::{Problem, Reason, Update};
+use status::{Problem, Reason, Retry, Update};
 use validated::{ValidatedDataStream, validate};
 
 /// The finalizer that lets the operator act on the topic before a DataStream goes away.
@@ -58,50 +58,125 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// Why a reconcile stopped short of the topic the spec asks for: a problem to report on the
+/// DataStream (its reason says when to look again), or an apiserver error (retried by the
+/// controller with backoff).
+enum Stop {
+    Problem(Problem),
+    Error(Error),
+}
+
+impl From<Problem> for Stop {
+    fn from(p: Problem) -> Self {
+        Self::Problem(p)
+    }
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Self::Error(e)
+    }
+}
+
+impl From<kube::Error> for Stop {
+    fn from(e: kube::Error) -> Self {
+        Self::Error(e.into())
+    }
+}
+
+impl From<TopicError> for Stop {
+    fn from(e: TopicError) -> Self {
+        Self::Problem(match e {
+            TopicError::Unavailable(m) => Problem::new(Reason::KafkaUnavailable, m),
+            TopicError::Rejected(m) => Problem::new(Reason::KafkaRejected, m),
+        })
+    }
+}
+
+/// Reconciles: resolve and validate the spec, compare with Kafka, act, and end in
+/// [`settle`], the one place that writes the outcome and picks the next look.
 async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<Action> {
     // Each status write lands in this copy, so that later writes build on the claim.
     let ds = &mut ds.clone();
-    let validated = match validate(ds, &ctx.defaults) {
-        Ok(v) => v,
-        Err(e) => {
-            let problem = Problem::new(Reason::InvalidSpec, e.to_string());
-            status::write(api, ds, ctx, Update::Problem(problem)).await?;
-            // A user's mistake: wait for the spec to change.
-            ctx.backoff.reset(&ds.object_ref(&()));
-            return Ok(Action::await_change());
+    let reached = converge_topic(ds, api, ctx).await;
+    settle(ds, api, ctx, reached).await
+}
+
+/// Writes how the reconcile ended and decides when to look again: after the resync when
+/// the topic converged or waits on something outside Weir, on the next spec change for a
+/// user's mistake, with a growing delay when Kafka refused or cannot be reached.
+async fn settle(
+    ds: &mut DataStream,
+    api: &Api<DataStream>,
+    ctx: &Context,
+    reached: Result<Update, Stop>,
+) -> Result<Action> {
+    let key = ds.object_ref(&());
+    let problem = match reached {
+        Ok(update) => {
+            status::write(api, ds, ctx, update).await?;
+            ctx.backoff.reset(&key);
+            // Kafka sends no events: look again later to revert changes made behind our back.
+            return Ok(Action::requeue(ctx.resync));
         }
+        Err(Stop::Error(e)) => return Err(e),
+        Err(Stop::Problem(p)) => p,
     };
+    let retry = problem.reason.retry();
+    let message = problem.message.clone();
+    let update = if problem.reason == Reason::TopicOwnedByOther {
+        Update::Yield(problem)
+    } else {
+        Update::Problem(problem)
+    };
+    if retry == Retry::AsError {
+        // Best effort: the apiserver may be fine while Kafka is not.
+        if let Err(e) = status::write(api, ds, ctx, update).await {
+            warn!(error = %e, "could not report that Kafka is unavailable");
+        }
+        return Err(Error::KafkaUnavailable(message));
+    }
+    status::write(api, ds, ctx, update).await?;
+    Ok(match retry {
+        Retry::OnChange => {
+            ctx.backoff.reset(&key);
+            Action::await_change()
+        }
+        Retry::OnResync => {
+            ctx.backoff.reset(&key);
+            Action::requeue(ctx.resync)
+        }
+        Retry::WithBackoff | Retry::AsError => Action::requeue(ctx.backoff.next(&key)),
+    })
+}
+
+/// Brings the topic to the spec; the status update it reached, or why it stopped.
+async fn converge_topic(
+    ds: &mut DataStream,
+    api: &Api<DataStream>,
+    ctx: &Context,
+) -> Result<Update, Stop> {
+    let validated =
+        validate(ds, &ctx.policy).map_err(|e| Problem::new(Reason::InvalidSpec, e.to_string()))?;
     let topic = &validated.topic;
 
     if let Some(owner) = other_owner(ds, &topic.name, ctx) {
-        let problem = Problem::new(
+        return Err(Problem::new(
             Reason::TopicOwnedByOther,
             format!(
                 "topic {} belongs to DataStream {owner} (when several name one topic, the \
                  oldest owns it)",
                 topic.name
             ),
-        );
-        status::write(api, ds, ctx, Update::Yield(problem)).await?;
-        ctx.backoff.reset(&ds.object_ref(&()));
-        return Ok(Action::requeue(ctx.resync));
+        )
+        .into());
     }
 
-    let topics = match ctx.topics_for(ds).await {
-        Ok(t) => t,
-        Err(e) => {
-            let problem = Problem::new(Reason::ConnectionInvalid, e.0);
-            status::write(api, ds, ctx, Update::Problem(problem)).await?;
-            ctx.backoff.reset(&ds.object_ref(&()));
-            // The Secret may appear later: look again on the resync.
-            return Ok(Action::requeue(ctx.resync));
-        }
-    };
-    let (cluster, state) = match tokio::try_join!(topics.cluster_id(), topics.describe(&topic.name))
-    {
-        Ok(found) => found,
-        Err(e) => return kafka_failed(api, ds, ctx, e).await,
-    };
+    let topics = ctx
+        .kafka_for(ds)
+        .await
+        .map_err(|e| Problem::new(Reason::ConnectionInvalid, e.0))?;
+    let (cluster, state) = tokio::try_join!(topics.cluster_id(), topics.describe(&topic.name))?;
     let mut ownership = ownership(status::claim(ds), &topic.name, &cluster, state.as_ref());
     if ownership == Ownership::None && state.is_some() {
         // Before calling an existing topic foreign, make sure the cache is not behind.
@@ -127,17 +202,13 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 };
                 status::write(api, ds, ctx, claim).await?;
             }
-            let created = match topics.create(topic).await {
-                Ok(created) => created,
-                Err(e) => return kafka_failed(api, ds, ctx, e).await,
-            };
+            let created = topics.create(topic).await?;
             // Another replica (or our previous life) may have created it a moment ago.
             if created {
                 ctx.publish(
                     ds,
                     EventType::Normal,
-                    "TopicCreated",
-                    "Create",
+                    Happened::TopicCreated,
                     format!(
                         "created topic {} with {} partitions, replication factor {}",
                         topic.name, topic.partitions, topic.replication_factor
@@ -146,10 +217,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                 .await;
                 info!(topic = %topic.name, "created topic");
             }
-            match describe_new(&topics, &topic.name).await {
-                Ok(s) => s,
-                Err(e) => return kafka_failed(api, ds, ctx, e).await,
-            }
+            describe_new(&topics, &topic.name).await?
         }
         (Some(state), Ownership::Ours) => state,
         (Some(state), _) if let Some(loser) = racing => {
@@ -163,8 +231,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             ctx.publish(
                 ds,
                 EventType::Normal,
-                "TopicClaimed",
-                "Adopt",
+                Happened::TopicClaimed,
                 format!(
                     "took over topic {} from DataStream {loser}, which named it too (the oldest \
                      DataStream owns a topic)",
@@ -183,7 +250,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             );
             let lowered = retention_lowered(&topic.configs, &state.configs, &changes);
             if !lowered.is_empty() && !validated.accept_retention_decrease {
-                let problem = Problem::new(
+                return Err(Problem::new(
                     Reason::RetentionDecrease,
                     format!(
                         "adopting topic {} would lower its retention ({}), deleting the records \
@@ -193,10 +260,8 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                         lowered.join(", "),
                         weir_crds::data_stream::ACCEPT_RETENTION_DECREASE_ANNOTATION
                     ),
-                );
-                status::write(api, ds, ctx, Update::Problem(problem)).await?;
-                ctx.backoff.reset(&ds.object_ref(&()));
-                return Ok(Action::await_change());
+                )
+                .into());
             }
             let claim = Update::Claim {
                 topic: topic.name.clone(),
@@ -211,8 +276,7 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
             ctx.publish(
                 ds,
                 EventType::Normal,
-                "TopicAdopted",
-                "Adopt",
+                Happened::TopicAdopted,
                 format!(
                     "adopted existing topic {} ({} partitions){replaced}; config changes to \
                      converge: {}",
@@ -245,29 +309,18 @@ async fn apply(ds: &DataStream, api: &Api<DataStream>, ctx: &Context) -> Result<
                     weir_crds::data_stream::ADOPT_ANNOTATION
                 )
             };
-            let problem = Problem::new(Reason::TopicNotManaged, message);
-            status::write(api, ds, ctx, Update::Problem(problem)).await?;
-            ctx.backoff.reset(&ds.object_ref(&()));
-            return Ok(Action::requeue(ctx.resync));
+            return Err(Problem::new(Reason::TopicNotManaged, message).into());
         }
     };
 
-    let state = match converge(ds, &validated, state, &topics, ctx).await {
-        Ok(s) => s,
-        Err(e) => return kafka_failed(api, ds, ctx, e).await,
-    };
-
+    let state = converge(ds, &validated, state, &topics, ctx).await?;
     let problem = limits(topic, &state);
-    let update = Update::Topic {
+    Ok(Update::Topic {
         desired: topic.clone(),
         state,
         cluster,
         problem,
-    };
-    status::write(api, ds, ctx, update).await?;
-    ctx.backoff.reset(&ds.object_ref(&()));
-    // Kafka sends no events: look again later to revert changes made behind our back.
-    Ok(Action::requeue(ctx.resync))
+    })
 }
 
 /// Whether a DataStream's claim covers the topic Kafka reports.
@@ -338,7 +391,7 @@ fn racing_claimant(
 }
 
 /// Reads a topic just created: the broker's metadata may take a moment to show it.
-async fn describe_new(topics: &Topics, name: &str) -> Result<TopicState, TopicError> {
+async fn describe_new(topics: &KafkaAdmin, name: &str) -> Result<TopicState, TopicError> {
     for _ in 0..20 {
         if let Some(state) = topics.describe(name).await? {
             return Ok(state);
@@ -355,7 +408,7 @@ async fn converge(
     ds: &DataStream,
     validated: &ValidatedDataStream,
     mut state: TopicState,
-    topics: &Topics,
+    topics: &KafkaAdmin,
     ctx: &Context,
 ) -> Result<TopicState, TopicError> {
     let topic = &validated.topic;
@@ -367,8 +420,7 @@ async fn converge(
         ctx.publish(
             ds,
             EventType::Normal,
-            "PartitionsRaised",
-            "Update",
+            Happened::PartitionsRaised,
             format!(
                 "raised topic {} from {} to {} partitions",
                 topic.name, state.partitions, topic.partitions
@@ -399,15 +451,17 @@ async fn converge(
             .map(|s| s.effective_config.clone())
             .unwrap_or_default();
         let (reason, verb) = if applied_before == topic.configs {
-            ("ConfigDriftReverted", "reverted out-of-band changes to")
+            (
+                Happened::ConfigDriftReverted,
+                "reverted out-of-band changes to",
+            )
         } else {
-            ("ConfigUpdated", "updated")
+            (Happened::ConfigUpdated, "updated")
         };
         ctx.publish(
             ds,
             EventType::Normal,
             reason,
-            "Update",
             format!("{verb} topic {} configs: {summary}", topic.name),
         )
         .await;
@@ -471,32 +525,6 @@ fn other_owner(ds: &DataStream, topic: &str, ctx: &Context) -> Option<String> {
     })
 }
 
-async fn kafka_failed(
-    api: &Api<DataStream>,
-    ds: &mut DataStream,
-    ctx: &Context,
-    error: TopicError,
-) -> Result<Action> {
-    match error {
-        TopicError::Unavailable(m) => {
-            let problem = Problem::new(Reason::KafkaUnavailable, m.clone());
-            // Best effort: the apiserver may be fine while Kafka is not.
-            if let Err(e) = status::write(api, ds, ctx, Update::Problem(problem)).await {
-                warn!(error = %e, "could not report that Kafka is unavailable");
-            }
-            Err(Error::KafkaUnavailable(m))
-        }
-        TopicError::Rejected(m) => {
-            // Kafka refused what was asked (an unknown config, a policy, missing ACLs, a
-            // topic deleted meanwhile). A spec change retries at once; so that a fix made in
-            // Kafka (an ACL granted) is seen too, retry with a growing delay, not in a loop.
-            let problem = Problem::new(Reason::KafkaRejected, m);
-            status::write(api, ds, ctx, Update::Problem(problem)).await?;
-            Ok(Action::requeue(ctx.backoff.next(&ds.object_ref(&()))))
-        }
-    }
-}
-
 async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let Some(claim) = status::claim(ds) else {
         // We never created or adopted a topic: nothing to do.
@@ -509,8 +537,7 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
             ctx.publish(
                 ds,
                 EventType::Normal,
-                "TopicRetained",
-                "Delete",
+                Happened::TopicRetained,
                 format!("kept topic {topic} (deletionPolicy: Retain)"),
             )
             .await;
@@ -542,8 +569,7 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
                     ctx.publish(
                         ds,
                         EventType::Normal,
-                        "TopicDeleted",
-                        "Delete",
+                        Happened::TopicDeleted,
                         format!("deleted topic {topic} (deletionPolicy: Delete)"),
                     )
                     .await;
@@ -553,8 +579,7 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
                     ctx.publish(
                         ds,
                         EventType::Warning,
-                        "TopicRetained",
-                        "Delete",
+                        Happened::TopicRetained,
                         format!("kept topic {topic} although deletionPolicy is Delete: {why}"),
                     )
                     .await;
@@ -583,7 +608,7 @@ async fn delete_claimed(
             ds.topic_name()
         )));
     }
-    if let Err(why) = validated::check_topic_owner(namespace, topic, &ctx.defaults.topic_grants) {
+    if let Err(why) = validated::check_topic_owner(namespace, topic, &ctx.policy.topic_grants) {
         return Ok(Err(why));
     }
     if let Some(owner) = other_owner(ds, topic, ctx) {
@@ -598,7 +623,7 @@ async fn delete_claimed(
     // A connection whose Secret is gone (as when its namespace is deleted, Secrets first)
     // is served from the client this DataStream used; without one the topic is left, and
     // the Event says so, rather than holding the namespace in Terminating.
-    let topics = match ctx.topics_for(ds).await {
+    let topics = match ctx.kafka_for(ds).await {
         Ok(t) => t,
         Err(problem) => match ctx.cached_connection(ds) {
             Some(t) => t,
@@ -610,15 +635,14 @@ async fn delete_claimed(
             }
         },
     };
-    let unavailable = |e: TopicError| Error::KafkaUnavailable(e.to_string());
-    let cluster = topics.cluster_id().await.map_err(unavailable)?;
+    let cluster = topics.cluster_id().await?;
     if claim.cluster_id.is_some_and(|c| c != cluster) {
         return Ok(Err(format!(
             "it is on Kafka cluster {}, and spec.kafka now reaches cluster {cluster}",
             claim.cluster_id.unwrap_or_default()
         )));
     }
-    match topics.describe(topic).await.map_err(unavailable)? {
+    match topics.describe(topic).await? {
         None => Ok(Ok(())),
         Some(state) if state.id != id => Ok(Err(format!(
             "it has id {}, not the {id} Weir created (it was deleted and created again \
@@ -626,7 +650,7 @@ async fn delete_claimed(
             state.id
         ))),
         Some(_) => {
-            topics.delete(topic).await.map_err(unavailable)?;
+            topics.delete(topic).await?;
             Ok(Ok(()))
         }
     }
@@ -707,36 +731,6 @@ pub fn retention_lowered(
         }
     }
     lowered
-}
-
-/// How long to wait before retrying an object after consecutive failures.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
-
-impl Backoff {
-    fn key(obj: &k8s_openapi::api::core::v1::ObjectReference) -> String {
-        format!(
-            "{}/{}",
-            obj.namespace.as_deref().unwrap_or_default(),
-            obj.name.as_deref().unwrap_or_default()
-        )
-    }
-
-    /// Records a failure and returns the delay before the next try: 1s, 2s, 4s … 5 min.
-    pub fn next(&self, obj: &k8s_openapi::api::core::v1::ObjectReference) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(Self::key(obj)).or_insert(0);
-        *n = n.saturating_add(1);
-        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
-    }
-
-    /// Forgets an object's failures after a success.
-    pub fn reset(&self, obj: &k8s_openapi::api::core::v1::ObjectReference) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(&Self::key(obj));
-    }
 }
 
 #[cfg(test)]
@@ -848,20 +842,6 @@ mod tests {
             Ownership::Ours
         );
         assert_eq!(ownership(None, "n.t", "c1", Some(&t)), Ownership::None);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes_and_resets() {
-        let b = Backoff::default();
-        let obj = k8s_openapi::api::core::v1::ObjectReference {
-            name: Some("a".into()),
-            ..Default::default()
-        };
-        let delays: Vec<u64> = (0..12).map(|_| b.next(&obj).as_secs()).collect();
-        assert_eq!(&delays[..4], &[1, 2, 4, 8]);
-        assert_eq!(*delays.last().unwrap_or(&0), 256);
-        b.reset(&obj);
-        assert_eq!(b.next(&obj).as_secs(), 1);
     }
 
     #[test]

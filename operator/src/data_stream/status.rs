@@ -8,9 +8,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use weir_crds::{DataStream, DataStreamStatus};
 
-use crate::context::Context;
+use crate::context::{Context, Happened};
+use crate::kafka_admin::{DesiredTopic, TopicState};
 use crate::lineage::Lineage;
-use crate::topics::{DesiredTopic, TopicState};
 use crate::{FIELD_MANAGER, Result};
 
 /// Why a DataStream is or is not Ready: the condition's `reason`, stable for alerting.
@@ -43,7 +43,38 @@ pub enum Reason {
     StillRead,
 }
 
+/// When to reconcile a DataStream again after a problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// A user's mistake: when the spec changes.
+    OnChange,
+    /// Something outside Weir may change (a Secret, another DataStream, a topic): on the
+    /// next resync.
+    OnResync,
+    /// Kafka refused: with a growing delay (and at once when the spec changes).
+    WithBackoff,
+    /// Kafka could not be reached: an error, retried with a growing delay.
+    AsError,
+}
+
 impl Reason {
+    /// When to look again after a problem with this reason.
+    pub fn retry(self) -> Retry {
+        match self {
+            Self::InvalidSpec | Self::RetentionDecrease => Retry::OnChange,
+            Self::KafkaRejected => Retry::WithBackoff,
+            Self::KafkaUnavailable => Retry::AsError,
+            Self::TopicReady
+            | Self::Creating
+            | Self::ConnectionInvalid
+            | Self::TopicNotManaged
+            | Self::TopicOwnedByOther
+            | Self::ReplicationFactorChangeUnsupported
+            | Self::PartitionsDecreaseUnsupported
+            | Self::StillRead => Retry::OnResync,
+        }
+    }
+
     /// The reason as written in the condition.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -373,22 +404,15 @@ pub async fn write(
         ctx.publish(
             ds,
             EventType::Warning,
-            reason.as_str(),
-            "Reconcile",
+            Happened::Problem(reason.as_str()),
             message,
         )
         .await;
     }
     if newly_broken {
         let readers = status_message(&written, "ReadersCompile");
-        ctx.publish(
-            ds,
-            EventType::Warning,
-            "BreaksReaders",
-            "Reconcile",
-            readers,
-        )
-        .await;
+        ctx.publish(ds, EventType::Warning, Happened::BreaksReaders, readers)
+            .await;
     }
     ds.status = Some(written);
     Ok(())

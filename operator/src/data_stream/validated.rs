@@ -10,33 +10,14 @@ use weir_crds::data_stream::{
 use weir_crds::schema::FieldType;
 use weir_crds::units::{duration_ms as parse_duration_ms, size_bytes as parse_bytes};
 
-use crate::topics::DesiredTopic;
+use crate::kafka_admin::DesiredTopic;
+use crate::policy::Policy;
 
 /// Topic configs Weir derives from first-class spec fields; `spec.config` may not set them.
 const DERIVED_CONFIGS: [(&str, &str); 3] = [
     ("retention.ms", "spec.retention"),
     ("retention.bytes", "spec.retentionSize"),
     ("cleanup.policy", "spec.cleanupPolicy"),
-];
-
-/// The `spec.config` keys a tenant may set unless the operator is configured otherwise:
-/// per-topic settings that shape the tenant's own data. Left out on purpose: settings that
-/// trade durability or availability for everyone on the brokers (`unclean.leader.election.enable`,
-/// `flush.*`, `preallocate`), replication throttles (an admin's, during reassignments),
-/// tiered storage (`remote.storage.enable`, `local.retention.*`) and index tuning.
-pub const DEFAULT_CONFIG_ALLOW_LIST: &[&str] = &[
-    "compression.type",
-    "delete.retention.ms",
-    "max.compaction.lag.ms",
-    "max.message.bytes",
-    "message.timestamp.after.max.ms",
-    "message.timestamp.before.max.ms",
-    "message.timestamp.type",
-    "min.cleanable.dirty.ratio",
-    "min.compaction.lag.ms",
-    "min.insync.replicas",
-    "segment.bytes",
-    "segment.ms",
 ];
 
 /// The most `spec.config` keys a DataStream may set, and the longest value.
@@ -70,22 +51,6 @@ impl SpecError {
     }
 }
 
-/// Operator-wide defaults a spec may leave out.
-#[derive(Debug, Clone)]
-pub struct Defaults {
-    /// The replication factor of new topics.
-    pub replication_factor: i32,
-    /// Topic prefixes granted to namespaces beyond their own `<namespace>.`, as
-    /// `(namespace, prefix)` pairs from the operator's configuration (a tenant cannot
-    /// grant itself one).
-    pub topic_grants: Vec<(String, String)>,
-    /// The `spec.config` keys a DataStream may set ([`DEFAULT_CONFIG_ALLOW_LIST`] unless the
-    /// operator is configured otherwise).
-    pub config_allow_list: Vec<String>,
-    /// The Kafka servers a DataStream's `spec.kafka` may name (empty: any).
-    pub allowed_bootstrap_servers: Vec<String>,
-}
-
 /// A DataStream whose spec passed every check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidatedDataStream {
@@ -102,7 +67,7 @@ pub struct ValidatedDataStream {
 }
 
 /// Checks the spec and computes the desired topic.
-pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStream, SpecError> {
+pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream, SpecError> {
     let spec = &ds.spec;
     if spec.owner.trim().is_empty() {
         return Err(SpecError::new("spec.owner", "must name a person or team"));
@@ -155,9 +120,7 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         ));
     }
 
-    let replication_factor = spec
-        .replication_factor
-        .unwrap_or(defaults.replication_factor);
+    let replication_factor = spec.replication_factor.unwrap_or(policy.replication_factor);
     let mut configs = BTreeMap::new();
     if spec.config.len() > MAX_CONFIG_KEYS {
         return Err(SpecError::new(
@@ -173,13 +136,13 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         if let Some((_, derived)) = DERIVED_CONFIGS.iter().find(|(k, _)| k == key) {
             return Err(SpecError::new(field(), format!("set {derived} instead")));
         }
-        if !defaults.config_allow_list.iter().any(|k| k == key) {
+        if !policy.config_allow_list.iter().any(|k| k == key) {
             return Err(SpecError::new(
                 field(),
                 format!(
                     "{key} is not a topic setting a DataStream may change; allowed: {} (the \
                      operator's WEIR_TOPIC_CONFIG_ALLOW_LIST sets the list)",
-                    defaults.config_allow_list.join(", ")
+                    policy.config_allow_list.join(", ")
                 ),
             ));
         }
@@ -212,7 +175,7 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
     if let Some(conn) = &spec.kafka {
         crate::connection::bootstrap_allowed(
             &conn.bootstrap_servers,
-            &defaults.allowed_bootstrap_servers,
+            &policy.allowed_bootstrap_servers,
         )
         .map_err(|m| SpecError::new("spec.kafka.bootstrapServers", m))?;
         if let Some(sasl) = &conn.sasl
@@ -237,7 +200,7 @@ pub fn validate(ds: &DataStream, defaults: &Defaults) -> Result<ValidatedDataStr
         SpecError::new(field, m)
     })?;
     let namespace = ds.metadata.namespace.as_deref().unwrap_or("default");
-    check_topic_owner(namespace, &name, &defaults.topic_grants)
+    check_topic_owner(namespace, &name, &policy.topic_grants)
         .map_err(|m| SpecError::new("spec.topic", m))?;
 
     let annotated = |key: &str| {
@@ -373,11 +336,11 @@ spec:
   eventTime: { field: ts, maxOutOfOrderness: 5s }
 "#;
 
-    fn defaults() -> Defaults {
-        Defaults {
+    fn defaults() -> Policy {
+        Policy {
             replication_factor: 1,
             topic_grants: vec![("legacy".into(), "orders.".into())],
-            config_allow_list: DEFAULT_CONFIG_ALLOW_LIST
+            config_allow_list: crate::policy::DEFAULT_CONFIG_ALLOW_LIST
                 .iter()
                 .map(|k| k.to_string())
                 .collect(),

@@ -29,7 +29,7 @@ use weir_crds::{DataStream, Transform};
 use weir_engine::sql::partitioning::Partitioning;
 use weir_engine::sql::{CompiledTransform, StreamKind};
 
-use crate::topics::DesiredTopic;
+use crate::kafka_admin::DesiredTopic;
 
 /// The port a worker serves `/metrics`, `/healthz` and `/readyz` on.
 pub const WORKER_HTTP_PORT: i32 = 9090;

@@ -43,7 +43,7 @@ use weir_crds::{DataStream, Transform};
 use weir_engine::sql::partitioning::{self, Partitioning};
 use weir_engine::sql::{CompiledTransform, StreamInput, sql_ident};
 
-use crate::context::Context;
+use crate::context::{Context, Happened};
 use crate::{Error, FIELD_MANAGER, Result};
 use build::InternalTopics;
 use status::{Reason, Report, State};
@@ -261,8 +261,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
             ctx.publish(
                 tf,
                 EventType::Normal,
-                "Reprocessing",
-                "Upgrade",
+                Happened::Reprocessing,
                 format!(
                     "the plan changed and spec.upgradePolicy is reprocess: dropping the state \
                      of epoch {running_epoch} and reprocessing from {} in epoch {e}",
@@ -371,7 +370,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         }
     }
     let internal = InternalTopics::of(tf, &compiled, &partitioning, epoch);
-    let desired = internal.desired(tasks, ctx.defaults.replication_factor);
+    let desired = internal.desired(tasks, ctx.policy.replication_factor);
     report.facts.internal_topics = desired.iter().map(|t| t.name.clone()).collect();
     for topic in &desired {
         if let Err(e) = ensure_topic(ctx, tf, topic).await {
@@ -413,8 +412,8 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     if epoch > 0 && report.available.status == "True" {
         // The new epoch runs: the state of the old ones is of no use any more.
         for topic in InternalTopics::retired(tf, epoch) {
-            if let Ok(Some(_)) = ctx.topics.describe(&topic).await
-                && ctx.topics.delete(&topic).await.is_ok()
+            if let Ok(Some(_)) = ctx.kafka.describe(&topic).await
+                && ctx.kafka.delete(&topic).await.is_ok()
             {
                 info!(topic, "deleted the state topic of a retired epoch");
             }
@@ -554,16 +553,15 @@ where
 async fn ensure_topic(
     ctx: &Context,
     tf: &Transform,
-    topic: &crate::topics::DesiredTopic,
-) -> Result<(), crate::topics::TopicError> {
-    match ctx.topics.describe(&topic.name).await? {
+    topic: &crate::kafka_admin::DesiredTopic,
+) -> Result<(), crate::kafka_admin::TopicError> {
+    match ctx.kafka.describe(&topic.name).await? {
         None => {
-            if ctx.topics.create(topic).await? {
+            if ctx.kafka.create(topic).await? {
                 ctx.publish(
                     tf,
                     EventType::Normal,
-                    "TopicCreated",
-                    "Create",
+                    Happened::TopicCreated,
                     format!(
                         "created internal topic {} with {} partitions",
                         topic.name, topic.partitions
@@ -573,7 +571,7 @@ async fn ensure_topic(
             }
         }
         Some(state) if state.partitions < topic.partitions => {
-            ctx.topics
+            ctx.kafka
                 .raise_partitions(&topic.name, topic.partitions)
                 .await?;
         }
@@ -591,16 +589,13 @@ async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
     }
     let epoch = tf.status.as_ref().map_or(0, |s| s.state_epoch);
     for topic in InternalTopics::all(tf, epoch) {
-        match ctx.topics.describe(&topic).await {
+        match ctx.kafka.describe(&topic).await {
             Ok(None) => {}
             Ok(Some(_)) => {
-                ctx.topics
-                    .delete(&topic)
-                    .await
-                    .map_err(|e| Error::KafkaUnavailable(e.to_string()))?;
+                ctx.kafka.delete(&topic).await?;
                 info!(topic, "deleted internal topic");
             }
-            Err(e) => return Err(Error::KafkaUnavailable(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(Action::await_change())

@@ -8,7 +8,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use weir_crds::{Transform, TransformStatus};
 
-use crate::context::Context;
+use crate::context::{Context, Happened};
 use crate::{FIELD_MANAGER, Result};
 
 /// How many restarts make a worker that is waiting to restart again crash-looping.
@@ -331,8 +331,7 @@ pub async fn write(
         ctx.publish(
             tf,
             EventType::Warning,
-            ready.reason.as_str(),
-            "Reconcile",
+            Happened::Problem(ready.reason.as_str()),
             ready.message,
         )
         .await;

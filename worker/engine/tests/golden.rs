@@ -1,4 +1,4 @@
-//! SQL golden files: every case in `tests/golden/*.slt` compiles its SQL, runs its
+//! SQL golden files: every case in `tests/golden/*.golden` compiles its SQL, runs its
 //! input through the engine with the fixture-test semantics, and compares the output
 //! (or the compile error) with the expected block. Each case also runs with its state
 //! snapshotted and restored into a fresh engine before every record, and must give the
@@ -20,11 +20,11 @@
 //! ----
 //! ```
 //!
-//! An `error` block instead of `expect` holds the compile error. `WEIR_BLESS=1 cargo
-//! test -p weir-engine --test golden` rewrites the expected blocks from what the engine
-//! does now; review the diff before committing it.
+//! The format is Weir's own (it is not sqllogictest). An `error` block instead of `expect`
+//! holds the compile error. Each case is a test of its own, named `<file>::<case>`.
+//! `WEIR_BLESS=1 cargo test -p weir-engine --test golden` rewrites the expected blocks
+//! from what the engine does now; review the diff before committing it.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -318,58 +318,90 @@ fn golden_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("tests/golden exists")
         .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .filter(|p| p.extension().is_some_and(|e| e == "golden"))
         .collect();
     files.sort();
     files
 }
 
-#[test]
-fn golden_cases_match() {
-    let bless = std::env::var_os("WEIR_BLESS").is_some();
-    let mut failures = String::new();
+/// What the engine does with `case`, with a panic reported as its result.
+fn outcome(case: &Case) -> Vec<String> {
+    std::panic::catch_unwind(|| actual(case))
+        .unwrap_or_else(|_| vec![format!("PANIC in case {:?}", case.name)])
+}
+
+fn expected_lines(case: &Case) -> Vec<String> {
+    case.expected
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .cloned()
+        .collect()
+}
+
+/// Rewrites every expected block of `file` from what the engine does now.
+fn bless(file: &Path, text: &str, cases: &[Case]) {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // From the bottom, so earlier line numbers stay valid.
+    for case in cases.iter().rev() {
+        let got = outcome(case);
+        if got != expected_lines(case) {
+            lines.splice(case.expected_at..case.expected_end, got);
+        }
+    }
+    std::fs::write(file, lines.join("\n") + "\n").expect("writable golden file");
+}
+
+/// One test per case, named `<file>::<case>` so that one can be run or filtered by name
+/// (`cargo test -p weir-engine --test golden -- 03_aggregates::`), and one that keeps the
+/// corpus from shrinking. With `WEIR_BLESS=1` the files are rewritten first.
+fn main() {
+    let args = libtest_mimic::Arguments::from_args();
+    let blessing = std::env::var_os("WEIR_BLESS").is_some();
+    let mut trials = Vec::new();
     let mut total = 0;
     for file in golden_files() {
-        let text = std::fs::read_to_string(&file).expect("readable golden file");
-        let cases = parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        // Rewrite from the bottom so earlier line numbers stay valid.
-        for case in cases.iter().rev() {
-            total += 1;
-            let got = std::panic::catch_unwind(|| actual(case))
-                .unwrap_or_else(|_| vec![format!("PANIC in case {:?}", case.name)]);
-            let expected: Vec<String> = case
-                .expected
-                .iter()
-                .filter(|l| !l.trim().is_empty())
-                .cloned()
-                .collect();
-            if got != expected {
-                if bless {
-                    lines.splice(case.expected_at..case.expected_end, got);
+        let mut text = std::fs::read_to_string(&file).expect("readable golden file");
+        let mut cases = parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        if blessing {
+            bless(&file, &text, &cases);
+            text = std::fs::read_to_string(&file).expect("readable golden file");
+            cases = parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+        let stem = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        total += cases.len();
+        for case in cases {
+            let name = format!("{stem}::{}", case.name);
+            let place = format!("{}:{}", file.display(), case.line);
+            trials.push(libtest_mimic::Trial::test(name, move || {
+                let got = outcome(&case);
+                let expected = expected_lines(&case);
+                if got == expected {
+                    Ok(())
                 } else {
-                    let _ = writeln!(
-                        failures,
-                        "\n{}:{}: case {:?}\n  expected:\n    {}\n  got:\n    {}",
-                        file.display(),
-                        case.line,
+                    Err(format!(
+                        "{place}: case {:?}\n  expected:\n    {}\n  got:\n    {}\n(WEIR_BLESS=1 \
+                         rewrites the expected blocks)",
                         case.name,
                         expected.join("\n    "),
                         got.join("\n    ")
-                    );
+                    )
+                    .into())
                 }
-            }
-        }
-        if bless {
-            std::fs::write(&file, lines.join("\n") + "\n").expect("writable golden file");
+            }));
         }
     }
-    assert!(
-        total >= 150,
-        "the golden corpus has {total} cases; keep at least 150"
-    );
-    assert!(
-        failures.is_empty(),
-        "golden cases differ (WEIR_BLESS=1 rewrites them):{failures}"
-    );
+    trials.push(libtest_mimic::Trial::test(
+        "the_corpus_keeps_at_least_150_cases",
+        move || {
+            if total >= 150 {
+                Ok(())
+            } else {
+                Err(format!("the golden corpus has {total} cases; keep at least 150").into())
+            }
+        },
+    ));
+    libtest_mimic::run(&args, trials).exit();
 }

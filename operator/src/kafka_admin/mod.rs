@@ -99,21 +99,21 @@ pub struct DesiredTopic {
 
 /// An admin connection to one Kafka cluster.
 #[derive(Clone)]
-pub struct Topics {
+pub struct KafkaAdmin {
     admin: Arc<AdminClient<DefaultClientContext>>,
     bootstrap: String,
     cluster_id: Arc<std::sync::OnceLock<String>>,
 }
 
-impl std::fmt::Debug for Topics {
+impl std::fmt::Debug for KafkaAdmin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topics")
+        f.debug_struct("KafkaAdmin")
             .field("bootstrap", &self.bootstrap)
             .finish()
     }
 }
 
-impl Topics {
+impl KafkaAdmin {
     /// Connects to the cluster `config` describes (bootstrap servers and security).
     pub fn new(mut config: ClientConfig) -> Result<Self, TopicError> {
         let bootstrap = config
