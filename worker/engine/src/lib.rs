@@ -43,10 +43,10 @@ pub use expectations::Expectations;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// Arrow could not compute something (a cast, a kernel).
-    #[error("{0}")]
+    #[error("{}", arrow_message(.0))]
     Arrow(#[from] arrow::error::ArrowError),
     /// An expression failed to evaluate.
-    #[error("{0}")]
+    #[error("{}", datafusion_message(.0))]
     DataFusion(#[from] datafusion::error::DataFusionError),
     /// A change batch does not fit the input it was given to.
     #[error("{0}")]
@@ -57,6 +57,26 @@ pub enum EngineError {
     /// A value overflowed its type (for example SUM beyond 64 bits).
     #[error("{0}")]
     Overflow(String),
+}
+
+/// An Arrow error in a person's words, without the library's prefixes.
+fn arrow_message(e: &arrow::error::ArrowError) -> String {
+    use arrow::error::ArrowError::*;
+    match e {
+        DivideByZero => "division by zero".into(),
+        ComputeError(m) | CastError(m) | ParseError(m) | InvalidArgumentError(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A DataFusion error in a person's words: its root cause, without the library's prefixes.
+fn datafusion_message(e: &datafusion::error::DataFusionError) -> String {
+    use datafusion::error::DataFusionError::*;
+    match e.find_root() {
+        ArrowError(a, _) => arrow_message(a),
+        Execution(m) | Plan(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The engine's result type.

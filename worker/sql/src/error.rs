@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use arrow::datatypes::DataType;
 use datafusion::error::DataFusionError;
 
 /// SQL that cannot run as a stream, or does not type-check, with where and why.
@@ -80,6 +81,12 @@ impl CompileError {
             other => other.to_string(),
         };
         message = tidy(&message);
+        if let Some(out) = no_matching_signature(sql, &message) {
+            return out;
+        }
+        if let Some(out) = not_a_timestamp(sql, &message) {
+            return out;
+        }
         let mut out = Self::new(message.clone());
         if let Some(d) = diagnostic {
             if let Some(span) = d.span {
@@ -115,6 +122,152 @@ impl CompileError {
     }
 }
 
+/// A type in the words of a DataStream schema (`string`, `bigint`, `timestamp`), never
+/// Arrow's or DataFusion's names.
+pub fn user_type(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => "int".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+            "unsigned integer".into()
+        }
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => "double".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => format!("decimal({p}, {s})"),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Timestamp(_, _) => "timestamp".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytes".into(),
+        DataType::Struct(_) => "struct".into(),
+        DataType::List(_) | DataType::LargeList(_) => "list".into(),
+        DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
+        DataType::Null => "null".into(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+/// An Arrow type as DataFusion prints it (`Utf8`, `Int64`, `Timestamp(ms, "UTC")`), in the
+/// words of a DataStream schema.
+fn user_type_named(arrow: &str) -> String {
+    let word: String = arrow
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    match word.as_str() {
+        "Utf8" | "LargeUtf8" | "Utf8View" => "string",
+        "Int8" | "Int16" | "Int32" => "int",
+        "Int64" => "bigint",
+        "UInt8" | "UInt16" | "UInt32" | "UInt64" => "unsigned integer",
+        "Float16" | "Float32" | "Float64" => "double",
+        "Boolean" => "boolean",
+        "Decimal" | "Decimal128" | "Decimal256" => "decimal",
+        "Date32" | "Date64" => "date",
+        "Timestamp" => "timestamp",
+        "Binary" | "LargeBinary" | "BinaryView" => "bytes",
+        "Struct" => "struct",
+        "List" | "LargeList" => "list",
+        "Duration" | "Interval" => "interval",
+        "Null" => "null",
+        _ => return word.to_lowercase(),
+    }
+    .to_owned()
+}
+
+/// DataFusion's answer to a function called with arguments it has no signature for (an
+/// "Internal error" with every signature listed), in the user's words: the call as written,
+/// the argument types and what the function takes, at the call.
+fn no_matching_signature(sql: &str, message: &str) -> Option<CompileError> {
+    const MARK: &str = "No function matches the given name and argument types '";
+    let at = message.find(MARK)? + MARK.len();
+    let signature = &message[at..at + message[at..].find('\'')?];
+    let (name, args) = signature.split_once('(')?;
+    let args = args.strip_suffix(')').unwrap_or(args);
+    let given: Vec<String> = if args.trim().is_empty() {
+        Vec::new()
+    } else {
+        args.split(", ").map(user_type_named).collect()
+    };
+    let mut takes: Vec<String> = Vec::new();
+    for part in message.split("requires ").skip(1) {
+        let t = user_type_named(part);
+        if t != "unsigned integer" && !t.is_empty() && !takes.contains(&t) {
+            takes.push(t);
+        }
+    }
+    let upper = name.to_uppercase();
+    let call = call_text(sql, name).unwrap_or_else(|| format!("{upper}(…)"));
+    let article = |t: &str| {
+        if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            format!("an {t}")
+        } else {
+            format!("a {t}")
+        }
+    };
+    let mut text = format!(
+        "{call}: {upper} cannot take {}",
+        match given.as_slice() {
+            [] => "no arguments".to_owned(),
+            [one] => article(one),
+            many => format!("({})", many.join(", ")),
+        }
+    );
+    if !takes.is_empty() {
+        let list: Vec<String> = takes.iter().map(|t| article(t)).collect();
+        let (last, rest) = list.split_last()?;
+        let options = if rest.is_empty() {
+            last.clone()
+        } else {
+            format!("{} or {last}", rest.join(", "))
+        };
+        text.push_str(&format!("; it takes {options}"));
+    }
+    Some(
+        CompileError::new(text)
+            .hint("cast the argument, for example CAST(x AS bigint), or use another column")
+            .near(sql, name),
+    )
+}
+
+/// A string that cannot be read as the timestamp it is compared with, at the literal.
+fn not_a_timestamp(sql: &str, message: &str) -> Option<CompileError> {
+    const MARK: &str = "Error parsing timestamp from '";
+    let at = message.find(MARK)? + MARK.len();
+    let literal = &message[at..at + message[at..].find('\'')?];
+    let quoted = format!("'{literal}'");
+    let mut out = CompileError::new(format!(
+        "{quoted} is not a timestamp: write one as '2026-01-01T00:00:00Z' (or \
+         '2026-01-01 00:00:00')"
+    ));
+    if let Some(i) = sql.find(&quoted) {
+        let before = &sql[..i];
+        let line = before.matches('\n').count() as u64 + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u64 + 1;
+        out = out.at_position(line, column);
+    }
+    Some(out)
+}
+
+/// The first call of function `name` in `sql` as written, with its arguments.
+fn call_text(sql: &str, name: &str) -> Option<String> {
+    let lower = sql.to_lowercase();
+    let start = lower.find(&format!("{}(", name.to_lowercase()))?;
+    let mut depth = 0;
+    for (i, c) in sql[start..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(sql[start..=start + i].to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Drops DataFusion's internal prefixes so the message reads as ours.
 fn tidy(message: &str) -> String {
     let mut m = message.trim().to_owned();
@@ -123,6 +276,8 @@ fn tidy(message: &str) -> String {
         "SQL error: ",
         "Schema error: ",
         "ParserError(\"",
+        "Arrow error: ",
+        "Parser error: ",
     ] {
         if let Some(rest) = m.strip_prefix(prefix) {
             m = rest.to_owned();

@@ -104,6 +104,31 @@ impl ScalarUDFImpl for WindowUdf {
         &self.signature
     }
 
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs<'_>,
+    ) -> Result<arrow::datatypes::FieldRef> {
+        // The argument's field names the column at fault, which `return_type` cannot.
+        if let Some(time) = args.arg_fields.first()
+            && args.arg_fields.len() == self.kind.arity()
+            && !matches!(time.data_type(), DataType::Timestamp(_, _))
+        {
+            return plan_err!(
+                "{}'s first argument must be a timestamp (the event time), but {} is {}",
+                self.kind.name().to_uppercase(),
+                time.name(),
+                crate::error::user_type(time.data_type())
+            );
+        }
+        let types: Vec<DataType> = args
+            .arg_fields
+            .iter()
+            .map(|f| f.data_type().clone())
+            .collect();
+        let out = self.return_type(&types)?;
+        Ok(Arc::new(Field::new(self.name(), out, true)))
+    }
+
     fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
         let name = self.kind.name().to_uppercase();
         if arg_types.len() != self.kind.arity() {
@@ -116,12 +141,16 @@ impl ScalarUDFImpl for WindowUdf {
         }
         let ts = &arg_types[0];
         if !matches!(ts, DataType::Timestamp(_, _)) {
-            return plan_err!("{name}'s first argument must be a timestamp, not {ts}");
+            return plan_err!(
+                "{name}'s first argument must be a timestamp (the event time), not {}",
+                crate::error::user_type(ts)
+            );
         }
         for t in &arg_types[1..] {
             if !matches!(t, DataType::Interval(_) | DataType::Duration(_)) {
                 return plan_err!(
-                    "{name}'s sizes must be intervals such as INTERVAL '1' MINUTE, not {t}"
+                    "{name}'s sizes must be intervals such as INTERVAL '1' MINUTE, not {}",
+                    crate::error::user_type(t)
                 );
             }
         }
@@ -286,12 +315,11 @@ fn rewrite_select(select: &mut Select) -> Result<(), CompileError> {
         [] => return Ok(()),
         [one] => (*one).clone(),
         [_, second, ..] => {
-            let name = window_call(second)
-                .map_or("", WindowFn::name)
-                .to_uppercase();
+            // Point at the second window call, where the parser saw it.
+            let at = sqlparser::ast::Spanned::span(*second).start;
             return Err(CompileError::new("a GROUP BY can have only one window")
                 .hint("group by one of TUMBLE, HOP or SESSION")
-                .near(&second.to_string(), &name));
+                .at_position(at.line, at.column));
         }
     };
     let field = |name: &str| -> Result<SqlExpr, CompileError> {
