@@ -35,9 +35,16 @@ demo: tools ## Apply the example network with kubectl and show records flowing t
 	$(CARGO) build --workspace --bins
 	./target/debug/weir-dev demo
 
-lint: ## Check formatting and run clippy with warnings as errors
+# cargo-machete finds dependencies no code uses; installed, pinned, on first `make lint`.
+MACHETE_VERSION := 0.9.2
+MACHETE := $(WEIR_TOOLS_DIR)/cargo-machete/bin/cargo-machete
+
+lint: ## Check formatting, clippy, rustdoc and unused dependencies, with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
+	@test -x $(MACHETE) || $(CARGO) install cargo-machete --version $(MACHETE_VERSION) --locked --root $(WEIR_TOOLS_DIR)/cargo-machete
+	$(MACHETE)
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
