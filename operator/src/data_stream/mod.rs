@@ -1,9 +1,13 @@
 //! The DataStream controller: keeps each DataStream's Kafka topic as its spec says.
 //!
-//! Reconcile is dereference → validate ([`validated`]) → compare with Kafka → act → status.
-//! A topic is managed by Weir once a DataStream's status names it (recorded before the
-//! topic is created, so a crash in between loses nothing); a topic Weir did not create is
-//! left alone unless the DataStream asks to adopt it.
+//! A reconcile is `converge_topic` — validate the spec ([`validated`]), resolve the
+//! connection, compare with Kafka, act — which returns the status it reached or why it
+//! stopped, then `settle`, the one place that writes the status and picks when to look
+//! again (by the problem's [`status::Reason`]). A topic is managed by Weir once a
+//! DataStream's status claims it by name, topic id and cluster id (the claim is recorded
+//! before the topic is created, so a crash in between loses nothing); a topic Weir did not
+//! create is left alone unless the DataStream asks to adopt it, and only a topic whose id
+//! matches the claim is ever deleted.
 
 pub mod status;
 pub mod validated;
