@@ -17,9 +17,11 @@ use weir_tests::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The operator the tests in this file share.
+static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
+
 /// One stack and one operator (resync every 2s) shared by the tests in this file.
 async fn setup() -> (kube::Client, KafkaAdmin) {
-    static OPERATOR: OnceCell<Operator> = OnceCell::const_new();
     let stack = Stack::shared().await;
     let client = stack.kube_client().await.expect("client");
     OPERATOR
@@ -281,6 +283,21 @@ async fn a_spec_mistake_is_a_condition_naming_the_field() {
             message.starts_with("spec.config.unclean.leader.election.enable:"),
             "{message}"
         );
+
+        // An allowed key with a value Kafka refuses: KafkaRejected with Kafka's reason, and
+        // Ready once the spec is fixed.
+        let extra = "  config: { compression.type: bogus }";
+        api.create(&PostParams::default(), &data_stream("refused", extra))
+            .await
+            .expect("create");
+        let ds = await_condition(api.clone(), "refused", has_reason("KafkaRejected"), WAIT).await;
+        let (_, _, message) = ready_condition(&ds).expect("condition");
+        assert!(message.contains("creating the topic"), "{message}");
+        let fix = serde_json::json!({ "spec": { "config": { "compression.type": "zstd" } } });
+        api.patch("refused", &PatchParams::default(), &Patch::Merge(&fix))
+            .await
+            .expect("fix");
+        await_condition(api.clone(), "refused", is_ready(), WAIT).await;
     })
     .await;
 }
@@ -583,6 +600,15 @@ async fn a_named_connection_uses_sasl_credentials_only_from_a_secret_marked_for_
             .await
             .expect("label");
         await_condition(api.clone(), "secured", is_ready(), WAIT).await;
+        // The operator keeps one admin client for the connection while it is used.
+        let operator = OPERATOR.get().expect("the shared operator");
+        let open = || async {
+            operator
+                .metric_sum("weir_operator_kafka_connections")
+                .await
+                .expect("metrics")
+        };
+        assert_eq!(open().await, 1.0);
         let topic = format!("{ns}.secured");
         let state = topics
             .describe(&topic)
@@ -601,6 +627,8 @@ async fn a_named_connection_uses_sasl_credentials_only_from_a_secret_marked_for_
             .await
             .expect("delete");
         await_deletion(api.clone(), "secured", WAIT).await;
+        // No DataStream uses the connection any more: its client is closed.
+        assert_eq!(open().await, 0.0);
         await_topic_gone(&topics, &topic).await;
     })
     .await;
