@@ -58,6 +58,12 @@ impl CompileError {
         self
     }
 
+    /// Points the error at where the parser saw the construct at fault; an empty span
+    /// (the parser did not record one) leaves the error as it is.
+    pub(crate) fn at_span(self, span: sqlparser::tokenizer::Span) -> Self {
+        self.at_position(span.start.line, span.start.column)
+    }
+
     /// Points the error at the first whole-word, case-insensitive occurrence of `needle`
     /// in the SQL (outside string literals), if there is one.
     pub fn near(mut self, sql: &str, needle: &str) -> Self {

@@ -361,7 +361,8 @@ impl fmt::Display for DisplayWindow<'_> {
 }
 
 /// A duration in nanoseconds, printed readably.
-struct Dur(i64);
+/// A duration in nanoseconds, written in the largest unit that divides it (`90s`, `2m`).
+pub(crate) struct Dur(pub i64);
 
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
