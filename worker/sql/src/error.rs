@@ -36,7 +36,7 @@ impl CompileError {
     /// An error without a position.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
-            message: crate::plan::readable(&message.into()),
+            message: message.into(),
             line: None,
             column: None,
             hint: None,

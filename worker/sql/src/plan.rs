@@ -5,9 +5,13 @@
 //! its key is, and which columns carry event time.
 
 use std::fmt::{self, Write as _};
+use std::ops::ControlFlow;
 
 use datafusion::common::DFSchemaRef;
 use datafusion::logical_expr::Expr;
+use datafusion::sql::unparser::Unparser;
+use datafusion::sql::unparser::dialect::{DefaultDialect, Dialect};
+use sqlparser::ast::{self, VisitMut, VisitorMut};
 
 use crate::StreamKind;
 use crate::windows::WindowFn;
@@ -252,7 +256,7 @@ impl Node {
             .schema
             .fields()
             .iter()
-            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .map(|f| format!("{}: {}", column_name(f.name()), f.data_type()))
             .collect::<Vec<_>>()
             .join(", ");
         let kind = match (&self.props.kind, &self.props.key) {
@@ -268,7 +272,7 @@ impl Node {
         let line = match &self.op {
             Op::Source { input, .. } => format!("Source: {}", names[*input]),
             Op::Project { exprs, .. } => format!("Project: {}", join_exprs(exprs)),
-            Op::Filter { predicate, .. } => format!("Filter: {predicate}"),
+            Op::Filter { predicate, .. } => format!("Filter: {}", sql_text(predicate)),
             Op::Aggregate(a) => {
                 let mut s = String::from("Aggregate");
                 if let Some(w) = &a.window {
@@ -295,8 +299,8 @@ impl Node {
                             let f = format!("{:?}", c.func).to_uppercase();
                             match (&c.arg, c.distinct) {
                                 (None, _) => format!("{f}(*)"),
-                                (Some(a), true) => format!("{f}(DISTINCT {a})"),
-                                (Some(a), false) => format!("{f}({a})"),
+                                (Some(a), true) => format!("{f}(DISTINCT {})", sql_text(a)),
+                                (Some(a), false) => format!("{f}({})", sql_text(a)),
                             }
                         })
                         .collect::<Vec<_>>()
@@ -314,25 +318,20 @@ impl Node {
                 };
                 let on =
                     j.on.iter()
-                        .map(|(l, r)| format!("{l} = {r}"))
+                        .map(|(l, r)| format!("{} = {}", sql_text(l), sql_text(r)))
                         .collect::<Vec<_>>()
                         .join(" AND ");
                 let filter = j
                     .filter
                     .as_ref()
-                    .map(|f| format!(" filter={f}"))
+                    .map(|f| format!(" filter={}", sql_text(f)))
                     .unwrap_or_default();
                 let ty = if j.left_outer { "left" } else { "inner" };
                 format!("{mode} ({ty}): on=[{on}]{filter}")
             }
             Op::Union { .. } => "UnionAll".to_owned(),
         };
-        let _ = writeln!(
-            out,
-            "{pad}{}  -> {kind} ({})",
-            readable(&line),
-            readable(&cols)
-        );
+        let _ = writeln!(out, "{pad}{line}  -> {kind} ({cols})");
         for c in self.children() {
             c.explain_into(names, depth + 1, out);
         }
@@ -340,11 +339,7 @@ impl Node {
 }
 
 fn join_exprs(exprs: &[Expr]) -> String {
-    exprs
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    exprs.iter().map(sql_text).collect::<Vec<_>>().join(", ")
 }
 
 struct DisplayWindow<'a>(&'a Window);
@@ -352,10 +347,11 @@ struct DisplayWindow<'a>(&'a Window);
 impl fmt::Display for DisplayWindow<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let w = self.0;
+        let time = sql_text(&w.time);
         match w.kind {
-            WindowFn::Tumble => write!(f, "TUMBLE({}, {})", w.time, Dur(w.size)),
-            WindowFn::Hop => write!(f, "HOP({}, {}, {})", w.time, Dur(w.slide), Dur(w.size)),
-            WindowFn::Session => write!(f, "SESSION({}, {})", w.time, Dur(w.size)),
+            WindowFn::Tumble => write!(f, "TUMBLE({time}, {})", Dur(w.size)),
+            WindowFn::Hop => write!(f, "HOP({time}, {}, {})", Dur(w.slide), Dur(w.size)),
+            WindowFn::Session => write!(f, "SESSION({time}, {})", Dur(w.size)),
         }
     }
 }
@@ -383,10 +379,75 @@ impl fmt::Display for Dur {
     }
 }
 
-/// Rewrites DataFusion's debug rendering of interval literals
-/// (`IntervalMonthDayNano("IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }")`)
-/// as `INTERVAL '1m'`, so plans and errors read like the SQL that was written.
-pub fn readable(text: &str) -> String {
+/// An expression as SQL, rendered by DataFusion's unparser with fully qualified column
+/// names (`web.page_views.ts`) and intervals in whole units (`INTERVAL '1 MINS'`), not as
+/// Arrow's debug form; DataFusion's own rendering when the unparser cannot express it.
+pub fn sql_text(e: &Expr) -> String {
+    if let Expr::Alias(a) = e {
+        return format!("{} AS {}", sql_text(&a.expr), a.name);
+    }
+    match Unparser::new(&SqlTextDialect).expr_to_sql(e) {
+        Ok(mut sql) => {
+            let _ = sql.visit(&mut WholeSeconds);
+            sql.to_string()
+        }
+        Err(_) => e.to_string(),
+    }
+}
+
+/// DataFusion's default dialect, with columns fully qualified: two namespaces may have
+/// streams of the same name.
+struct SqlTextDialect;
+
+impl Dialect for SqlTextDialect {
+    fn identifier_quote_style(&self, identifier: &str) -> Option<char> {
+        DefaultDialect {}.identifier_quote_style(identifier)
+    }
+
+    fn full_qualified_col(&self) -> bool {
+        true
+    }
+}
+
+/// Drops the nine zero decimals the unparser gives whole seconds (`1.000000000 SECS`), and
+/// writes column names derived from window calls with [`column_name`].
+struct WholeSeconds;
+
+impl VisitorMut for WholeSeconds {
+    type Break = ();
+
+    fn post_visit_expr(&mut self, e: &mut ast::Expr) -> ControlFlow<()> {
+        let idents = match e {
+            ast::Expr::Identifier(i) => std::slice::from_mut(i),
+            ast::Expr::CompoundIdentifier(parts) => parts.as_mut_slice(),
+            _ => &mut [],
+        };
+        for i in idents {
+            i.value = column_name(&i.value);
+        }
+        if let ast::Expr::Interval(i) = e
+            && let ast::Expr::Value(v) = i.value.as_mut()
+            && let ast::Value::SingleQuotedString(text) = &mut v.value
+        {
+            *text = text
+                .split(' ')
+                .map(|part| match part.split_once('.') {
+                    Some((whole, zeros)) if zeros.bytes().all(|b| b == b'0') => whole,
+                    _ => part,
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// A column name as DataFusion derived it from an expression, with its interval literals
+/// written `INTERVAL '1m'`: DataFusion names the output of `TUMBLE(ts, INTERVAL '1'
+/// MINUTE)` with the interval's debug form
+/// (`IntervalMonthDayNano("IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }")`).
+/// Expressions are rendered by [`sql_text`]; only such derived names go through this.
+pub fn column_name(text: &str) -> String {
     const OPEN: &str = "IntervalMonthDayNano(\"IntervalMonthDayNano { ";
     const CLOSE: &str = " }\")";
     let mut out = String::with_capacity(text.len());
@@ -430,14 +491,21 @@ pub fn readable(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::readable;
+    use datafusion::logical_expr::{col, lit};
+    use datafusion::scalar::ScalarValue;
+
+    use super::{column_name, sql_text};
 
     #[test]
     fn interval_literals_read_like_sql() {
-        let s = "tumble(ts,IntervalMonthDayNano(\"IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }\")) x";
-        assert_eq!(readable(s), "tumble(ts,INTERVAL '1m') x");
-        let s = "a + IntervalMonthDayNano(\"IntervalMonthDayNano { months: 1, days: 2, nanoseconds: 0 }\")";
-        assert_eq!(readable(s), "a + INTERVAL '1 months 2d'");
-        assert_eq!(readable("no intervals"), "no intervals");
+        let minute = ScalarValue::new_interval_mdn(0, 0, 60_000_000_000);
+        assert_eq!(
+            sql_text(&(col("ts") + lit(minute))),
+            "(ts + INTERVAL '1 MINS')"
+        );
+        let named = "tumble(ts,IntervalMonthDayNano(\"IntervalMonthDayNano { months: 0, days: 0, nanoseconds: 60000000000 }\"))";
+        assert_eq!(column_name(named), "tumble(ts,INTERVAL '1m')");
+        let mixed = ScalarValue::new_interval_mdn(1, 2, 0);
+        assert_eq!(sql_text(&lit(mixed)), "INTERVAL '1 MONS 2 DAYS'");
     }
 }

@@ -6,7 +6,7 @@ use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use super::Result;
 use super::lower::Lowerer;
 use super::time::{column_index, time_term, unalias};
-use crate::plan::{AggCall, AggFunc, Aggregate, Dur, Node, Op, Props, Window, WindowCol};
+use crate::plan::{AggCall, AggFunc, Aggregate, Dur, Node, Op, Props, Window, WindowCol, sql_text};
 use crate::windows::{WindowFn, interval_nanos};
 use crate::{CompileError, EmitMode, StreamKind};
 
@@ -113,7 +113,8 @@ impl Lowerer<'_> {
                 &time,
                 Some(0),
                 CompileError::new(format!(
-                    "{name} needs the event-time column of its input, not {time}"
+                    "{name} needs the event-time column of its input, not {}",
+                    sql_text(&time)
                 ))
                 .hint("declare spec.eventTime on the DataStream and window by that field"),
             ));
@@ -173,8 +174,12 @@ impl Lowerer<'_> {
     /// One aggregate call. [`super::refusals`] has refused every aggregate, clause and
     /// argument list the engine cannot maintain, by its SQL name and position.
     fn agg_call(&self, e: &Expr) -> Result<AggCall> {
-        let not_supported =
-            || CompileError::new(format!("the aggregate {e} is not supported on streams"));
+        let not_supported = || {
+            CompileError::new(format!(
+                "the aggregate {} is not supported on streams",
+                sql_text(e)
+            ))
+        };
         let Expr::AggregateFunction(AggregateFunction { func, params }) = e else {
             return Err(not_supported());
         };
