@@ -155,9 +155,19 @@ fn default_partitions() -> i32 {
 
 /// What Kafka does with old records.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "lowercase")]
 pub enum CleanupPolicy {
     /// Delete records older than the retention.
     #[default]
@@ -169,10 +179,7 @@ pub enum CleanupPolicy {
 impl CleanupPolicy {
     /// The value of Kafka's `cleanup.policy`.
     pub fn as_kafka(self) -> &'static str {
-        match self {
-            Self::Delete => "delete",
-            Self::Compact => "compact",
-        }
+        self.into()
     }
 }
 

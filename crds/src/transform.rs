@@ -261,9 +261,19 @@ pub struct Expectation {
 
 /// What happens to a record that breaks an expectation or cannot be decoded.
 #[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "camelCase")]
+#[strum(serialize_all = "camelCase")]
 pub enum OnFailure {
     /// Send it to the dead-letter stream with the reason, and count it.
     #[default]
@@ -337,4 +347,17 @@ pub struct TransformStatus {
     /// `Ready` and the other conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OnFailure;
+
+    #[test]
+    fn a_policy_reads_the_same_in_metrics_as_in_the_spec() {
+        for p in [OnFailure::DeadLetter, OnFailure::Drop, OnFailure::Fail] {
+            let label: &'static str = p.into();
+            assert_eq!(serde_json::to_value(p).unwrap(), label);
+        }
+    }
 }

@@ -17,7 +17,7 @@ use crate::policy::Policy;
 use crate::transform::build::WorkerSettings;
 
 /// What an Event reports: its `reason` and `action`, stable for alerting and filtering.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 pub enum Happened {
     /// Weir created a topic.
     TopicCreated,
@@ -48,17 +48,8 @@ impl Happened {
     /// The Event's reason.
     pub fn reason(self) -> &'static str {
         match self {
-            Self::TopicCreated => "TopicCreated",
-            Self::TopicAdopted => "TopicAdopted",
-            Self::TopicClaimed => "TopicClaimed",
-            Self::PartitionsRaised => "PartitionsRaised",
-            Self::ConfigUpdated => "ConfigUpdated",
-            Self::ConfigDriftReverted => "ConfigDriftReverted",
-            Self::TopicRetained => "TopicRetained",
-            Self::TopicDeleted => "TopicDeleted",
-            Self::Reprocessing => "Reprocessing",
-            Self::BreaksReaders => "BreaksReaders",
             Self::Problem(reason) => reason,
+            other => other.into(),
         }
     }
 

@@ -511,7 +511,7 @@ fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::ArrowEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{AsArray, Int64Array, StringArray};
 
     fn input(table: bool) -> StreamInput {
         let schema = Arc::new(Schema::new(vec![
@@ -543,12 +543,7 @@ mod tests {
         d.batches
             .iter()
             .flat_map(|b| {
-                let a = b
-                    .data
-                    .column(0)
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap();
+                let a = b.data.column(0).as_string::<i32>();
                 (0..a.len())
                     .map(|i| a.value(i).to_owned())
                     .collect::<Vec<_>>()

@@ -7,7 +7,8 @@
 use crate::codec::Rejection;
 
 /// Where in the worker a record failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
 pub enum Stage {
     /// Decoding the key or value.
     Decode,
@@ -20,11 +21,7 @@ pub enum Stage {
 impl Stage {
     /// The header value and metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decode => "decode",
-            Self::Engine => "engine",
-            Self::Expectation => "expectation",
-        }
+        self.into()
     }
 }
 

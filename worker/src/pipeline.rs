@@ -2108,11 +2108,7 @@ fn decode_run(decoder: &Decoder, run: &[Polled]) -> crate::codec::Decoded {
 
 /// The metric label of a policy.
 fn policy_name(policy: OnFailure) -> &'static str {
-    match policy {
-        OnFailure::DeadLetter => "deadLetter",
-        OnFailure::Drop => "drop",
-        OnFailure::Fail => "fail",
-    }
+    policy.into()
 }
 
 /// The elements of `a` that are also in `b`, with `a`'s offsets.

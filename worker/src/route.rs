@@ -15,7 +15,8 @@
 //! partitions that are not idle ([`crate::watermark::Progress`]).
 
 use anyhow::{Context as _, anyhow};
-use arrow::array::{Array, RecordBatch, StringArray};
+use arrow::array::AsArray;
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 use weir_engine::sql::CompiledTransform;
@@ -98,8 +99,7 @@ impl Route {
             .map(|c| {
                 let col = arrow::compute::cast(batch.column(*c), &DataType::Utf8)
                     .map_err(|e| anyhow!("reading a repartition column: {e}"))?;
-                col.as_any()
-                    .downcast_ref::<StringArray>()
+                col.as_string_opt::<i32>()
                     .cloned()
                     .ok_or_else(|| anyhow!("a repartition column did not cast to text"))
             })

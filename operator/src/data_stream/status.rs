@@ -14,7 +14,7 @@ use crate::lineage::Lineage;
 use crate::{FIELD_MANAGER, Result};
 
 /// Why a DataStream is or is not Ready: the condition's `reason`, stable for alerting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 pub enum Reason {
     /// The topic exists as the spec says.
     TopicReady,
@@ -77,20 +77,7 @@ impl Reason {
 
     /// The reason as written in the condition.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TopicReady => "TopicReady",
-            Self::Creating => "Creating",
-            Self::InvalidSpec => "InvalidSpec",
-            Self::KafkaUnavailable => "KafkaUnavailable",
-            Self::KafkaRejected => "KafkaRejected",
-            Self::ConnectionInvalid => "ConnectionInvalid",
-            Self::TopicNotManaged => "TopicNotManaged",
-            Self::TopicOwnedByOther => "TopicOwnedByOther",
-            Self::ReplicationFactorChangeUnsupported => "ReplicationFactorChangeUnsupported",
-            Self::PartitionsDecreaseUnsupported => "PartitionsDecreaseUnsupported",
-            Self::RetentionDecrease => "RetentionDecrease",
-            Self::StillRead => "StillRead",
-        }
+        self.into()
     }
 }
 

@@ -15,7 +15,7 @@ use crate::{FIELD_MANAGER, Result};
 pub const CRASH_LOOP_RESTARTS: i32 = 3;
 
 /// Why a condition is what it is: its `reason`, stable for alerting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
 pub enum Reason {
     /// The SQL compiled against the DataStreams it may read.
     Compiled,
@@ -65,29 +65,7 @@ pub enum Reason {
 impl Reason {
     /// The reason as written in a condition.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Compiled => "Compiled",
-            Self::CompileFailed => "CompileFailed",
-            Self::InputNotGranted => "InputNotGranted",
-            Self::InvalidSpec => "InvalidSpec",
-            Self::TestsPassed => "TestsPassed",
-            Self::TestsFailed => "TestsFailed",
-            Self::NotChecked => "NotChecked",
-            Self::InputsNotReady => "InputsNotReady",
-            Self::OutputConflict => "OutputConflict",
-            Self::KafkaUnavailable => "KafkaUnavailable",
-            Self::NotDeployed => "NotDeployed",
-            Self::RollingOut => "RollingOut",
-            Self::WorkersAvailable => "WorkersAvailable",
-            Self::WorkersUnavailable => "WorkersUnavailable",
-            Self::ScaledToZero => "ScaledToZero",
-            Self::Ready => "Ready",
-            Self::Healthy => "Healthy",
-            Self::CrashLooping => "CrashLooping",
-            Self::UpgradeBlocked => "UpgradeBlocked",
-            Self::DeadLettersRising => "DeadLettersRising",
-            Self::LagGrowing => "LagGrowing",
-        }
+        self.into()
     }
 }
 
@@ -342,6 +320,24 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn condition_reasons_are_the_variant_names() {
+        assert_eq!(Reason::UpgradeBlocked.as_str(), "UpgradeBlocked");
+        assert_eq!(Reason::TestsFailed.as_str(), "TestsFailed");
+        assert_eq!(
+            crate::data_stream::status::Reason::ReplicationFactorChangeUnsupported.as_str(),
+            "ReplicationFactorChangeUnsupported"
+        );
+        assert_eq!(
+            crate::context::Happened::TopicClaimed.reason(),
+            "TopicClaimed"
+        );
+        assert_eq!(
+            crate::context::Happened::Problem("KafkaRejected").reason(),
+            "KafkaRejected"
+        );
+    }
 
     fn tf() -> Transform {
         serde_yaml::from_str(

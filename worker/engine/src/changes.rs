@@ -1,8 +1,10 @@
 //! Batches of changes: Arrow rows with a signed weight each.
 
+use arrow::array::AsArray;
+use arrow::datatypes::{Int64Type, TimestampNanosecondType};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, UInt32Array};
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, UInt32Array};
 use arrow::compute::{filter_record_batch, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -90,12 +92,7 @@ impl ChangeBatch {
             None => None,
             Some(w) => {
                 let f = arrow::compute::filter(w, mask)?;
-                Some(
-                    f.as_any()
-                        .downcast_ref::<Int64Array>()
-                        .expect("filtering an Int64Array gives an Int64Array")
-                        .clone(),
-                )
+                Some(f.as_primitive::<Int64Type>().clone())
             }
         };
         Ok(Self { data, weights })
@@ -108,9 +105,7 @@ impl ChangeBatch {
             None => None,
             Some(w) => Some(
                 arrow::compute::take(w, indices, None)?
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .expect("taking from an Int64Array gives an Int64Array")
+                    .as_primitive::<Int64Type>()
                     .clone(),
             ),
         };
@@ -153,9 +148,6 @@ pub fn time_nanos(array: &ArrayRef) -> Result<Arc<arrow::array::TimestampNanosec
     use arrow::datatypes::{DataType, TimeUnit};
     let cast = arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
     Ok(Arc::new(
-        cast.as_any()
-            .downcast_ref::<arrow::array::TimestampNanosecondArray>()
-            .expect("cast to nanosecond timestamps")
-            .clone(),
+        cast.as_primitive::<TimestampNanosecondType>().clone(),
     ))
 }

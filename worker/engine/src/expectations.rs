@@ -6,9 +6,11 @@
 //! in a SQL `CHECK` constraint, a check that is NULL (unknown) passes. Only inserted rows
 //! are checked: a retraction withdraws a row that was checked when it was inserted.
 
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch};
+use arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use weir_sql::{CompileError, CompileOptions, CompiledTransform, StreamInput, compile};
 
@@ -110,8 +112,7 @@ impl Expectations {
                 let col = broken
                     .data
                     .column(0)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
+                    .as_primitive_opt::<Int64Type>()
                     .ok_or_else(|| EngineError::Input("a check returned no row numbers".into()))?
                     .clone();
                 out.extend(col.values().iter().map(|r| (*r as usize, c)));

@@ -1,5 +1,6 @@
 //! DataFusion expressions made physical, evaluated on batches.
 
+use arrow::array::AsArray;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray};
@@ -39,8 +40,7 @@ impl Eval {
     pub fn mask(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let a = self.eval(batch)?;
         let b = a
-            .as_any()
-            .downcast_ref::<BooleanArray>()
+            .as_boolean_opt()
             .ok_or_else(|| EngineError::Input(format!("a predicate gave {}", a.data_type())))?;
         Ok(match b.nulls() {
             None => b.clone(),

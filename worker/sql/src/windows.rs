@@ -9,6 +9,8 @@
 //! (a hop puts a row in several windows, a session merges windows); only TUMBLE can
 //! also be evaluated row by row.
 
+use arrow::array::AsArray;
+use arrow::datatypes::TimestampNanosecondType;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -35,7 +37,18 @@ pub const WINDOW_START: &str = "window_start";
 pub const WINDOW_END: &str = "window_end";
 
 /// The kinds of group window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase", ascii_case_insensitive)]
 pub enum WindowFn {
     /// `TUMBLE(ts, size)`
     Tumble,
@@ -48,11 +61,7 @@ pub enum WindowFn {
 impl WindowFn {
     /// The function's SQL name, lower case.
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Tumble => "tumble",
-            Self::Hop => "hop",
-            Self::Session => "session",
-        }
+        self.into()
     }
 
     fn arity(self) -> usize {
@@ -64,12 +73,7 @@ impl WindowFn {
 
     /// The window function a name refers to.
     pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "tumble" => Some(Self::Tumble),
-            "hop" => Some(Self::Hop),
-            "session" => Some(Self::Session),
-            _ => None,
-        }
+        name.parse().ok()
     }
 
     /// The UDF DataFusion plans with.
@@ -172,10 +176,7 @@ impl ScalarUDFImpl for WindowUdf {
         };
         let ts = args.args[0].clone().into_array(n)?;
         let nanos = cast(&ts, &DataType::Timestamp(TimeUnit::Nanosecond, None))?;
-        let nanos = nanos
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .expect("cast to nanoseconds");
+        let nanos = nanos.as_primitive::<TimestampNanosecondType>();
         let starts: TimestampNanosecondArray = nanos
             .iter()
             .map(|t| t.map(|t| t.div_euclid(size) * size))

@@ -19,6 +19,8 @@ use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
 use crate::catalog::Catalog;
+use strum::VariantArray as _;
+
 use crate::windows::{self, WindowFn};
 use crate::{
     ColumnLineage, CompileError, CompileOptions, CompiledTransform, StreamInput, StreamKind,
@@ -52,7 +54,7 @@ fn session_state() -> &'static SessionState {
         let mut state = SessionStateBuilder::new_from_existing(base)
             .with_optimizer_rules(rules)
             .build();
-        for w in [WindowFn::Tumble, WindowFn::Hop, WindowFn::Session] {
+        for w in WindowFn::VARIANTS {
             state
                 .register_udf(Arc::new(w.udf()))
                 .expect("registering a window function");
@@ -117,10 +119,10 @@ pub fn compile(
         }
         let err = CompileError::from_datafusion(sql, e);
         // Errors raised by the window functions name them.
-        let window = [WindowFn::Tumble, WindowFn::Hop, WindowFn::Session]
-            .into_iter()
+        let window = WindowFn::VARIANTS
+            .iter()
             .find(|w| err.message.starts_with(&w.name().to_uppercase()))
-            .and_then(|w| spans.first_window(w));
+            .and_then(|w| spans.first_window(*w));
         match window {
             Some(call) => err.at_span(call.call),
             None => err,

@@ -2,6 +2,8 @@
 //! retraction, merges (sessions) and output values.
 
 use super::*;
+use arrow::array::AsArray;
+use arrow::datatypes::{Decimal128Type, Float64Type, Int64Type};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) enum Kind {
@@ -127,22 +129,15 @@ pub(super) fn prepare(spec: &Spec, data: &arrow::record_batch::RecordBatch) -> R
         Kind::Count => Prepared::Nulls(a.logical_nulls()),
         Kind::SumInt | Kind::AvgInt => Prepared::Int(
             cast(&a, &DataType::Int64)?
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("cast to Int64")
+                .as_primitive::<Int64Type>()
                 .clone(),
         ),
-        Kind::SumDec { .. } | Kind::AvgDec { .. } => Prepared::Dec(
-            a.as_any()
-                .downcast_ref::<Decimal128Array>()
-                .expect("a decimal argument")
-                .clone(),
-        ),
+        Kind::SumDec { .. } | Kind::AvgDec { .. } => {
+            Prepared::Dec(a.as_primitive::<Decimal128Type>().clone())
+        }
         Kind::SumFloat | Kind::AvgFloat => Prepared::Float(
             cast(&a, &DataType::Float64)?
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .expect("cast to Float64")
+                .as_primitive::<Float64Type>()
                 .clone(),
         ),
         Kind::Min | Kind::Max | Kind::CountDistinct => {
