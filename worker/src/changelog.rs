@@ -113,7 +113,7 @@ mod tests {
                 0,
                 2,
                 crate::watermark::Mark {
-                    watermark: 7,
+                    watermark: weir_engine::Watermark::at(7),
                     idle: true,
                 },
             )],

@@ -54,6 +54,7 @@ use crate::metrics::{
 use crate::route::{self, Control, Route};
 use crate::transform::{Job, StartFrom};
 use crate::watermark::{Mark, Progress};
+use weir_engine::Watermark;
 
 /// A crash point for tests: when the `FAILPOINTS` environment variable configures it
 /// (`weir.commit.before_offsets=3*off->return` crashes on the fourth pass), the process
@@ -935,7 +936,7 @@ impl Worker {
                     let watermark = task
                         .progress
                         .mark(input, id.partition)
-                        .map_or(i64::MIN, |m| m.watermark);
+                        .map_or(Watermark::NONE, |m| m.watermark);
                     task.progress.update(
                         input,
                         id.partition,
@@ -973,23 +974,21 @@ impl Worker {
         };
         let mut out = Vec::new();
         for (input, wm) in task.progress.effective().into_iter().enumerate() {
-            let Some(wm) = wm else { continue };
+            let Some(wm) = wm.nanos() else { continue };
             out.extend(task.engine.advance_watermark(input, wm).map_err(|e| {
                 anyhow!(
                     "Transform {}: task {id}: closing windows failed: {e}",
                     self.job.id
                 )
             })?);
-            if wm > i64::MIN {
-                self.health
-                    .metrics
-                    .watermark_seconds
-                    .get_or_create(&PartitionLabels {
-                        topic: self.job.input_topics[input].clone(),
-                        partition: id.partition,
-                    })
-                    .set(wm as f64 / 1e9);
-            }
+            self.health
+                .metrics
+                .watermark_seconds
+                .get_or_create(&PartitionLabels {
+                    topic: self.job.input_topics[input].clone(),
+                    partition: id.partition,
+                })
+                .set(wm as f64 / 1e9);
         }
         out.retain(|b| !b.is_empty());
         Ok(out)
@@ -1078,7 +1077,7 @@ impl Worker {
                         source,
                         id.partition,
                         Mark {
-                            watermark: wm,
+                            watermark: Watermark::at(wm),
                             idle: false,
                         },
                     );
@@ -1248,7 +1247,7 @@ impl Worker {
                         input,
                         id.partition,
                         Mark {
-                            watermark: wm,
+                            watermark: Watermark::at(wm),
                             idle: false,
                         },
                     );

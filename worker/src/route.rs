@@ -195,7 +195,7 @@ mod tests {
             input: 1,
             partition: 2,
             mark: Mark {
-                watermark: 5,
+                watermark: weir_engine::Watermark::at(5),
                 idle: true,
             },
         };

@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use weir_engine::Watermark;
 
 /// What one partition last said about its progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mark {
-    /// Its watermark, nanoseconds since the epoch (never moves back).
-    pub watermark: i64,
+    /// Its watermark (never moves back).
+    pub watermark: Watermark,
     /// Whether it is idle.
     pub idle: bool,
 }
@@ -63,10 +64,10 @@ impl Progress {
         self.marks.iter().map(|((i, p), m)| (*i, *p, *m))
     }
 
-    /// The watermark each input's operators may assume, or `None` while it holds time
-    /// back entirely. An input whose partitions are all idle holds no other input back.
-    pub fn effective(&self) -> Vec<Option<i64>> {
-        let per_input: Vec<(Option<i64>, bool)> = self
+    /// The watermark each input's operators may assume, [`Watermark::NONE`] while it
+    /// holds time back entirely. An input whose partitions are all idle holds no other input back.
+    pub fn effective(&self) -> Vec<Watermark> {
+        let per_input: Vec<(Watermark, bool)> = self
             .partitions
             .iter()
             .enumerate()
@@ -77,28 +78,27 @@ impl Progress {
                     .map(|(_, m)| *m)
                     .collect();
                 let heard_all = marks.len() >= n;
-                let active: Vec<i64> = marks
-                    .iter()
-                    .filter(|m| !m.idle)
-                    .map(|m| m.watermark)
-                    .collect();
-                match (heard_all, active.iter().min()) {
-                    (false, _) => (None, false),
-                    (true, Some(min)) => (Some(*min), false),
+                let active = marks.iter().filter(|m| !m.idle).map(|m| m.watermark);
+                match (heard_all, active.clone().next()) {
+                    (false, _) => (Watermark::NONE, false),
+                    (true, Some(_)) => (Watermark::min_of(active), false),
                     // Every partition idle: time is as far as any of them got.
-                    (true, None) => (marks.iter().map(|m| m.watermark).max(), true),
+                    (true, None) => (
+                        marks.iter().map(|m| m.watermark).max().unwrap_or_default(),
+                        true,
+                    ),
                 }
             })
             .collect();
         let busy = per_input
             .iter()
             .filter(|(_, idle)| !idle)
-            .map(|(w, _)| w.unwrap_or(i64::MIN))
+            .map(|(w, _)| *w)
             .min();
         per_input
             .into_iter()
             .map(|(w, idle)| match (idle, busy) {
-                (true, Some(b)) => Some(w.unwrap_or(i64::MIN).max(b)),
+                (true, Some(b)) => w.max(b),
                 _ => w,
             })
             .collect()
@@ -107,18 +107,18 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::{Mark, Progress};
+    use super::{Mark, Progress, Watermark};
 
     fn at(watermark: i64) -> Mark {
         Mark {
-            watermark,
+            watermark: Watermark::at(watermark),
             idle: false,
         }
     }
 
     fn idle(watermark: i64) -> Mark {
         Mark {
-            watermark,
+            watermark: Watermark::at(watermark),
             idle: true,
         }
     }
@@ -130,15 +130,15 @@ mod tests {
         p.update(0, 1, at(20));
         assert_eq!(
             p.effective(),
-            vec![None],
+            vec![Watermark::NONE],
             "partition 2 was never heard from"
         );
         p.update(0, 2, at(15));
-        assert_eq!(p.effective(), vec![Some(10)]);
+        assert_eq!(p.effective(), vec![Watermark::at(10)]);
         p.update(0, 0, at(5));
         assert_eq!(
             p.effective(),
-            vec![Some(10)],
+            vec![Watermark::at(10)],
             "a watermark never moves back"
         );
     }
@@ -149,17 +149,17 @@ mod tests {
         p.update(0, 0, at(100));
         p.update(0, 1, at(200));
         p.update(0, 2, idle(i64::MIN));
-        assert_eq!(p.effective(), vec![Some(100)]);
+        assert_eq!(p.effective(), vec![Watermark::at(100)]);
         p.update(0, 0, idle(100));
-        assert_eq!(p.effective(), vec![Some(200)]);
+        assert_eq!(p.effective(), vec![Watermark::at(200)]);
         p.update(0, 1, idle(200));
         assert_eq!(
             p.effective(),
-            vec![Some(200)],
+            vec![Watermark::at(200)],
             "all idle: as far as any got"
         );
         p.update(0, 2, at(50));
-        assert_eq!(p.effective(), vec![Some(50)]);
+        assert_eq!(p.effective(), vec![Watermark::at(50)]);
     }
 
     #[test]
@@ -167,8 +167,8 @@ mod tests {
         let mut p = Progress::new(vec![1, 1]);
         p.update(0, 0, at(300));
         p.update(1, 0, at(100));
-        assert_eq!(p.effective(), vec![Some(300), Some(100)]);
+        assert_eq!(p.effective(), vec![Watermark::at(300), Watermark::at(100)]);
         p.update(1, 0, idle(100));
-        assert_eq!(p.effective(), vec![Some(300), Some(300)]);
+        assert_eq!(p.effective(), vec![Watermark::at(300), Watermark::at(300)]);
     }
 }

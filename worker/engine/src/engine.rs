@@ -10,7 +10,7 @@ use crate::changes::time_nanos;
 use crate::ops::aggregate::AggregateOp;
 use crate::ops::join::JoinOp;
 use crate::ops::{Filter, Operator, Project, Source, Union, Upsert, arrow_schema};
-use crate::{ChangeBatch, EngineError, Result};
+use crate::{ChangeBatch, EngineError, Result, Watermark};
 
 struct GraphNode {
     op: Box<dyn Operator>,
@@ -20,8 +20,8 @@ struct GraphNode {
     slot: Option<u16>,
     parent: Option<(usize, usize)>,
     children: Vec<usize>,
-    watermark: i64,
-    port_watermarks: Vec<i64>,
+    watermark: Watermark,
+    port_watermarks: Vec<Watermark>,
 }
 
 /// Runs a compiled Transform incrementally: input changes in, output changes out.
@@ -32,7 +32,7 @@ struct GraphNode {
 pub struct Engine {
     nodes: Vec<GraphNode>,
     sources: Vec<Vec<usize>>,
-    input_watermarks: Vec<i64>,
+    input_watermarks: Vec<Watermark>,
     event_time: Vec<Option<(usize, i64)>>,
     input_schemas: Vec<SchemaRef>,
     output_schema: SchemaRef,
@@ -70,7 +70,7 @@ const META_KEY: [u8; 2] = [0xFF, 0xFF];
 struct Meta {
     state_fingerprint: String,
     primed: bool,
-    input_watermarks: Vec<i64>,
+    input_watermarks: Vec<Watermark>,
 }
 
 /// What an engine holds and has dropped.
@@ -87,8 +87,8 @@ pub struct EngineStats {
 struct Snapshot {
     fingerprint: String,
     primed: bool,
-    input_watermarks: Vec<i64>,
-    nodes: Vec<(Vec<u8>, i64, Vec<i64>)>,
+    input_watermarks: Vec<Watermark>,
+    nodes: Vec<(Vec<u8>, Watermark, Vec<Watermark>)>,
 }
 
 impl Engine {
@@ -97,7 +97,7 @@ impl Engine {
         let mut engine = Self {
             nodes: Vec::new(),
             sources: vec![Vec::new(); compiled.inputs.len()],
-            input_watermarks: vec![i64::MIN; compiled.inputs.len()],
+            input_watermarks: vec![Watermark::NONE; compiled.inputs.len()],
             event_time: compiled
                 .inputs
                 .iter()
@@ -200,7 +200,7 @@ impl Engine {
             slot,
             parent,
             children: Vec::new(),
-            watermark: i64::MIN,
+            watermark: Watermark::NONE,
             port_watermarks: Vec::new(),
         });
         if let Op::Source { input, .. } = &n.op {
@@ -211,7 +211,7 @@ impl Engine {
             let cid = self.add(c, Some((id, port)), compiled)?;
             self.nodes[id].children.push(cid);
         }
-        self.nodes[id].port_watermarks = vec![i64::MIN; children.len()];
+        self.nodes[id].port_watermarks = vec![Watermark::NONE; children.len()];
         Ok(id)
     }
 
@@ -266,9 +266,9 @@ impl Engine {
         else {
             return Ok(None);
         };
-        if wm == i64::MIN || !self.drops_late {
+        let Some(wm) = wm.nanos().filter(|_| self.drops_late) else {
             return Ok(None);
-        }
+        };
         let times = time_nanos(batch.column(*col))?;
         let behind: arrow::array::BooleanArray = times
             .iter()
@@ -283,6 +283,7 @@ impl Engine {
         if input >= self.input_watermarks.len() {
             return Err(EngineError::Input(format!("there is no input {input}")));
         }
+        let watermark = Watermark::at(watermark);
         let mut out = Vec::new();
         self.prime(&mut out)?;
         if watermark > self.input_watermarks[input] {
@@ -337,7 +338,7 @@ impl Engine {
     }
 
     fn raise(&mut self, node: usize, out: &mut Vec<ChangeBatch>) -> Result<()> {
-        let wms: Vec<i64> = self.nodes[node]
+        let wms: Vec<Watermark> = self.nodes[node]
             .children
             .iter()
             .map(|c| self.nodes[*c].watermark)
@@ -346,7 +347,7 @@ impl Engine {
             return Ok(());
         }
         self.nodes[node].port_watermarks = wms.clone();
-        self.nodes[node].watermark = wms.iter().copied().min().unwrap_or(i64::MIN);
+        self.nodes[node].watermark = Watermark::min_of(wms.iter().copied());
         let produced = self.nodes[node].op.on_watermark(&wms)?;
         self.forward(node, produced, out)?;
         if let Some((p, _)) = self.nodes[node].parent {
@@ -443,12 +444,12 @@ impl Engine {
             if self.nodes[id].children.is_empty() {
                 continue;
             }
-            let wms: Vec<i64> = self.nodes[id]
+            let wms: Vec<Watermark> = self.nodes[id]
                 .children
                 .iter()
                 .map(|c| self.nodes[*c].watermark)
                 .collect();
-            self.nodes[id].watermark = wms.iter().copied().min().unwrap_or(i64::MIN);
+            self.nodes[id].watermark = Watermark::min_of(wms.iter().copied());
             self.nodes[id].port_watermarks = wms;
         }
     }

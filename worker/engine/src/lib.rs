@@ -34,10 +34,12 @@ mod exprs;
 pub mod lossless;
 mod ops;
 pub mod runner;
+mod watermark;
 
 pub use changes::{ChangeBatch, concat};
 pub use engine::{Engine, EngineStats, StateEntry};
 pub use expectations::Expectations;
+pub use watermark::Watermark;
 
 /// Something went wrong while running changes through the engine.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use super::state::{Dirty, Entry as StateEntry, decode, encode, unknown_key};
 use super::{Operator, arrow_schema, batch};
 use crate::changes::time_nanos;
 use crate::exprs::Eval;
-use crate::{ChangeBatch, Result};
+use crate::{ChangeBatch, Result, Watermark};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Entry {
@@ -40,7 +40,7 @@ struct State {
     /// Interval joins: per side, the keys holding a row at each event time, so a
     /// watermark visits only the keys whose oldest rows it may expire.
     by_time: [std::collections::BTreeMap<i64, Vec<Vec<u8>>>; 2],
-    watermarks: [i64; 2],
+    watermarks: [Watermark; 2],
     late: u64,
 }
 
@@ -126,7 +126,7 @@ impl JoinOp {
             mode: j.mode,
             schema: arrow_schema(output),
             state: State {
-                watermarks: [i64::MIN, i64::MIN],
+                watermarks: [Watermark::NONE; 2],
                 ..State::default()
             },
             dirty: Dirty::default(),
@@ -196,8 +196,7 @@ impl JoinOp {
     }
 
     fn is_late(&self, port: usize, t: i64) -> bool {
-        let wm = self.state.watermarks[port];
-        wm != i64::MIN && t < wm.saturating_sub(self.sides[port].lag)
+        self.state.watermarks[port].passed(t, self.sides[port].lag)
     }
 
     fn interval(&self) -> Option<(i64, i64)> {
@@ -461,7 +460,7 @@ impl Operator for JoinOp {
         Ok(out)
     }
 
-    fn on_watermark(&mut self, watermarks: &[i64]) -> Result<Vec<ChangeBatch>> {
+    fn on_watermark(&mut self, watermarks: &[Watermark]) -> Result<Vec<ChangeBatch>> {
         self.state.watermarks = [watermarks[0], watermarks[1]];
         let Some((lo, hi)) = self.interval() else {
             return Ok(Vec::new());
@@ -470,7 +469,7 @@ impl Operator for JoinOp {
         let mut out = Vec::new();
         // A left row at l can still match right rows at r >= wr - lag_r; it is done once
         // l + hi < wr - lag_r.
-        if wr != i64::MIN {
+        if let Some(wr) = wr.nanos() {
             let bound = wr.saturating_sub(self.sides[1].lag);
             let expired = |t: i64| t.saturating_add(hi) < bound;
             let mut pad_rows = Vec::new();
@@ -494,7 +493,7 @@ impl Operator for JoinOp {
         }
         // A right row at r can still match left rows at l >= wl - lag_l; it is done once
         // r - lo < wl - lag_l.
-        if wl != i64::MIN {
+        if let Some(wl) = wl.nanos() {
             let bound = wl.saturating_sub(self.sides[0].lag);
             expire(
                 &mut self.state,

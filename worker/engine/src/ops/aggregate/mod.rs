@@ -29,7 +29,7 @@ use super::state::{
 use super::{Operator, arrow_schema, batch};
 use crate::changes::time_nanos;
 use crate::exprs::Eval;
-use crate::{ChangeBatch, EngineError, Result};
+use crate::{ChangeBatch, EngineError, Result, Watermark};
 
 mod accumulator;
 mod output;
@@ -47,7 +47,7 @@ struct State {
     windows: BTreeMap<i64, HashMap<Vec<u8>, Group>>,
     /// Sessions per group key: start -> (end, group).
     sessions: HashMap<Vec<u8>, BTreeMap<i64, (i64, Group)>>,
-    watermark: i64,
+    watermark: Watermark,
     late: u64,
     started: bool,
 }
@@ -212,7 +212,7 @@ impl AggregateOp {
             lateness: a.lateness,
             schema,
             state: State {
-                watermark: i64::MIN,
+                watermark: Watermark::NONE,
                 ..State::default()
             },
             dirty: Dirty::default(),
@@ -229,8 +229,10 @@ impl AggregateOp {
     }
 
     fn closed(&self, end: i64) -> bool {
-        self.state.watermark != i64::MIN
-            && end.saturating_add(self.lateness) <= self.state.watermark
+        self.state
+            .watermark
+            .nanos()
+            .is_some_and(|w| end.saturating_add(self.lateness) <= w)
     }
 }
 
@@ -438,13 +440,13 @@ impl Operator for AggregateOp {
         self.build(out)
     }
 
-    fn on_watermark(&mut self, watermarks: &[i64]) -> Result<Vec<ChangeBatch>> {
-        let wm = watermarks.iter().copied().min().unwrap_or(i64::MIN);
+    fn on_watermark(&mut self, watermarks: &[Watermark]) -> Result<Vec<ChangeBatch>> {
+        let wm = Watermark::min_of(watermarks.iter().copied());
         if wm <= self.state.watermark {
             return Ok(Vec::new());
         }
         self.state.watermark = wm;
-        let Some(win) = &self.win else {
+        let (Some(win), Some(wm)) = (&self.win, wm.nanos()) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
