@@ -59,8 +59,6 @@ pub fn id_of(meta: &ObjectMeta) -> String {
     )
 }
 
-use crate::units::{duration as parse_duration, duration_ms};
-
 /// A DataStream as the compiler sees it: its Arrow schema, key, event time and kind (a
 /// compacted, keyed DataStream is a table).
 pub fn stream_input(ds: &DataStream) -> Result<StreamInput, String> {
@@ -78,7 +76,8 @@ pub fn stream_input(ds: &DataStream) -> Result<StreamInput, String> {
     .with_key(ds.spec.key.clone());
     if let Some(et) = &ds.spec.event_time {
         let ooo = match &et.max_out_of_orderness {
-            Some(d) => duration_ms(d)
+            Some(d) => d
+                .millis()
                 .map_err(|e| format!("DataStream {id}: spec.eventTime.maxOutOfOrderness: {e}"))?,
             None => 0,
         };
@@ -100,7 +99,7 @@ pub fn compile_options(tf: &Transform) -> Result<CompileOptions, TransformError>
         };
         if let Some(l) = &w.allowed_lateness {
             options.allowed_lateness_ms =
-                duration_ms(l).map_err(|message| TransformError::Windows {
+                l.millis().map_err(|message| TransformError::Windows {
                     field: "allowedLateness",
                     message,
                 })?;
@@ -117,7 +116,7 @@ pub fn idle_timeout(tf: &Transform) -> Result<Duration, TransformError> {
         .as_ref()
         .and_then(|w| w.idle_timeout.as_ref())
     {
-        Some(d) => parse_duration(d).map_err(|message| TransformError::Windows {
+        Some(d) => d.get().map_err(|message| TransformError::Windows {
             field: "idleTimeout",
             message,
         }),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::KafkaConnection;
 use crate::schema::Schema;
+use crate::units::{DurationText, RetentionText, SizeText};
 
 /// The annotation that lets a DataStream adopt a topic that already exists in Kafka.
 pub const ADOPT_ANNOTATION: &str = "weir.dev/adopt-existing-topic";
@@ -91,14 +92,12 @@ pub struct DataStreamSpec {
     /// How long records are kept, as a duration such as `7d`, `12h` or `30m`; `-1` or
     /// `forever` keeps them forever. Defaults to the broker's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(-1|forever|([0-9]+(ms|s|m|h|d|w))+)$"))]
-    pub retention: Option<String>,
+    pub retention: Option<RetentionText>,
 
     /// How much each partition keeps before old segments are deleted, as a quantity such
     /// as `10Gi` or `500Mi`. Defaults to unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$"))]
-    pub retention_size: Option<String>,
+    pub retention_size: Option<SizeText>,
 
     /// `delete` drops old records; `compact` keeps the latest record per key (a table).
     #[serde(default)]
@@ -204,8 +203,7 @@ pub struct EventTime {
     /// How far behind the newest event time a record may arrive and still count as on
     /// time, as a duration such as `5s`. Defaults to `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
-    pub max_out_of_orderness: Option<String>,
+    pub max_out_of_orderness: Option<DurationText>,
 }
 
 /// Who may read a DataStream.

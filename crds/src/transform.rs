@@ -9,6 +9,7 @@ use schemars::{Schema as JsonSchemaObject, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::data_stream::{CleanupPolicy, DeletionPolicy};
+use crate::units::{DurationText, RetentionText};
 
 /// A Transform runs a SQL query over DataStreams and writes the result to its own output
 /// DataStream.
@@ -139,15 +140,13 @@ pub struct WindowPolicy {
     /// `spec.errorPolicy`.
     /// Defaults to `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
-    pub allowed_lateness: Option<String>,
+    pub allowed_lateness: Option<DurationText>,
     /// How long an input partition may stay silent before it stops holding event time
     /// back, such as `30s` (the default). Windows and joins advance on the slowest input
     /// partition that is not idle; a partition that speaks again holds time from where
     /// it then is, and its records older than that are late.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<DurationText>,
 }
 
 /// When windows emit.
@@ -198,8 +197,7 @@ pub struct TransformOutput {
     pub replication_factor: Option<i32>,
     /// Its retention, such as `7d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(-1|forever|([0-9]+(ms|s|m|h|d|w))+)$"))]
-    pub retention: Option<String>,
+    pub retention: Option<RetentionText>,
     /// Its cleanup policy. Defaults to `compact` for a changelog output, `delete` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup_policy: Option<CleanupPolicy>,

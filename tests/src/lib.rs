@@ -25,6 +25,7 @@
 
 pub mod control_plane;
 pub mod fixtures;
+pub mod http;
 pub mod kafka;
 pub mod local_node;
 pub mod namespace;

@@ -665,7 +665,6 @@ fn due(probe: &Probe, started: Instant, last: Option<Instant>) -> bool {
 
 async fn http_probe(probe: &Probe, container: &Container, ip: &str) -> bool {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(get) = &probe.http_get else {
         // Only HTTP probes are run; others count as passing.
         return true;
@@ -682,21 +681,8 @@ async fn http_probe(probe: &Probe, container: &Container, ip: &str) -> bool {
     };
     let path = get.path.clone().unwrap_or_else(|| "/".into());
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect((ip, port as u16))
-            .await
-            .ok()?;
-        let req = format!("GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut head = vec![0u8; 64];
-        let n = s.read(&mut head).await.ok()?;
-        let text = String::from_utf8_lossy(&head[..n]).to_string();
-        text.split_whitespace().nth(1)?.parse::<u16>().ok()
-    };
-    matches!(
-        tokio::time::timeout(timeout, attempt).await,
-        Ok(Some(code)) if (200..400).contains(&code)
-    )
+    let answer = crate::http::get(ip, port as u16, &path, timeout).await;
+    matches!(answer, Some((code, _)) if (200..400).contains(&code))
 }
 
 /// Expands `$(VAR)` references from `vars`, as the kubelet does (`$$` escapes).

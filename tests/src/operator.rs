@@ -195,25 +195,9 @@ impl Operator {
     }
 }
 
-/// A minimal HTTP/1.0 GET on loopback: `(status, body)`, or `None` if nothing answered.
+/// An HTTP GET on 127.0.0.1: `(status, body)`, or `None` if nothing answered within 5 s.
 pub(crate) async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    crate::http::get("127.0.0.1", port, path, Duration::from_secs(5)).await
 }
 
 /// Installs the generated weir.dev CRDs (server-side apply) and waits until they are

@@ -8,7 +8,6 @@ use weir_crds::data_stream::{
     DeletionPolicy,
 };
 use weir_crds::schema::FieldType;
-use weir_crds::units::{duration_ms as parse_duration_ms, size_bytes as parse_bytes};
 
 use crate::kafka_admin::DesiredTopic;
 use crate::policy::Policy;
@@ -109,7 +108,7 @@ pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream,
             Some(_) => {}
         }
         if let Some(d) = &et.max_out_of_orderness {
-            parse_duration_ms(d)
+            d.millis()
                 .map_err(|m| SpecError::new("spec.eventTime.maxOutOfOrderness", m))?;
         }
     }
@@ -161,14 +160,15 @@ pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream,
         spec.cleanup_policy.as_kafka().into(),
     );
     if let Some(r) = &spec.retention {
-        let ms = match r.as_str() {
-            "-1" | "forever" => -1,
-            other => parse_duration_ms(other).map_err(|m| SpecError::new("spec.retention", m))?,
-        };
+        let ms = r
+            .millis()
+            .map_err(|m| SpecError::new("spec.retention", m))?;
         configs.insert("retention.ms".into(), ms.to_string());
     }
     if let Some(size) = &spec.retention_size {
-        let bytes = parse_bytes(size).map_err(|m| SpecError::new("spec.retentionSize", m))?;
+        let bytes = size
+            .bytes()
+            .map_err(|m| SpecError::new("spec.retentionSize", m))?;
         configs.insert("retention.bytes".into(), bytes.to_string());
     }
 
