@@ -446,19 +446,30 @@ impl Encoder {
         } else {
             Some(json_lines(&changes.data.project(&self.key_cols)?)?)
         };
-        let key_of = |i: usize| keys.as_ref().map(|k| k[i].clone());
         if !self.changelog {
+            // Each row's JSON moves into its record; only a row inserted n > 1 times is
+            // copied.
             let mut out = Vec::with_capacity(values.len());
-            for (i, v) in values.iter().enumerate() {
-                for _ in 0..changes.weight(i).max(0) {
+            let mut keys = keys.map(Vec::into_iter);
+            for (i, value) in values.into_iter().enumerate() {
+                let key = keys.as_mut().and_then(Iterator::next);
+                let n = changes.weight(i).max(0);
+                for _ in 1..n {
                     out.push(OutputRecord {
-                        key: key_of(i),
-                        value: Some(v.clone()),
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                    });
+                }
+                if n > 0 {
+                    out.push(OutputRecord {
+                        key,
+                        value: Some(value),
                     });
                 }
             }
             return Ok(out);
         }
+        let key_of = |i: usize| keys.as_ref().map(|k| k[i].clone());
         // Per key, the net weight of each row; keys in the order first seen.
         let mut order: Vec<Vec<u8>> = Vec::new();
         let mut by_key: hashbrown::HashMap<Vec<u8>, Vec<(usize, i64)>> = hashbrown::HashMap::new();
@@ -643,6 +654,41 @@ mod tests {
         let d = Decoder::new(&input(false), 1 << 20).decode(&recs);
         assert_eq!(d.rejected.len(), 1);
         assert_eq!(d.rejected[0].1.class, "unexpected_tombstone");
+    }
+
+    #[test]
+    fn an_event_output_writes_each_row_as_often_as_it_was_inserted_with_its_key() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        let data = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b", "c"])),
+                Arc::new(Int64Array::from(vec![Some(1), Some(2), None])),
+            ],
+        )
+        .unwrap();
+        let changes = ChangeBatch::new(data, vec![2, 0, 1]);
+        let enc = Encoder::new(&schema, &["k".to_owned()], StreamKind::AppendOnly);
+        let text: Vec<(String, String)> = enc
+            .encode(&changes)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    String::from_utf8(r.key.unwrap()).unwrap(),
+                    String::from_utf8(r.value.unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        let a = (r#"{"k":"a"}"#.to_owned(), r#"{"k":"a","n":1}"#.to_owned());
+        let c = (
+            r#"{"k":"c"}"#.to_owned(),
+            r#"{"k":"c","n":null}"#.to_owned(),
+        );
+        assert_eq!(text, [a.clone(), a, c]);
     }
 
     #[test]

@@ -67,7 +67,9 @@ impl Expectations {
                 )
                 .map_err(|mut e| {
                     e.line = e.line.map(|l| l.saturating_sub(1).max(1));
-                    e.message = e.message.replace(&format!(", output.{ROW}"), "");
+                    let internal = format!(", output.{ROW}");
+                    e.message = e.message.replace(&internal, "");
+                    e.hint = e.hint.map(|h| h.replace(&internal, ""));
                     (i, e)
                 })?;
                 let engine = Engine::new(&plan).map_err(|e| {

@@ -38,8 +38,10 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
     if integers.is_empty() {
         return None;
     }
+    // The current top-level key, as its raw bytes between the quotes (no allocation: this
+    // runs on every record) and whether it had escapes.
+    let mut key: Option<(&[u8], bool)> = None;
     let mut depth = 0usize;
-    let mut key: Option<String> = None;
     let mut in_value = false;
     let mut i = 0;
     while i < json.len() {
@@ -56,12 +58,7 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
                     j += 1;
                 }
                 if depth == 1 && !in_value {
-                    let raw = &json[start..j.min(json.len())];
-                    key = if escaped {
-                        serde_json::from_slice(&json[i..(j + 1).min(json.len())]).ok()
-                    } else {
-                        std::str::from_utf8(raw).ok().map(str::to_owned)
-                    };
+                    key = Some((&json[start..j.min(json.len())], escaped));
                 }
                 i = j + 1;
                 continue;
@@ -81,11 +78,10 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
                     i += 1;
                 }
                 let text = std::str::from_utf8(&json[start..i]).unwrap_or_default();
-                if let Some(k) = &key
-                    && integers.contains(k)
-                    && !whole(text)
+                if !whole(text)
+                    && let Some(name) = key.and_then(|k| integer_named(k, integers))
                 {
-                    return Some((k.clone(), text.to_owned()));
+                    return Some((name, text.to_owned()));
                 }
                 continue;
             }
@@ -94,6 +90,20 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
         i += 1;
     }
     None
+}
+
+/// The integer field a raw JSON key (the bytes between its quotes) names, if any.
+fn integer_named((raw, escaped): (&[u8], bool), integers: &[String]) -> Option<String> {
+    let name = if escaped {
+        let mut quoted = Vec::with_capacity(raw.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(raw);
+        quoted.push(b'"');
+        serde_json::from_slice::<String>(&quoted).ok()?
+    } else {
+        std::str::from_utf8(raw).ok()?.to_owned()
+    };
+    integers.contains(&name).then_some(name)
 }
 
 /// Whether `value`, bound for a column of `data_type`, is a number that column would

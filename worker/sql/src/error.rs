@@ -93,6 +93,10 @@ impl CompileError {
         if let Some(out) = not_a_timestamp(sql, &message) {
             return out;
         }
+        let reworded = reword(&message);
+        if let Some(r) = &reworded {
+            message = r.message.clone();
+        }
         let mut out = Self::new(message.clone());
         if let Some(d) = diagnostic {
             if let Some(span) = d.span {
@@ -113,6 +117,14 @@ impl CompileError {
             let line = sql.lines().count().max(1) as u64;
             let col = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
             out = out.at_position(line, col);
+        }
+        if let Some(r) = reworded {
+            if out.hint.is_none() {
+                out.hint = r.hint;
+            }
+            for needle in r.near {
+                out = out.near(sql, &needle);
+            }
         }
         if out.line.is_none() {
             // Point at the first quoted name the message mentions.
@@ -233,6 +245,51 @@ fn no_matching_signature(sql: &str, message: &str) -> Option<CompileError> {
             .hint("cast the argument, for example CAST(x AS bigint), or use another column")
             .near(sql, name),
     )
+}
+
+/// A DataFusion message reworded in the user's terms, with a hint and the words to point
+/// at when DataFusion gave no position.
+struct Reworded {
+    message: String,
+    hint: Option<String>,
+    near: Vec<String>,
+}
+
+/// DataFusion's messages about names, in the terms of a Transform: a column or function
+/// that does not exist, and two output columns of one name.
+fn reword(message: &str) -> Option<Reworded> {
+    if let Some(rest) = message.strip_prefix("No field named ") {
+        let (name, valid) = rest.split_once(". Valid fields are ")?;
+        let valid = valid.trim_end_matches('.');
+        let bare = name.trim_matches('"');
+        return Some(Reworded {
+            message: format!("unknown column {name}"),
+            hint: Some(format!("the columns here are {valid}")),
+            near: vec![bare.rsplit('.').next().unwrap_or(bare).to_owned()],
+        });
+    }
+    if let Some(rest) = message.strip_prefix("Invalid function '") {
+        // DataFusion's "Did you mean" picks among equally close names in hash order: not
+        // repeatable, so not repeated.
+        let (name, _) = rest.split_once('\'')?;
+        let hint = "check its name: Weir runs DataFusion's built-in SQL functions".to_owned();
+        return Some(Reworded {
+            message: format!("unknown function {name}()"),
+            hint: Some(hint),
+            near: vec![name.to_owned()],
+        });
+    }
+    if let Some(rest) = message.strip_prefix("Schema contains qualified field name ")
+        && let Some((_, unqualified)) = rest.split_once(" and unqualified field name ")
+        && let Some(name) = unqualified.strip_suffix(" which would be ambiguous")
+    {
+        return Some(Reworded {
+            message: format!("the output has two columns named {name:?}"),
+            hint: Some("rename one of them with AS".to_owned()),
+            near: vec![format!("AS {name}"), name.to_owned()],
+        });
+    }
+    None
 }
 
 /// A string that cannot be read as the timestamp it is compared with, at the literal.
