@@ -102,7 +102,9 @@ impl CompileError {
             if let Some(span) = d.span {
                 out = out.at_position(span.start.line, span.start.column);
             }
-            if let Some(help) = d.helps.first() {
+            if let Some(help) = d.helps.first()
+                && reworded.as_ref().is_none_or(|r| r.hint.is_none())
+            {
                 out = out.hint(help.message.clone());
             }
         }
@@ -277,6 +279,22 @@ fn reword(message: &str) -> Option<Reworded> {
             message: format!("unknown function {name}()"),
             hint: Some(hint),
             near: vec![name.to_owned()],
+        });
+    }
+    if message.starts_with("Column in SELECT must be in GROUP BY")
+        && let Some((_, rest)) = message.split_once("column \"")
+        && let Some((column, _)) = rest.split_once('"')
+    {
+        // DataFusion's own hint suggests ANY_VALUE, which streams do not support.
+        let bare = column.rsplit('.').next().unwrap_or(column);
+        return Some(Reworded {
+            message: format!(
+                "{column} is selected but neither in the GROUP BY nor inside an aggregate"
+            ),
+            hint: Some(format!(
+                "add {bare} to the GROUP BY, or aggregate it, for example MAX({bare})"
+            )),
+            near: vec![bare.to_owned()],
         });
     }
     if let Some(rest) = message.strip_prefix("Schema contains qualified field name ")
