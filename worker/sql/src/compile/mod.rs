@@ -142,7 +142,7 @@ pub fn compile(
         spans: &spans,
     };
     let root = lowerer.lower(&optimized)?;
-    refusals::check_output_names(sql, &root.schema)?;
+    refusals::check_output_names(sql, &root.schema, &spans)?;
 
     let output_schema = Arc::new(root.schema.as_arrow().clone());
     let names: Vec<String> = output_schema

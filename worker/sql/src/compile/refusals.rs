@@ -370,31 +370,33 @@ impl Visitor for Refusals<'_> {
 pub(super) fn check_output_names(
     sql: &str,
     schema: &datafusion::common::DFSchema,
+    spans: &super::spans::SqlSpans,
 ) -> Result<(), CompileError> {
     let mut seen = std::collections::BTreeSet::new();
-    for f in schema.fields() {
+    for (i, f) in schema.fields().iter().enumerate() {
         let name = f.name();
         let mut chars = name.chars();
         let valid = chars
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(CompileError::new(format!(
+        let err = if !valid {
+            CompileError::new(format!(
                 "output column {name:?} needs a name that a DataStream field can have"
             ))
             .hint(format!(
                 "give it one with AS, for example `{name} AS total`"
             ))
-            .near(sql, name.split('(').next().unwrap_or(name)));
-        }
-        if !seen.insert(name.to_ascii_lowercase()) {
-            return Err(
-                CompileError::new(format!("the output has two columns named {name:?}"))
-                    .hint("rename one of them with AS")
-                    .near(sql, name),
-            );
-        }
+        } else if !seen.insert(name.to_ascii_lowercase()) {
+            CompileError::new(format!("the output has two columns named {name:?}"))
+                .hint("rename one of them with AS")
+        } else {
+            continue;
+        };
+        return Err(match spans.output(i) {
+            Some(span) => err.at_span(span),
+            None => err.near(sql, name.split('(').next().unwrap_or(name)),
+        });
     }
     Ok(())
 }

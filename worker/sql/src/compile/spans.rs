@@ -5,16 +5,21 @@
 use std::ops::ControlFlow;
 
 use datafusion::logical_expr::Expr as PlanExpr;
-use sqlparser::ast::{Expr, FunctionArguments, ObjectName, Spanned, Statement, Visit, Visitor};
+use sqlparser::ast::{
+    Expr, FunctionArguments, ObjectName, SelectItem, SetExpr, Spanned, Statement, Visit, Visitor,
+};
 use sqlparser::tokenizer::Span;
 
 use crate::windows::WindowFn;
 
-/// The spans of a statement's relations and window calls.
+/// The spans of a statement's relations, window calls and output columns.
 #[derive(Default)]
 pub(super) struct SqlSpans {
     relations: Vec<(String, Span)>,
     windows: Vec<WindowCall>,
+    /// Each output column's select item (its alias when it has one), when the outermost
+    /// select list has no wildcard.
+    outputs: Vec<Span>,
 }
 
 /// One `TUMBLE`, `HOP` or `SESSION` call as written.
@@ -31,7 +36,13 @@ impl SqlSpans {
     pub fn of(statement: &Statement) -> Self {
         let mut spans = Self::default();
         let _ = statement.visit(&mut spans);
+        spans.outputs = output_items(statement).unwrap_or_default();
         spans
+    }
+
+    /// Where output column `index` is written in the select list, if it can be told.
+    pub fn output(&self, index: usize) -> Option<Span> {
+        self.outputs.get(index).copied()
     }
 
     /// Where the relation whose last name part is `name`'s (case-insensitive) appears first.
@@ -66,6 +77,32 @@ impl SqlSpans {
             })
             .or_else(|| self.first_window(kind))
     }
+}
+
+/// The spans of the outermost select list's items (the first SELECT of a UNION names the
+/// output), or `None` if a wildcard makes the columns unknowable from the text.
+fn output_items(statement: &Statement) -> Option<Vec<Span>> {
+    let Statement::Query(q) = statement else {
+        return None;
+    };
+    let mut body = q.body.as_ref();
+    let select = loop {
+        match body {
+            SetExpr::Select(s) => break s,
+            SetExpr::SetOperation { left, .. } => body = left,
+            SetExpr::Query(q) => body = q.body.as_ref(),
+            _ => return None,
+        }
+    };
+    select
+        .projection
+        .iter()
+        .map(|item| match item {
+            SelectItem::UnnamedExpr(e) => Some(e.span()),
+            SelectItem::ExprWithAlias { alias, .. } => Some(alias.span),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Visitor for SqlSpans {
