@@ -27,6 +27,19 @@ pub struct KafkaConnection {
     pub tls: Option<Tls>,
 }
 
+impl KafkaConnection {
+    /// The names of the Secrets the connection reads, in its resource's namespace.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let sasl = self.sasl.as_ref().map(|s| s.secret_name.as_str());
+        let tls = self.tls.as_ref().into_iter().flat_map(|t| {
+            [t.ca_secret_name.as_deref(), t.client_secret_name.as_deref()]
+                .into_iter()
+                .flatten()
+        });
+        sasl.into_iter().chain(tls)
+    }
+}
+
 /// SASL credentials.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -50,6 +50,15 @@ pub struct Config {
     )]
     pub allowed_bootstrap_servers: Vec<String>,
 
+    /// Watch the Secrets labelled `weir.dev/kafka-credentials: "true"`, so that a
+    /// DataStream reconciles as soon as a Secret it names changes. This needs `list` and
+    /// `watch` on Secrets in every namespace, which lets the operator read every Secret:
+    /// the chart grants them only with `watchCredentialSecrets: true`. Off (the default),
+    /// Secrets are read with `get` on each reconcile, and a changed Secret is used from
+    /// the next one (a failed attempt's retry, or the resync).
+    #[arg(long, env = "WEIR_WATCH_CREDENTIAL_SECRETS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub watch_credential_secrets: bool,
+
     /// How often each DataStream is compared with Kafka to revert out-of-band changes.
     #[arg(long, env = "WEIR_RESYNC_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::ResourceExt;
 use kube::api::Api;
@@ -173,6 +173,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .reflect(writer)
         .applied_objects();
     // A DataStream's status shows which Transforms read and write it: their changes wake it.
+    let credentials_of = data_stream_store.clone();
     let controller = Controller::for_stream(data_streams, data_stream_store)
         .with_config(controller_config.clone())
         .watches_stream(
@@ -202,6 +203,50 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                     .collect::<Vec<_>>()
             },
         );
+    // With `watch_credential_secrets`, a change to a Secret marked for Weir wakes the
+    // DataStreams of its namespace that name it.
+    let controller = if config.watch_credential_secrets {
+        let marked = watcher::Config::default()
+            .labels(&format!(
+                "{}=true",
+                weir_crds::connection::CREDENTIALS_LABEL
+            ))
+            .any_semantic();
+        controller.watches_stream(
+            watcher(Api::<Secret>::all(client.clone()), marked)
+                .default_backoff()
+                .touched_objects()
+                .inspect(|event| {
+                    if let Err(e) = event {
+                        warn!(
+                            error = %e,
+                            "watching credential Secrets failed (does the operator have list \
+                             and watch on Secrets? the chart grants them with \
+                             watchCredentialSecrets: true)"
+                        );
+                    }
+                }),
+            move |secret: Secret| {
+                let namespace = secret.namespace().unwrap_or_default();
+                let name = secret.name_any();
+                credentials_of
+                    .state()
+                    .into_iter()
+                    .filter(|ds| {
+                        ds.namespace().as_deref() == Some(namespace.as_str())
+                            && ds
+                                .spec
+                                .kafka
+                                .as_ref()
+                                .is_some_and(|k| k.secret_names().any(|n| n == name))
+                    })
+                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+    } else {
+        controller
+    };
     // The Transform controller watches what it deploys (by the operator's label) and the
     // DataStreams its Transforms read and write.
     let managed = watcher::Config::default()

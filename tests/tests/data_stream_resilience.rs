@@ -1,11 +1,13 @@
 //! The DataStream controller through failures: a broker outage, an operator crash, two
 //! operators at once, an object the operator cannot decode, a watch that cannot work and a
-//! hung apiserver. Each test owns its stack, since it breaks it.
+//! hung apiserver; and credentials rotated in a watched Secret. Each test owns its stack,
+//! since it breaks it or runs the operator with settings of its own.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
@@ -13,6 +15,7 @@ use rdkafka::ClientConfig;
 use weir_crds::DataStream;
 use weir_operator::kafka_admin::KafkaAdmin;
 use weir_tests::fixtures::{data_stream, has_reason, is_ready};
+use weir_tests::kafka::{SASL_PASSWORD, SASL_USERNAME};
 use weir_tests::operator::LEASE_NAMESPACE;
 use weir_tests::{
     Operator, OperatorOptions, Stack, await_condition, install_crds, wait_until, with_temp_ns,
@@ -374,4 +377,65 @@ async fn no_bad_object_lost_watch_or_hung_apiserver_leaves_the_operator_stuck() 
         "{}",
         leader.log_tail(20)
     );
+}
+
+/// With `WEIR_WATCH_CREDENTIAL_SECRETS`, a change to a Secret marked for Weir wakes the
+/// DataStreams that name it at once. The resync here is an hour and a connection problem
+/// waits for it, so nothing else would wake it within the test.
+#[tokio::test]
+async fn a_fixed_credential_secret_wakes_its_data_stream_when_secrets_are_watched() {
+    let (stack, client) = stack().await;
+    let _operator = Operator::start(
+        &stack,
+        OperatorOptions {
+            resync_interval: "1h",
+            leader_election: false,
+            env: vec![("WEIR_WATCH_CREDENTIAL_SECRETS", "true".to_owned())],
+            ..OperatorOptions::default()
+        },
+    )
+    .await
+    .expect("operator");
+    let secrets = Api::<Secret>::namespaced(client.clone(), "default");
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("kafka-user".into());
+    secret.metadata.labels =
+        Some([("weir.dev/kafka-credentials".to_owned(), "true".to_owned())].into());
+    secret.string_data = Some([("username".to_owned(), SASL_USERNAME.to_owned())].into());
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("secret");
+    let api = Api::<DataStream>::namespaced(client.clone(), "default");
+    let connection = format!(
+        "  kafka:\n    name: sasl\n    bootstrapServers: \"{}\"\n    sasl: {{ mechanism: PLAIN, \
+         secretName: kafka-user, allowPlaintext: true }}\n",
+        stack.kafka.sasl_bootstrap_servers()
+    );
+    api.create(&PostParams::default(), &data_stream("rotated", &connection))
+        .await
+        .expect("create");
+    let ds = await_condition(
+        api.clone(),
+        "rotated",
+        has_reason("ConnectionInvalid"),
+        WAIT,
+    )
+    .await;
+    let message = ds
+        .status
+        .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(message.contains("has no key \"password\""), "{message}");
+    let password = serde_json::json!({ "stringData": { "password": SASL_PASSWORD } });
+    secrets
+        .patch(
+            "kafka-user",
+            &PatchParams::default(),
+            &Patch::Merge(&password),
+        )
+        .await
+        .expect("add the password");
+    await_condition(api, "rotated", is_ready(), WAIT).await;
 }
