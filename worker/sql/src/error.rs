@@ -98,6 +98,30 @@ impl CompileError {
             message = r.message.clone();
         }
         let mut out = Self::new(message.clone());
+        if let Some(d) = &diagnostic
+            && let Some(op) = message.strip_suffix(" queries have different number of columns")
+            && let [left, right] = d.notes.as_slice()
+        {
+            // DataFusion notes each side's count at that side: point at the second.
+            let count = |n: &datafusion::common::diagnostic::DiagnosticNote| {
+                n.message
+                    .trim_start_matches("this side has ")
+                    .trim_end_matches(" fields")
+                    .to_owned()
+            };
+            out = Self::new(format!(
+                "the two sides of the {op} have different numbers of columns ({} and {})",
+                count(left),
+                count(right)
+            ))
+            .hint(format!(
+                "give each SELECT of the {op} the same columns, in the same order"
+            ));
+            if let Some(span) = right.span {
+                out = out.at_position(span.start.line, span.start.column);
+            }
+            return out;
+        }
         if let Some(d) = diagnostic {
             if let Some(span) = d.span {
                 out = out.at_position(span.start.line, span.start.column);
