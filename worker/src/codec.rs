@@ -10,6 +10,7 @@
 //! A record with no value (a tombstone) deletes its key from a table input: the key is
 //! decoded by the table's key fields alone. On an event stream a tombstone is rejected.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -433,90 +434,155 @@ impl Encoder {
         }
     }
 
-    /// The records for one batch of output changes, in order. An append-only output
-    /// writes each inserted row (weight `n` as `n` records). A changelog writes the
-    /// latest row per key as an upsert, or a tombstone when the key's row is gone.
+    /// The records for one batch of output changes, in order, each as its own bytes.
     pub fn encode(
         &self,
         changes: &ChangeBatch,
     ) -> Result<Vec<OutputRecord>, arrow::error::ArrowError> {
-        let values = json_lines(&changes.data)?;
+        Ok(self
+            .encode_batch(changes)?
+            .iter()
+            .map(|(key, value)| OutputRecord {
+                key: key.map(<[u8]>::to_vec),
+                value: value.map(<[u8]>::to_vec),
+            })
+            .collect())
+    }
+
+    /// The records for one batch of output changes, in order, as slices of one buffer (no
+    /// allocation per record). An append-only output writes each inserted row (weight `n`
+    /// as `n` records). A changelog writes the latest row per key as an upsert, or a
+    /// tombstone when the key's row is gone.
+    pub fn encode_batch(&self, changes: &ChangeBatch) -> Result<Encoded, arrow::error::ArrowError> {
+        let values = JsonLines::of(&changes.data)?;
         let keys = if self.key_cols.is_empty() {
             None
         } else {
-            Some(json_lines(&changes.data.project(&self.key_cols)?)?)
+            Some(JsonLines::of(&changes.data.project(&self.key_cols)?)?)
         };
+        let key_at = |i: usize| keys.as_ref().map(|k| Slice::Key(k.rows[i].clone()));
+        let mut records = Vec::with_capacity(values.rows.len());
         if !self.changelog {
-            // Each row's JSON moves into its record; only a row inserted n > 1 times is
-            // copied.
-            let mut out = Vec::with_capacity(values.len());
-            let mut keys = keys.map(Vec::into_iter);
-            for (i, value) in values.into_iter().enumerate() {
-                let key = keys.as_mut().and_then(Iterator::next);
-                let n = changes.weight(i).max(0);
-                for _ in 1..n {
-                    out.push(OutputRecord {
-                        key: key.clone(),
-                        value: Some(value.clone()),
-                    });
-                }
-                if n > 0 {
-                    out.push(OutputRecord {
-                        key,
-                        value: Some(value),
-                    });
+            for (i, value) in values.rows.iter().enumerate() {
+                for _ in 0..changes.weight(i).max(0) {
+                    records.push((key_at(i), Some(value.clone())));
                 }
             }
-            return Ok(out);
-        }
-        let key_of = |i: usize| keys.as_ref().map(|k| k[i].clone());
-        // Per key, the net weight of each row; keys in the order first seen.
-        let mut order: Vec<Vec<u8>> = Vec::new();
-        let mut by_key: hashbrown::HashMap<Vec<u8>, Vec<(usize, i64)>> = hashbrown::HashMap::new();
-        for i in 0..values.len() {
-            let key = key_of(i).unwrap_or_else(|| values[i].clone());
-            let rows = by_key.entry(key.clone()).or_insert_with(|| {
-                order.push(key);
-                Vec::new()
-            });
-            match rows.iter_mut().find(|(r, _)| values[*r] == values[i]) {
-                Some((_, w)) => *w += changes.weight(i),
-                None => rows.push((i, changes.weight(i))),
-            }
-        }
-        let mut out = Vec::with_capacity(order.len());
-        for key in order {
-            let rows = &by_key[&key];
-            let key = Some(key);
-            if let Some((r, _)) = rows.iter().rev().find(|(_, w)| *w > 0) {
-                out.push(OutputRecord {
-                    key,
-                    value: Some(values[*r].clone()),
+        } else {
+            // Per key, the net weight of each row; keys in the order first seen.
+            let key_bytes = |i: usize| match &keys {
+                Some(k) => k.row(i),
+                None => values.row(i),
+            };
+            let mut order: Vec<usize> = Vec::new();
+            let mut by_key: hashbrown::HashMap<&[u8], Vec<(usize, i64)>> =
+                hashbrown::HashMap::new();
+            for i in 0..values.rows.len() {
+                let rows = by_key.entry(key_bytes(i)).or_insert_with(|| {
+                    order.push(i);
+                    Vec::new()
                 });
-            } else if rows.iter().any(|(_, w)| *w < 0) {
-                out.push(OutputRecord { key, value: None });
+                match rows
+                    .iter_mut()
+                    .find(|(r, _)| values.row(*r) == values.row(i))
+                {
+                    Some((_, w)) => *w += changes.weight(i),
+                    None => rows.push((i, changes.weight(i))),
+                }
+            }
+            for first in order {
+                let rows = &by_key[key_bytes(first)];
+                let key = Some(key_at(first).unwrap_or(Slice::Value(values.rows[first].clone())));
+                if let Some((r, _)) = rows.iter().rev().find(|(_, w)| *w > 0) {
+                    records.push((key, Some(values.rows[*r].clone())));
+                } else if rows.iter().any(|(_, w)| *w < 0) {
+                    records.push((key, None));
+                }
             }
         }
-        Ok(out)
+        Ok(Encoded {
+            values: values.buf,
+            keys: keys.map(|k| k.buf).unwrap_or_default(),
+            records,
+        })
     }
 }
 
-/// Each row of a batch as one JSON object, with explicit nulls.
-fn json_lines(batch: &RecordBatch) -> Result<Vec<Vec<u8>>, arrow::error::ArrowError> {
-    let mut buf = Vec::with_capacity(batch.num_rows() * 64);
-    {
-        let mut writer = arrow::json::writer::WriterBuilder::new()
-            .with_explicit_nulls(true)
-            .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
-        writer.write(batch)?;
-        writer.finish()?;
+/// Where a record's key is: in the keys' buffer, or (an output without key columns) the
+/// whole row in the values' buffer.
+#[derive(Clone, Debug)]
+enum Slice {
+    Key(Range<usize>),
+    Value(Range<usize>),
+}
+
+/// Encoded output records: every value in one buffer, every key in another.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    values: Vec<u8>,
+    keys: Vec<u8>,
+    records: Vec<(Option<Slice>, Option<Range<usize>>)>,
+}
+
+impl Encoded {
+    /// Each record's key and value (`None`: a tombstone), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (Option<&[u8]>, Option<&[u8]>)> + '_ {
+        self.records.iter().map(|(key, value)| {
+            let key = key.as_ref().map(|k| match k {
+                Slice::Key(r) => &self.keys[r.clone()],
+                Slice::Value(r) => &self.values[r.clone()],
+            });
+            (key, value.clone().map(|r| &self.values[r]))
+        })
     }
-    // JSON escapes newlines inside strings, so each line is one row.
-    Ok(buf
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect())
+
+    /// How many records there are.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+/// Each row of a batch as one JSON object with explicit nulls, in one buffer.
+struct JsonLines {
+    buf: Vec<u8>,
+    rows: Vec<Range<usize>>,
+}
+
+impl JsonLines {
+    fn of(batch: &RecordBatch) -> Result<Self, arrow::error::ArrowError> {
+        let mut buf = Vec::with_capacity(batch.num_rows() * 64);
+        {
+            let mut writer = arrow::json::writer::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+            writer.write(batch)?;
+            writer.finish()?;
+        }
+        // JSON escapes newlines inside strings, so each line is one row.
+        let mut rows = Vec::with_capacity(batch.num_rows());
+        let mut start = 0;
+        for (i, b) in buf.iter().enumerate() {
+            if *b == b'\n' {
+                if i > start {
+                    rows.push(start..i);
+                }
+                start = i + 1;
+            }
+        }
+        if start < buf.len() {
+            rows.push(start..buf.len());
+        }
+        Ok(Self { buf, rows })
+    }
+
+    fn row(&self, i: usize) -> &[u8] {
+        &self.buf[self.rows[i].clone()]
+    }
 }
 
 #[cfg(test)]

@@ -1382,24 +1382,23 @@ impl Worker {
     fn write_output(&self, changes: &ChangeBatch) -> Result<(), Failure> {
         let records = self
             .encoder
-            .encode(changes)
+            .encode_batch(changes)
             .map_err(|e| anyhow!("encoding output rows: {e}"))?;
         let labels = TopicLabels {
             topic: self.job.output_topic.clone(),
         };
         let (mut sent, mut bytes) = (0u64, 0u64);
-        let result = records.iter().try_for_each(|r| {
+        let result = records.iter().try_for_each(|(key, value)| {
             let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.job.output_topic);
-            if let Some(k) = &r.key {
-                rec = rec.key(k.as_slice());
+            if let Some(k) = key {
+                rec = rec.key(k);
             }
-            if let Some(v) = &r.value {
-                rec = rec.payload(v.as_slice());
+            if let Some(v) = value {
+                rec = rec.payload(v);
             }
             self.send(rec)?;
             sent += 1;
-            bytes +=
-                (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64;
+            bytes += (key.map_or(0, <[u8]>::len) + value.map_or(0, <[u8]>::len)) as u64;
             Ok(())
         });
         let metrics = &self.health.metrics;
