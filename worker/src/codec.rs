@@ -722,12 +722,17 @@ mod tests {
         assert_eq!(d.rejected[0].1.class, "unexpected_tombstone");
     }
 
-    #[test]
-    fn an_event_output_writes_each_row_as_often_as_it_was_inserted_with_its_key() {
-        let schema = Arc::new(Schema::new(vec![
+    /// An output schema with a string key `k` and a count `n`.
+    fn key_and_count() -> SchemaRef {
+        Arc::new(Schema::new(vec![
             Field::new("k", DataType::Utf8, false),
             Field::new("n", DataType::Int64, true),
-        ]));
+        ]))
+    }
+
+    #[test]
+    fn an_event_output_writes_each_row_as_often_as_it_was_inserted_with_its_key() {
+        let schema = key_and_count();
         let data = RecordBatch::try_new(
             schema.clone(),
             vec![
@@ -759,10 +764,7 @@ mod tests {
 
     #[test]
     fn a_changelog_output_writes_the_latest_row_per_key_and_tombstones() {
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Utf8, false),
-            Field::new("n", DataType::Int64, true),
-        ]));
+        let schema = key_and_count();
         let data = RecordBatch::try_new(
             schema.clone(),
             vec![
