@@ -535,16 +535,6 @@ impl Encoded {
             (key, value.clone().map(|r| &self.values[r]))
         })
     }
-
-    /// How many records there are.
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
 }
 
 /// Each row of a batch as one JSON object with explicit nulls, in one buffer.
