@@ -69,16 +69,14 @@ fn parse_type(t: &str) -> Result<DataType, String> {
     })
 }
 
-/// A duration as Weir's resources write it (`weir_crds::units` reads them with humantime
-/// too); a bare number is seconds.
+/// A duration as Weir's resources write it, read by the same parser
+/// (`weir_crds::units`); a bare number is seconds.
 fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let text = if s.bytes().all(|b| b.is_ascii_digit()) {
-        format!("{s}s")
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        weir_crds::units::duration_ms(&format!("{s}s"))
     } else {
-        s.to_owned()
-    };
-    let d = humantime::parse_duration(&text).map_err(|e| format!("bad duration {s}: {e}"))?;
-    i64::try_from(d.as_millis()).map_err(|_| format!("duration {s} is too long"))
+        weir_crds::units::duration_ms(s)
+    }
 }
 
 /// `stream ns.name (a string not null, b bigint) event_time b ooo 5s`
