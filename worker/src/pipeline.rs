@@ -27,6 +27,7 @@
 //! At least once (`deliveryGuarantee: atLeastOnce`) uses no transactions: the output and
 //! the dead letters are flushed, then the state, then the offsets are committed.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -228,7 +229,7 @@ struct Worker {
     config: RunConfig,
     exactly_once: bool,
     stateful: bool,
-    producer: Producer_,
+    producer: Arc<Producer_>,
     delivery_failures: Arc<std::sync::atomic::AtomicU64>,
     decoders: Vec<Decoder>,
     encoder: Encoder,
@@ -249,7 +250,10 @@ struct Worker {
     restoring: VecDeque<TaskId>,
     restore: Option<Restore>,
     restore_consumer: BaseConsumer<RestoreCtx>,
-    txn_open: bool,
+    /// Whether this worker's transaction is open: begun, not yet handed to a commit.
+    txn_open: Cell<bool>,
+    /// The transaction being committed in the background (exactly once), if any.
+    committing: RefCell<Option<Committing>>,
     buffered: usize,
     /// When the state-size gauges were last refreshed (measuring walks the state).
     sized: Instant,
@@ -296,7 +300,8 @@ impl ConsumerContext for Ctx {
                 } else if w.halted {
                     // Stopped on an error: what was not committed is processed again by
                     // the next worker, from the last commit.
-                } else if let Err(e) = w.commit(consumer) {
+                } else if let Err(e) = w.commit(consumer).and_then(|()| w.settle()) {
+                    // The partitions go to another worker only after this commit is done.
                     w.handle(consumer, e);
                 }
                 w.drop_tasks(tpl);
@@ -437,7 +442,7 @@ pub fn run(
         config: config.clone(),
         exactly_once,
         stateful,
-        producer,
+        producer: Arc::new(producer),
         delivery_failures: failed,
         decoders,
         encoder,
@@ -456,7 +461,8 @@ pub fn run(
         restoring: VecDeque::new(),
         restore: None,
         restore_consumer,
-        txn_open: false,
+        txn_open: Cell::new(false),
+        committing: RefCell::new(None),
         buffered: 0,
         sized: Instant::now(),
         health: health.clone(),
@@ -555,10 +561,13 @@ fn run_loop(
                 return Err(e);
             }
             if stop.load(Ordering::Relaxed) {
-                if let Err(f) = w.cycle(consumer) {
+                if let Err(f) = w.cycle(consumer).and_then(|()| w.settle()) {
                     w.handle(consumer, f);
                 }
                 return w.fatal.take().map_or(Ok(()), Err);
+            }
+            if let Err(f) = w.reap() {
+                w.handle(consumer, f);
             }
             w.restore_step(consumer)?;
             restoring = w.restore.is_some() || !w.restoring.is_empty();
@@ -863,7 +872,6 @@ impl Worker {
         for id in ids {
             if !self.tasks[&id].buffer.is_empty() {
                 self.count_in(id);
-                self.begin()?;
                 match id.role {
                     Role::Route => self.route_records(id)?,
                     Role::Run => self.process(id)?,
@@ -903,12 +911,48 @@ impl Worker {
         }
     }
 
-    fn begin(&mut self) -> Result<(), Failure> {
-        if self.exactly_once && !self.txn_open {
+    /// Makes ready to send: waits for the commit in the background, if one runs (its
+    /// failure is this call's), then begins a transaction (exactly once) if none is open.
+    fn begin(&self) -> Result<(), Failure> {
+        self.settle()?;
+        if self.exactly_once && !self.txn_open.get() {
             self.producer.begin_transaction().map_err(classify)?;
-            self.txn_open = true;
+            self.txn_open.set(true);
         }
         Ok(())
+    }
+
+    /// Waits for the commit running in the background, if any. A failed commit leaves its
+    /// transaction open (to abort) and returns its failure.
+    fn settle(&self) -> Result<(), Failure> {
+        let Some(c) = self.committing.borrow_mut().take() else {
+            return Ok(());
+        };
+        let result = c.handle.join().unwrap_or_else(|_| {
+            Err(Failure::Fatal(anyhow!(
+                "the commit thread panicked; the transaction's outcome is unknown"
+            )))
+        });
+        match &result {
+            Ok(()) => {
+                let metrics = &self.health.metrics;
+                metrics.commits.inc();
+                metrics.commit_seconds.observe(c.started.elapsed().as_secs_f64());
+            }
+            Err(_) => self.txn_open.set(true),
+        }
+        result
+    }
+
+    /// Settles the background commit if it has finished (between cycles, so that a worker
+    /// with nothing more to read still learns how its last commit went).
+    fn reap(&self) -> Result<(), Failure> {
+        let finished = self
+            .committing
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.handle.is_finished());
+        if finished { self.settle() } else { Ok(()) }
     }
 
     /// The topics tasks of `role` read.
@@ -953,7 +997,6 @@ impl Worker {
             Role::Run => {
                 let out = self.advance(id)?;
                 if !out.is_empty() {
-                    self.begin()?;
                     if let Some(t) = self.tasks.get_mut(&id) {
                         t.dirty = true;
                     }
@@ -1020,7 +1063,6 @@ impl Worker {
         }
         task.dirty = true;
         let (topic, partitions) = (route.topic.clone(), route.partitions);
-        self.begin()?;
         for c in controls {
             let value = c.encode();
             for q in 0..partitions {
@@ -1483,8 +1525,10 @@ impl Worker {
         self.send(rec)
     }
 
-    /// Queues a record, waiting while the producer's queue is full.
+    /// Queues a record, waiting while the producer's queue is full. The first record
+    /// after a commit waits for that commit and begins the next transaction.
     fn send(&self, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Failure> {
+        self.begin()?;
         loop {
             match self.producer.send(rec) {
                 Ok(()) => return Ok(()),
@@ -1498,7 +1542,10 @@ impl Worker {
     }
 
     /// Writes each changed task's state, then commits the output, the state and the
-    /// offsets together.
+    /// offsets together. Exactly once, the commit itself (the offsets to the transaction,
+    /// waiting for the deliveries, the commit's round trips) runs in the background while
+    /// the loop reads and computes the next cycle; the next cycle's first record waits for
+    /// it ([`Worker::settle`]). At least once, it is done when this returns.
     fn commit(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
         let dirty: Vec<TaskId> = self
             .tasks
@@ -1506,7 +1553,7 @@ impl Worker {
             .filter(|(_, t)| t.dirty)
             .map(|(p, _)| *p)
             .collect();
-        if dirty.is_empty() && !self.txn_open {
+        if dirty.is_empty() && !self.txn_open.get() {
             return Ok(());
         }
         let started = Instant::now();
@@ -1541,43 +1588,44 @@ impl Worker {
             let meta = consumer
                 .group_metadata()
                 .ok_or_else(|| Failure::Abort("no consumer group metadata".into()))?;
-            retry(|| {
-                self.producer
-                    .send_offsets_to_transaction(&tpl, &meta, Timeout::Never)
-            })?;
-            crash_point!("weir.commit.before_commit");
-            // commit_transaction waits for the deliveries itself, but in steps of 100 ms
-            // (librdkafka's flush with rust-rdkafka's polling thread): waiting here first
-            // makes a commit take milliseconds, not a tenth of a second.
-            self.wait_delivered();
-            retry(|| self.producer.commit_transaction(Timeout::Never))?;
-            self.txn_open = false;
-        } else if tpl.count() > 0 {
-            consumer
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
+            let producer = self.producer.clone();
+            let handle = std::thread::Builder::new()
+                .name("weir-commit".into())
+                .spawn(move || commit_transaction(&producer, &tpl, &meta))
+                .map_err(|e| anyhow!("starting the commit thread: {e}"))?;
+            self.txn_open.set(false);
+            *self.committing.borrow_mut() = Some(Committing { handle, started });
+        } else {
+            if tpl.count() > 0 {
+                consumer
+                    .commit(&tpl, CommitMode::Sync)
+                    .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
+            }
+            crash_point!("weir.commit.after_commit");
+            let metrics = &self.health.metrics;
+            metrics.commits.inc();
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
-        crash_point!("weir.commit.after_commit");
+        // A commit that fails in the background rebuilds every task from the changelog, so
+        // the tasks can count this one as done now.
         for p in &dirty {
             if let Some(t) = self.tasks.get_mut(p) {
                 t.dirty = false;
                 t.commits += 1;
             }
         }
-        let metrics = &self.health.metrics;
         if self.sized.elapsed() > Duration::from_secs(10) {
             self.sized = Instant::now();
             for (id, t) in self.tasks.iter().filter(|(id, _)| id.role == Role::Run) {
-                metrics
+                self.health
+                    .metrics
                     .state_bytes
                     .get_or_create(&crate::metrics::TaskLabels { task: id.partition })
                     .set(t.engine.stats().state_bytes as i64);
             }
         }
-        metrics.commits.inc();
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -1585,9 +1633,7 @@ impl Worker {
     /// is counted by the delivery callback). Records that cannot be delivered fail after
     /// librdkafka's `message.timeout.ms`, so this ends.
     fn wait_delivered(&self) {
-        while self.producer.in_flight_count() > 0 {
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_delivered(&self.producer);
     }
 
     /// Waits for every record sent so far and fails if any was not delivered. Not
@@ -1682,11 +1728,16 @@ impl Worker {
                 reason: reason.into(),
             })
             .inc();
-        if self.exactly_once && self.txn_open {
+        // A commit still running in the background finishes first; if it failed, its
+        // transaction is the one to abort.
+        if let Err(Failure::Fatal(e)) = self.settle() {
+            return Err(e);
+        }
+        if self.exactly_once && self.txn_open.get() {
             if let Err(e) = self.producer.abort_transaction(Timeout::Never) {
                 bail!("aborting the transaction failed: {e}");
             }
-            self.txn_open = false;
+            self.txn_open.set(false);
         } else if !self.exactly_once {
             self.wait_delivered();
             self.delivery_failures.store(0, Ordering::Relaxed);
@@ -2118,6 +2169,37 @@ fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionLi
         }
     }
     out
+}
+
+/// A transaction handed to the background to commit.
+struct Committing {
+    handle: std::thread::JoinHandle<Result<(), Failure>>,
+    started: Instant,
+}
+
+/// Commits the open transaction with the consumed offsets (KIP-447: with the consumer's
+/// group metadata, so a worker that lost its partitions cannot commit).
+fn commit_transaction(
+    producer: &Producer_,
+    offsets: &TopicPartitionList,
+    meta: &rdkafka::consumer::ConsumerGroupMetadata,
+) -> Result<(), Failure> {
+    retry(|| producer.send_offsets_to_transaction(offsets, meta, Timeout::Never))?;
+    crash_point!("weir.commit.before_commit");
+    // commit_transaction waits for the deliveries itself, but in steps of 100 ms
+    // (librdkafka's flush with rust-rdkafka's polling thread): waiting here first makes a
+    // commit take milliseconds, not a tenth of a second.
+    wait_delivered(producer);
+    retry(|| producer.commit_transaction(Timeout::Never))?;
+    crash_point!("weir.commit.after_commit");
+    Ok(())
+}
+
+/// Waits until every record sent so far is acknowledged or has failed.
+fn wait_delivered(producer: &Producer_) {
+    while producer.in_flight_count() > 0 {
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 /// Retries a transactional call while its error is retriable.
