@@ -11,7 +11,8 @@
 //! Run with `make bench` (which builds the release binaries first). Records:
 //! `WEIR_BENCH_RECORDS` (default 200,000); `WEIR_BENCH_QUERIES` (names, comma-separated) runs
 //! only those queries; `WEIR_BENCH_RESTORE_MIB` sizes the large restore (default 1024, 0
-//! skips it).
+//! skips it); `WEIR_BENCH_LATENCY_RATE` (records/s) sets the latency run's rate instead of
+//! half the exactly-once passthrough's.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -206,6 +207,13 @@ async fn main() -> anyhow::Result<()> {
 
     // Latency at half the exactly-once passthrough rate.
     // (Needs the passthrough's rate: skipped when WEIR_BENCH_QUERIES leaves it out.)
+    // `WEIR_BENCH_LATENCY_RATE` sets the rate instead (when profiling the latency alone).
+    if let Some(rate) = std::env::var("WEIR_BENCH_LATENCY_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        eos_passthrough = rate * 2.0;
+    }
     let latencies = if eos_passthrough > 0.0 {
         Some(latency(&dir, &bootstrap, eos_passthrough / 2.0).await?)
     } else {

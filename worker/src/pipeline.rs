@@ -933,15 +933,20 @@ impl Worker {
                 "the commit thread panicked; the transaction's outcome is unknown"
             )))
         });
-        match &result {
-            Ok(()) => {
+        match result {
+            Ok(done) => {
                 let metrics = &self.health.metrics;
                 metrics.commits.inc();
-                metrics.commit_seconds.observe(c.started.elapsed().as_secs_f64());
+                metrics
+                    .commit_seconds
+                    .observe(done.duration_since(c.started).as_secs_f64());
+                Ok(())
             }
-            Err(_) => self.txn_open.set(true),
+            Err(f) => {
+                self.txn_open.set(true);
+                Err(f)
+            }
         }
-        result
     }
 
     /// Settles the background commit if it has finished (between cycles, so that a worker
@@ -2173,7 +2178,8 @@ fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionLi
 
 /// A transaction handed to the background to commit.
 struct Committing {
-    handle: std::thread::JoinHandle<Result<(), Failure>>,
+    /// When it is done, it returns when it was done.
+    handle: std::thread::JoinHandle<Result<Instant, Failure>>,
     started: Instant,
 }
 
@@ -2183,7 +2189,7 @@ fn commit_transaction(
     producer: &Producer_,
     offsets: &TopicPartitionList,
     meta: &rdkafka::consumer::ConsumerGroupMetadata,
-) -> Result<(), Failure> {
+) -> Result<Instant, Failure> {
     retry(|| producer.send_offsets_to_transaction(offsets, meta, Timeout::Never))?;
     crash_point!("weir.commit.before_commit");
     // commit_transaction waits for the deliveries itself, but in steps of 100 ms
@@ -2192,7 +2198,7 @@ fn commit_transaction(
     wait_delivered(producer);
     retry(|| producer.commit_transaction(Timeout::Never))?;
     crash_point!("weir.commit.after_commit");
-    Ok(())
+    Ok(Instant::now())
 }
 
 /// Waits until every record sent so far is acknowledged or has failed.
