@@ -556,13 +556,11 @@ impl JsonLines {
         // JSON escapes newlines inside strings, so each line is one row.
         let mut rows = Vec::with_capacity(batch.num_rows());
         let mut start = 0;
-        for (i, b) in buf.iter().enumerate() {
-            if *b == b'\n' {
-                if i > start {
-                    rows.push(start..i);
-                }
-                start = i + 1;
+        for i in memchr::memchr_iter(b'\n', &buf) {
+            if i > start {
+                rows.push(start..i);
             }
+            start = i + 1;
         }
         if start < buf.len() {
             rows.push(start..buf.len());

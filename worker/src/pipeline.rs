@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+use bytes::{Bytes, BytesMut};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -116,8 +117,9 @@ struct Polled {
     /// A watermark record from an upstream routing task.
     control: Option<Control>,
     offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    /// Key and value are slices of the task's arena (no allocation per record).
+    key: Option<Bytes>,
+    value: Option<Bytes>,
     headers: Vec<(String, Option<Vec<u8>>)>,
     timestamp: Option<i64>,
 }
@@ -158,6 +160,8 @@ struct Task {
     /// A routing task: per input, the mark last sent downstream.
     sent: Vec<Option<Mark>>,
     buffer: Vec<Polled>,
+    /// Where the buffered records' keys and values are copied, in large chunks.
+    arena: BytesMut,
     /// Per input, the next offset to read: what the task's state reflects.
     offsets: BTreeMap<usize, i64>,
     /// Whether the task processed records since the last commit.
@@ -852,8 +856,8 @@ impl Worker {
             input,
             control,
             offset: m.offset(),
-            key: m.key().map(<[u8]>::to_vec),
-            value: m.payload().map(<[u8]>::to_vec),
+            key: m.key().map(|k| copy_into(&mut task.arena, k)),
+            value: m.payload().map(|v| copy_into(&mut task.arena, v)),
             headers,
             timestamp: m.timestamp().to_millis(),
         });
@@ -894,8 +898,8 @@ impl Worker {
         for p in &self.tasks[&id].buffer {
             let c = &mut counts[p.source];
             c.0 += 1;
-            c.1 +=
-                (p.key.as_ref().map_or(0, Vec::len) + p.value.as_ref().map_or(0, Vec::len)) as u64;
+            c.1 += (p.key.as_ref().map_or(0, Bytes::len) + p.value.as_ref().map_or(0, Bytes::len))
+                as u64;
         }
         let metrics = &self.health.metrics;
         for (source, (records, bytes)) in counts.into_iter().enumerate() {
@@ -1164,10 +1168,10 @@ impl Worker {
                 rec = rec.partition(q);
             }
             if let Some(k) = &p.key {
-                rec = rec.key(k.as_slice());
+                rec = rec.key(&k[..]);
             }
             if let Some(v) = &p.value {
-                rec = rec.payload(v.as_slice());
+                rec = rec.payload(&v[..]);
             }
             self.send(rec)?;
             routed.inc();
@@ -1404,8 +1408,8 @@ impl Worker {
                         input: None,
                         control: None,
                         offset: -1,
-                        key: record.as_ref().and_then(|r| r.key.clone()),
-                        value: record.and_then(|r| r.value),
+                        key: record.as_ref().and_then(|r| r.key.clone()).map(Bytes::from),
+                        value: record.and_then(|r| r.value).map(Bytes::from),
                         headers: Vec::new(),
                         timestamp: None,
                     };
@@ -1522,10 +1526,10 @@ impl Worker {
         let mut rec: BaseRecord<'_, [u8], [u8], ()> =
             BaseRecord::to(&self.names.dead_letters).headers(headers);
         if let Some(k) = &p.key {
-            rec = rec.key(k.as_slice());
+            rec = rec.key(&k[..]);
         }
         if let Some(v) = &p.value {
-            rec = rec.payload(v.as_slice());
+            rec = rec.payload(&v[..]);
         }
         self.send(rec)
     }
@@ -1827,6 +1831,7 @@ impl Worker {
                     heard: vec![Instant::now(); inputs],
                     sent: vec![None; inputs],
                     buffer: Vec::new(),
+                    arena: BytesMut::new(),
                     offsets: BTreeMap::new(),
                     dirty: false,
                     careful_until: BTreeMap::new(),
@@ -2174,6 +2179,16 @@ fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionLi
         }
     }
     out
+}
+
+/// `bytes` copied to the end of `arena`, as a slice of it. The arena grows in chunks of at
+/// least 64 KiB, so most records cost a copy and no allocation.
+fn copy_into(arena: &mut BytesMut, bytes: &[u8]) -> Bytes {
+    if arena.capacity() < bytes.len() {
+        arena.reserve(bytes.len().max(64 * 1024));
+    }
+    arena.extend_from_slice(bytes);
+    arena.split().freeze()
 }
 
 /// A transaction handed to the background to commit.

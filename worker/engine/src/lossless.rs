@@ -48,15 +48,7 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
         match json[i] {
             b'"' => {
                 let start = i + 1;
-                let mut j = start;
-                let mut escaped = false;
-                while j < json.len() && json[j] != b'"' {
-                    if json[j] == b'\\' {
-                        escaped = true;
-                        j += 1;
-                    }
-                    j += 1;
-                }
+                let (j, escaped) = string_end(json, start);
                 if depth == 1 && !in_value {
                     key = Some((&json[start..j.min(json.len())], escaped));
                 }
@@ -90,6 +82,23 @@ pub fn lossy_integer(json: &[u8], integers: &[String]) -> Option<(String, String
         i += 1;
     }
     None
+}
+
+/// Where the JSON string whose contents start at `start` ends (the index of its closing
+/// quote, or the end of `json` if it has none), and whether it has escapes. Jumps from
+/// quote or backslash to the next with SIMD search: strings are most of a record's bytes.
+fn string_end(json: &[u8], start: usize) -> (usize, bool) {
+    let mut j = start;
+    let mut escaped = false;
+    while let Some(k) = memchr::memchr2(b'"', b'\\', json.get(j..).unwrap_or_default()) {
+        if json[j + k] == b'"' {
+            return (j + k, escaped);
+        }
+        // A backslash escapes the byte after it (which may be a quote).
+        escaped = true;
+        j += k + 2;
+    }
+    (json.len(), escaped)
 }
 
 /// The integer field a raw JSON key (the bytes between its quotes) names, if any.
@@ -144,6 +153,9 @@ mod tests {
             r#"{"na\"me": "x\\", "price": 1}"#,
             r#"{"price": null, "qty": "1.9"}"#,
             "not json at all 1.9",
+            // Cut off inside a string, after a backslash: the scan ends, nothing is read.
+            r#"{"price": 1, "note": "a\"#,
+            r#"{"price": 1, "note": "a\\"#,
         ] {
             assert_eq!(lossy_integer(ok.as_bytes(), &ints()), None, "{ok}");
         }
