@@ -379,7 +379,10 @@ async fn start(
         bootstrap,
         &files,
         ns,
-        &[("RUST_LOG", "warn".to_owned())],
+        &[(
+            "RUST_LOG",
+            std::env::var("WEIR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )],
     )?;
     w.wait_ready(Duration::from_secs(120)).await?;
     Ok((files, w))

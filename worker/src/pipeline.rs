@@ -380,6 +380,11 @@ pub fn run(
             config.produce_queue_kib.to_string(),
         )
         .set("linger.ms", "5")
+        // A transaction begun right after the last one committed finds the coordinator
+        // still writing that one's markers (CONCURRENT_TRANSACTIONS), and librdkafka
+        // retries the offsets' requests after `retry.backoff.ms`: 100 ms by default, the
+        // largest part of a commit. Retry sooner (it backs off exponentially from here).
+        .set("retry.backoff.ms", "2")
         .set("partitioner", "murmur2_random");
     if exactly_once {
         pc.set("transactional.id", &names.transactional_id).set(
@@ -2205,15 +2210,25 @@ fn commit_transaction(
     offsets: &TopicPartitionList,
     meta: &rdkafka::consumer::ConsumerGroupMetadata,
 ) -> Result<Instant, Failure> {
+    let started = Instant::now();
     retry(|| producer.send_offsets_to_transaction(offsets, meta, Timeout::Never))?;
+    let offsets_sent = Instant::now();
     crash_point!("weir.commit.before_commit");
     // commit_transaction waits for the deliveries itself, but in steps of 100 ms
     // (librdkafka's flush with rust-rdkafka's polling thread): waiting here first makes a
     // commit take milliseconds, not a tenth of a second.
     wait_delivered(producer);
+    let delivered = Instant::now();
     retry(|| producer.commit_transaction(Timeout::Never))?;
     crash_point!("weir.commit.after_commit");
-    Ok(Instant::now())
+    let done = Instant::now();
+    tracing::debug!(
+        offsets_ms = offsets_sent.duration_since(started).as_secs_f64() * 1e3,
+        deliveries_ms = delivered.duration_since(offsets_sent).as_secs_f64() * 1e3,
+        commit_ms = done.duration_since(delivered).as_secs_f64() * 1e3,
+        "committed"
+    );
+    Ok(done)
 }
 
 /// Waits until every record sent so far is acknowledged or has failed.
