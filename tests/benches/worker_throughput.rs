@@ -9,10 +9,12 @@
 //! rate, and the time to restore a task from its changelog.
 //!
 //! Run with `make bench` (which builds the release binaries first). Records:
-//! `WEIR_BENCH_RECORDS` (default 200,000); `WEIR_BENCH_QUERIES` (names, comma-separated) runs
+//! `WEIR_BENCH_RECORDS` (default 1,000,000: each run lasts several seconds, past the
+//! start-up); `WEIR_BENCH_QUERIES` (names, comma-separated) runs
 //! only those queries; `WEIR_BENCH_RESTORE_MIB` sizes the large restore (default 1024, 0
 //! skips it); `WEIR_BENCH_LATENCY_RATE` (records/s) sets the latency run's rate instead of
-//! half the exactly-once passthrough's.
+//! half the exactly-once passthrough's; `WEIR_BENCH_WORKER_LOG` is the workers' `RUST_LOG`
+//! (`weir_worker=debug` logs each commit's phases).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -103,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("WEIR_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(1_000_000);
     let dir = tempfile::Builder::new().prefix("weir-bench-").tempdir()?;
     let kafka = Kafka::start(&dir.path().join("kafka")).await?;
     let bootstrap = kafka.bootstrap_servers();
