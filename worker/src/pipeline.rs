@@ -618,7 +618,7 @@ fn run_loop(
                     let mut w = lock(worker);
                     w.buffer(&m);
                     if w.buffered >= config.commit_records
-                        || (gathered % 32 == 0 && Instant::now() >= deadline)
+                        || (gathered.is_multiple_of(32) && Instant::now() >= deadline)
                     {
                         break;
                     }
