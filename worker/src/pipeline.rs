@@ -13,7 +13,10 @@
 //! what it polled, runs it through each task's engine, and, in one Kafka transaction,
 //! writes the output records, the dead letters, each changed task's state entries and
 //! the consumed offsets (KIP-447: `send_offsets_to_transaction` with the consumer's group
-//! metadata, so a worker that lost its partitions cannot commit).
+//! metadata, so a worker that lost its partitions cannot commit). The commit's round trips
+//! run on a thread of their own while the next cycle polls, decodes and computes; that
+//! cycle's first record sent waits for the commit, so transactions never overlap and a
+//! failed commit is that send's failure.
 //! Retriable errors are retried; an abortable error aborts the transaction and rebuilds
 //! every task from its changelog; a fatal error (the producer was fenced, or anything
 //! unclassified) stops the worker without writing more.
@@ -952,11 +955,7 @@ impl Worker {
         });
         match result {
             Ok(done) => {
-                let metrics = &self.health.metrics;
-                metrics.commits.inc();
-                metrics
-                    .commit_seconds
-                    .observe(done.duration_since(c.started).as_secs_f64());
+                self.count_commit(done.duration_since(c.started));
                 Ok(())
             }
             Err(f) => {
@@ -964,6 +963,13 @@ impl Worker {
                 Err(f)
             }
         }
+    }
+
+    /// Counts a commit that took `took`, from its start to the broker's answer.
+    fn count_commit(&self, took: Duration) {
+        let metrics = &self.health.metrics;
+        metrics.commits.inc();
+        metrics.commit_seconds.observe(took.as_secs_f64());
     }
 
     /// Settles the background commit if it has finished (between cycles, so that a worker
@@ -1624,11 +1630,7 @@ impl Worker {
                     .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
             }
             crash_point!("weir.commit.after_commit");
-            let metrics = &self.health.metrics;
-            metrics.commits.inc();
-            metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
+            self.count_commit(started.elapsed());
         }
         // A commit that fails in the background rebuilds every task from the changelog, so
         // the tasks can count this one as done now.
