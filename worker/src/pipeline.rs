@@ -27,8 +27,10 @@
 //! lost state the group says exists stops the worker with a message: it never starts
 //! empty or reprocesses silently.
 //!
-//! At least once (`deliveryGuarantee: atLeastOnce`) uses no transactions: the output and
-//! the dead letters are flushed, then the state, then the offsets are committed.
+//! At least once (`deliveryGuarantee: atLeastOnce`) uses no transactions. The same
+//! background thread waits until the cycle's output and dead letters are acknowledged,
+//! then writes the state and waits for it, so that state never runs ahead of what was
+//! written; the offsets that covers are committed after that, from the loop.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -259,8 +261,11 @@ struct Worker {
     restore_consumer: BaseConsumer<RestoreCtx>,
     /// Whether this worker's transaction is open: begun, not yet handed to a commit.
     txn_open: Cell<bool>,
-    /// The transaction being committed in the background (exactly once), if any.
+    /// The commit running in the background, if any.
     committing: RefCell<Option<Committing>>,
+    /// At least once: per topic and partition, the offset up to which everything read has
+    /// been written (output, dead letters and state), and whether it is still to commit.
+    acked: RefCell<BTreeMap<(String, i32), (i64, bool)>>,
     buffered: usize,
     /// When the state-size gauges were last refreshed (measuring walks the state).
     sized: Instant,
@@ -307,7 +312,7 @@ impl ConsumerContext for Ctx {
                 } else if w.halted {
                     // Stopped on an error: what was not committed is processed again by
                     // the next worker, from the last commit.
-                } else if let Err(e) = w.commit(consumer).and_then(|()| w.settle()) {
+                } else if let Err(e) = w.commit(consumer).and_then(|()| w.settle_all(consumer)) {
                     // The partitions go to another worker only after this commit is done.
                     w.handle(consumer, e);
                 }
@@ -475,6 +480,7 @@ pub fn run(
         restore_consumer,
         txn_open: Cell::new(false),
         committing: RefCell::new(None),
+        acked: RefCell::new(BTreeMap::new()),
         buffered: 0,
         sized: Instant::now(),
         health: health.clone(),
@@ -573,7 +579,7 @@ fn run_loop(
                 return Err(e);
             }
             if stop.load(Ordering::Relaxed) {
-                if let Err(f) = w.cycle(consumer).and_then(|()| w.settle()) {
+                if let Err(f) = w.cycle(consumer).and_then(|()| w.settle_all(consumer)) {
                     w.handle(consumer, f);
                 }
                 return w.fatal.take().map_or(Ok(()), Err);
@@ -581,6 +587,7 @@ fn run_loop(
             if let Err(f) = w.reap() {
                 w.handle(consumer, f);
             }
+            w.commit_acked(consumer);
             w.restore_step(consumer)?;
             restoring = w.restore.is_some() || !w.restoring.is_empty();
         }
@@ -954,15 +961,65 @@ impl Worker {
             )))
         });
         match result {
-            Ok(done) => {
+            Ok(Committed { done, offsets }) => {
                 self.count_commit(done.duration_since(c.started));
+                let mut acked = self.acked.borrow_mut();
+                for e in offsets.iter().flat_map(TopicPartitionList::elements) {
+                    if let Offset::Offset(o) = e.offset() {
+                        acked.insert((e.topic().to_owned(), e.partition()), (o, true));
+                    }
+                }
                 Ok(())
             }
             Err(f) => {
-                self.txn_open.set(true);
+                self.txn_open.set(self.exactly_once);
                 Err(f)
             }
         }
+    }
+
+    /// Waits for the commit running in the background, then (at least once) commits the
+    /// offsets it covers and waits for the broker's answer: for a stop or a revoke, after
+    /// which this worker must have nothing left to commit.
+    fn settle_all(&self, consumer: &Consumer_) -> Result<(), Failure> {
+        self.settle()?;
+        let tpl = self.acked_offsets(false)?;
+        if tpl.count() > 0 {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
+            crash_point!("weir.commit.after_commit");
+        }
+        Ok(())
+    }
+
+    /// At least once: commits, without waiting, the offsets whose records are all written
+    /// and not yet committed. A commit that fails only means those records may be read
+    /// again (the next commit, or the one at stop or revoke, covers them).
+    fn commit_acked(&self, consumer: &Consumer_) {
+        match self.acked_offsets(true) {
+            Ok(tpl) if tpl.count() > 0 => {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::warn!(error = %e, "committing offsets");
+                }
+                crash_point!("weir.commit.after_commit");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "committing offsets"),
+        }
+    }
+
+    /// The acknowledged offsets: those not yet committed (`fresh`), or all, marking them
+    /// committed.
+    fn acked_offsets(&self, fresh: bool) -> anyhow::Result<TopicPartitionList> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), (offset, pending)) in self.acked.borrow_mut().iter_mut() {
+            if *pending || !fresh {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+                *pending = false;
+            }
+        }
+        Ok(tpl)
     }
 
     /// Counts a commit that took `took`, from its start to the broker's answer.
@@ -1555,25 +1612,18 @@ impl Worker {
 
     /// Queues a record, waiting while the producer's queue is full. The first record
     /// after a commit waits for that commit and begins the next transaction.
-    fn send(&self, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Failure> {
+    fn send(&self, rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Failure> {
         self.begin()?;
-        loop {
-            match self.producer.send(rec) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(classify(e)),
-            }
-        }
+        produce(&self.producer, rec)
     }
 
-    /// Writes each changed task's state, then commits the output, the state and the
-    /// offsets together. Exactly once, the commit itself (the offsets to the transaction,
-    /// waiting for the deliveries, the commit's round trips) runs in the background while
-    /// the loop reads and computes the next cycle; the next cycle's first record waits for
-    /// it ([`Worker::settle`]). At least once, it is done when this returns.
+    /// Commits the output, each changed task's state and the offsets. The commit runs in
+    /// the background while the loop reads and computes the next cycle; the next cycle's
+    /// first record sent waits for it ([`Worker::settle`]). Exactly once, the state is
+    /// written into the transaction here and the background sends the offsets to the
+    /// transaction, waits for the deliveries and commits. At least once, the background
+    /// waits for the output's deliveries, then writes the state and waits for it; the
+    /// offsets are committed once it is done ([`Worker::commit_acked`]).
     fn commit(&mut self, consumer: &Consumer_) -> Result<(), Failure> {
         let dirty: Vec<TaskId> = self
             .tasks
@@ -1586,17 +1636,16 @@ impl Worker {
         }
         let started = Instant::now();
         self.begin()?;
-        if !self.exactly_once {
-            // Output and dead letters first: state never runs ahead of what was written.
-            self.flush()?;
-        }
-        crash_point!("weir.commit.before_state");
+        let mut state = Vec::new();
         if self.stateful {
             for id in dirty.iter().filter(|id| id.role == Role::Run) {
-                self.write_state(*id)?;
+                state.extend(self.take_state(*id)?);
             }
-            if !self.exactly_once {
-                self.flush()?;
+        }
+        if self.exactly_once {
+            crash_point!("weir.commit.before_state");
+            for r in &state {
+                self.send(r.record(&self.names.changelog))?;
             }
         }
         let mut tpl = TopicPartitionList::new();
@@ -1611,27 +1660,24 @@ impl Worker {
                 .map_err(|e| anyhow!("{e}"))?;
             }
         }
-        crash_point!("weir.commit.before_offsets");
-        if self.exactly_once {
+        let producer = self.producer.clone();
+        let work: Box<dyn FnOnce() -> Result<Committed, Failure> + Send> = if self.exactly_once {
+            crash_point!("weir.commit.before_offsets");
             let meta = consumer
                 .group_metadata()
                 .ok_or_else(|| Failure::Abort("no consumer group metadata".into()))?;
-            let producer = self.producer.clone();
-            let handle = std::thread::Builder::new()
-                .name("weir-commit".into())
-                .spawn(move || commit_transaction(&producer, &tpl, &meta))
-                .map_err(|e| anyhow!("starting the commit thread: {e}"))?;
-            self.txn_open.set(false);
-            *self.committing.borrow_mut() = Some(Committing { handle, started });
+            Box::new(move || commit_transaction(&producer, &tpl, &meta))
         } else {
-            if tpl.count() > 0 {
-                consumer
-                    .commit(&tpl, CommitMode::Sync)
-                    .map_err(|e| Failure::Abort(format!("committing offsets: {e}")))?;
-            }
-            crash_point!("weir.commit.after_commit");
-            self.count_commit(started.elapsed());
-        }
+            let failed = self.delivery_failures.clone();
+            let changelog = self.names.changelog.clone();
+            Box::new(move || write_at_least_once(&producer, &failed, &changelog, &state, tpl))
+        };
+        let handle = std::thread::Builder::new()
+            .name("weir-commit".into())
+            .spawn(work)
+            .map_err(|e| anyhow!("starting the commit thread: {e}"))?;
+        self.txn_open.set(false);
+        *self.committing.borrow_mut() = Some(Committing { handle, started });
         // A commit that fails in the background rebuilds every task from the changelog, so
         // the tasks can count this one as done now.
         for p in &dirty {
@@ -1660,22 +1706,12 @@ impl Worker {
         wait_delivered(&self.producer);
     }
 
-    /// Waits for every record sent so far and fails if any was not delivered. Not
-    /// `Producer::flush`, which waits in steps of 100 ms.
-    fn flush(&self) -> Result<(), Failure> {
-        self.wait_delivered();
-        if self.delivery_failures.swap(0, Ordering::Relaxed) > 0 {
-            return Err(Failure::Abort("records could not be delivered".into()));
-        }
-        Ok(())
-    }
-
-    /// Sends a task's changed state entries and its meta record to its changelog
-    /// partition.
-    fn write_state(&mut self, id: TaskId) -> Result<(), Failure> {
+    /// Takes a task's changed state entries and its meta record, as the records to write
+    /// to its changelog partition.
+    fn take_state(&mut self, id: TaskId) -> Result<Vec<StateRecord>, Failure> {
         let partition = id.partition;
         let Some(task) = self.tasks.get_mut(&id) else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         let entries = task
             .engine
@@ -1692,32 +1728,29 @@ impl Worker {
             commits: task.commits + 1,
             watermarks: task.progress.marks().collect(),
         };
-        let mut bytes = 0u64;
-        for (k, v) in &entries {
-            let key = changelog::entry_key(k);
-            bytes += (key.len() + v.as_ref().map_or(0, Vec::len)) as u64;
-            let mut rec: BaseRecord<'_, [u8], [u8], ()> = BaseRecord::to(&self.names.changelog)
-                .partition(partition)
-                .key(key.as_slice());
-            if let Some(v) = v {
-                rec = rec.payload(v.as_slice());
-            }
-            self.send(rec)?;
-        }
-        let value = changelog::meta_value(&meta);
-        bytes += value.len() as u64 + 1;
-        self.send(
-            BaseRecord::to(&self.names.changelog)
-                .partition(partition)
-                .key(&changelog::META_KEY[..])
-                .payload(value.as_slice()),
-        )?;
+        let mut records: Vec<StateRecord> = entries
+            .into_iter()
+            .map(|(k, value)| StateRecord {
+                partition,
+                key: changelog::entry_key(&k),
+                value,
+            })
+            .collect();
+        records.push(StateRecord {
+            partition,
+            key: changelog::META_KEY.to_vec(),
+            value: Some(changelog::meta_value(&meta)),
+        });
+        let bytes: usize = records
+            .iter()
+            .map(|r| r.key.len() + r.value.as_ref().map_or(0, Vec::len))
+            .sum();
         self.health
             .metrics
             .changelog_bytes
             .get_or_create(&crate::metrics::TaskLabels { task: partition })
-            .inc_by(bytes);
-        Ok(())
+            .inc_by(bytes as u64);
+        Ok(records)
     }
 
     /// Aborts the open transaction and rebuilds every task from its changelog.
@@ -1726,6 +1759,8 @@ impl Worker {
     /// commits for them, and exits non-zero, so that it restarts, rejoins the group and
     /// reads its state back from the changelog.
     fn exit_lost(&mut self) {
+        // Another worker may have committed past them already.
+        self.acked.borrow_mut().clear();
         let error = match self.abort_open("partitions lost") {
             Ok(()) => anyhow!(
                 "worker {} lost its partitions to another worker of the group (it was stopped \
@@ -1797,6 +1832,10 @@ impl Worker {
 
     fn drop_tasks(&mut self, tpl: &TopicPartitionList) {
         for e in tpl.elements() {
+            // Their offsets were committed at the revoke; another worker commits them next.
+            self.acked
+                .borrow_mut()
+                .remove(&(e.topic().to_owned(), e.partition()));
             let Some(id) = self.task_of(e.topic(), e.partition()) else {
                 continue;
             };
@@ -2206,11 +2245,38 @@ fn copy_into(arena: &mut BytesMut, bytes: &[u8]) -> Bytes {
     arena.split().freeze()
 }
 
-/// A transaction handed to the background to commit.
+/// A commit handed to the background.
 struct Committing {
-    /// When it is done, it returns when it was done.
-    handle: std::thread::JoinHandle<Result<Instant, Failure>>,
+    handle: std::thread::JoinHandle<Result<Committed, Failure>>,
     started: Instant,
+}
+
+/// A commit the background finished.
+struct Committed {
+    /// When it was done.
+    done: Instant,
+    /// At least once: the offsets to commit, now that what they cover is written.
+    offsets: Option<TopicPartitionList>,
+}
+
+/// A changelog record: a state entry (a tombstone when `value` is `None`) or a task's meta
+/// record.
+struct StateRecord {
+    partition: i32,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+impl StateRecord {
+    fn record<'a>(&'a self, changelog: &'a str) -> BaseRecord<'a, [u8], [u8], ()> {
+        let rec = BaseRecord::to(changelog)
+            .partition(self.partition)
+            .key(self.key.as_slice());
+        match &self.value {
+            Some(v) => rec.payload(v.as_slice()),
+            None => rec,
+        }
+    }
 }
 
 /// Commits the open transaction with the consumed offsets (KIP-447: with the consumer's
@@ -2219,7 +2285,7 @@ fn commit_transaction(
     producer: &Producer_,
     offsets: &TopicPartitionList,
     meta: &rdkafka::consumer::ConsumerGroupMetadata,
-) -> Result<Instant, Failure> {
+) -> Result<Committed, Failure> {
     let started = Instant::now();
     retry(|| producer.send_offsets_to_transaction(offsets, meta, Timeout::Never))?;
     let offsets_sent = Instant::now();
@@ -2238,7 +2304,59 @@ fn commit_transaction(
         commit_ms = done.duration_since(delivered).as_secs_f64() * 1e3,
         "committed"
     );
-    Ok(done)
+    Ok(Committed {
+        done,
+        offsets: None,
+    })
+}
+
+/// At least once: waits until the cycle's output and dead letters are acknowledged, then
+/// writes the state and waits for it (state never runs ahead of what was written), and
+/// hands back the offsets that are then safe to commit.
+fn write_at_least_once(
+    producer: &Producer_,
+    failed: &std::sync::atomic::AtomicU64,
+    changelog: &str,
+    state: &[StateRecord],
+    offsets: TopicPartitionList,
+) -> Result<Committed, Failure> {
+    flush(producer, failed)?;
+    crash_point!("weir.commit.before_state");
+    if !state.is_empty() {
+        for r in state {
+            produce(producer, r.record(changelog))?;
+        }
+        flush(producer, failed)?;
+    }
+    crash_point!("weir.commit.before_offsets");
+    Ok(Committed {
+        done: Instant::now(),
+        offsets: Some(offsets),
+    })
+}
+
+/// Waits for every record sent so far and fails if any was not delivered. Not
+/// `Producer::flush`, which waits in steps of 100 ms.
+fn flush(producer: &Producer_, failed: &std::sync::atomic::AtomicU64) -> Result<(), Failure> {
+    wait_delivered(producer);
+    if failed.swap(0, Ordering::Relaxed) > 0 {
+        return Err(Failure::Abort("records could not be delivered".into()));
+    }
+    Ok(())
+}
+
+/// Sends a record, waiting while librdkafka's queue is full.
+fn produce(producer: &Producer_, mut rec: BaseRecord<'_, [u8], [u8], ()>) -> Result<(), Failure> {
+    loop {
+        match producer.send(rec) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(classify(e)),
+        }
+    }
 }
 
 /// Waits until every record sent so far is acknowledged or has failed.
