@@ -9,7 +9,7 @@ export WEIR_TOOLS_DIR ?= $(CURDIR)/.tools
 # Test binaries run one at a time; the tests inside each share one local stack.
 TEST_THREADS ?= 4
 
-.PHONY: help build test tools dev demo lint fmt manifests image bench clean
+.PHONY: help build test test-build tools dev demo lint fmt manifests image bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -17,10 +17,13 @@ help: ## List the targets
 build: ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-test: tools ## Run every test: unit, property, golden and integration on the real local stack
-	$(CARGO) build --workspace --bins
+test: tools test-build ## Run every test: unit, property, golden and integration on the real local stack
 	$(CARGO) test --workspace --lib --tests -- --test-threads=$(TEST_THREADS)
 	$(CARGO) test --workspace --doc
+
+test-build: ## Build what `make test` runs (the binaries the tests start, and the tests), without running it
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace --lib --tests --no-run
 
 tools: ## Install the pinned Kafka, etcd, kube-apiserver, kubectl and helm into .tools/
 	@bash tools/install.sh
