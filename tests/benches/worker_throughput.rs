@@ -5,15 +5,15 @@
 //! and delivery guarantee a fresh worker reads the same pre-produced bids from the start;
 //! the time runs from its `/readyz` until its group's committed offset reaches the end of
 //! the input. Also measured: CPU seconds of the worker (records per CPU-second), its
-//! resident memory idle and at peak, end-to-end latency at half the measured exactly-once
-//! rate, and the time to restore a task from its changelog.
+//! resident memory idle and at peak, end-to-end latency at half and a quarter of the
+//! measured exactly-once rate, and the time to restore a task from its changelog.
 //!
 //! Run with `make bench` (which builds the release binaries first). Records:
 //! `WEIR_BENCH_RECORDS` (default 1,000,000: each run lasts several seconds, past the
 //! start-up); `WEIR_BENCH_QUERIES` (names, comma-separated) runs
 //! only those queries; `WEIR_BENCH_RESTORE_MIB` sizes the large restore (default 1024, 0
-//! skips it); `WEIR_BENCH_LATENCY_RATE` (records/s) sets the latency run's rate instead of
-//! half the exactly-once passthrough's; `WEIR_BENCH_WORKER_LOG` is the workers' `RUST_LOG`
+//! skips it); `WEIR_BENCH_LATENCY_RATE` (records/s, comma-separated) sets the latency runs'
+//! rates instead; `WEIR_BENCH_WORKER_LOG` is the workers' `RUST_LOG`
 //! (`weir_worker=debug` logs each commit's phases).
 
 use std::path::{Path, PathBuf};
@@ -207,20 +207,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Latency at half the exactly-once passthrough rate.
-    // (Needs the passthrough's rate: skipped when WEIR_BENCH_QUERIES leaves it out.)
-    // `WEIR_BENCH_LATENCY_RATE` sets the rate instead (when profiling the latency alone).
-    if let Some(rate) = std::env::var("WEIR_BENCH_LATENCY_RATE")
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-    {
-        eos_passthrough = rate * 2.0;
-    }
-    let latencies = if eos_passthrough > 0.0 {
-        Some(latency(&dir, &bootstrap, eos_passthrough / 2.0).await?)
-    } else {
-        None
+    // Latency at half and a quarter of the exactly-once passthrough rate (the writer and
+    // the reader share the two cores with the worker and the broker: the quarter shows
+    // the latency without them saturated). Needs the passthrough's rate: skipped when
+    // WEIR_BENCH_QUERIES leaves it out. `WEIR_BENCH_LATENCY_RATE` (records/s,
+    // comma-separated) sets the rates instead.
+    let rates: Vec<f64> = match std::env::var("WEIR_BENCH_LATENCY_RATE") {
+        Ok(v) => v.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+        Err(_) if eos_passthrough > 0.0 => vec![eos_passthrough / 2.0, eos_passthrough / 4.0],
+        Err(_) => Vec::new(),
     };
+    let mut latencies = Vec::new();
+    for (i, rate) in rates.into_iter().enumerate() {
+        latencies.push((rate, latency(&dir, &bootstrap, i, rate).await?));
+    }
 
     println!(
         "\n| query | delivery | records/s | records per CPU-second | ratio to raw loop | peak RSS |"
@@ -235,11 +235,8 @@ async fn main() -> anyhow::Result<()> {
         "idle RSS: {rss:.1} MiB ({anon:.1} MiB anonymous, {file:.1} MiB mapped from files: \
          the binary's pages in the page cache)"
     );
-    if let Some((p50, p99)) = latencies {
-        println!(
-            "passthrough exactly-once at {:.0} records/s: p50 {p50} ms, p99 {p99} ms",
-            eos_passthrough / 2.0
-        );
+    for (rate, (p50, p99)) in latencies {
+        println!("passthrough exactly-once at {rate:.0} records/s: p50 {p50} ms, p99 {p99} ms");
     }
     // Restore of a large changelog (1 GiB by default): `WEIR_BENCH_RESTORE_MIB`, 0 skips it.
     let restore_mib: u64 = std::env::var("WEIR_BENCH_RESTORE_MIB")
@@ -478,18 +475,12 @@ async fn wait_committed(bootstrap: &str, group: &str, topic: &str, end: i64) -> 
 async fn latency(
     dir: &tempfile::TempDir,
     bootstrap: &str,
+    run: usize,
     rate: f64,
 ) -> anyhow::Result<(u64, u64)> {
-    records::create_topic_with(bootstrap, "bench.live", 1, &[]).await?;
-    let (_, mut w) = start(
-        dir,
-        bootstrap,
-        "lat",
-        "bench.live",
-        QUERIES[0].1,
-        "exactlyOnce",
-    )
-    .await?;
+    let (input, ns) = (format!("bench.live{run}"), format!("lat{run}"));
+    records::create_topic_with(bootstrap, &input, 1, &[]).await?;
+    let (_, mut w) = start(dir, bootstrap, &ns, &input, QUERIES[0].1, "exactlyOnce").await?;
     let bootstrap = bootstrap.to_owned();
     let total = (rate * 12.0) as usize;
     let warm_up = (rate * 2.0) as usize;
@@ -500,7 +491,7 @@ async fn latency(
                 .set("group.id", "bench.latency")
                 .set("isolation.level", "read_committed")
                 .create()?;
-            records_topic(&consumer, "lat.out")?;
+            records_topic(&consumer, &format!("{ns}.out"))?;
             let mut lat = Vec::with_capacity(total);
             let deadline = Instant::now() + Duration::from_secs(120);
             while lat.len() < total && Instant::now() < deadline {
@@ -535,7 +526,7 @@ async fn latency(
                 r#"{{"auction":{auction},"bidder":{i},"price":{i},"channel":"c","url":"u","date_time":{now},"extra":"{now}"}}"#
             );
             let key = format!(r#"{{"auction":{auction}}}"#);
-            let mut rec = BaseRecord::to("bench.live")
+            let mut rec = BaseRecord::to(input.as_str())
                 .key(key.as_bytes())
                 .payload(value.as_bytes());
             while let Err((_, r)) = producer.send(rec) {
