@@ -323,6 +323,18 @@ impl ConsumerContext for Ctx {
         }
     }
 
+    /// The answer to an offset commit made without waiting (at least once): a failed one
+    /// only means its records may be read again, but it is said.
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, partitions = offsets.count(), "an offset commit failed");
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             let mut w = lock(&self.worker);
