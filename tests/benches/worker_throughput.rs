@@ -213,7 +213,14 @@ async fn main() -> anyhow::Result<()> {
     // WEIR_BENCH_QUERIES leaves it out. `WEIR_BENCH_LATENCY_RATE` (records/s,
     // comma-separated) sets the rates instead.
     let rates: Vec<f64> = match std::env::var("WEIR_BENCH_LATENCY_RATE") {
-        Ok(v) => v.split(',').filter_map(|r| r.trim().parse().ok()).collect(),
+        Ok(v) => v
+            .split(',')
+            .map(|r| {
+                r.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("WEIR_BENCH_LATENCY_RATE: {r:?} is not a rate in records/s")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?,
         Err(_) if eos_passthrough > 0.0 => vec![eos_passthrough / 2.0, eos_passthrough / 4.0],
         Err(_) => Vec::new(),
     };
