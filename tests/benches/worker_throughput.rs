@@ -140,23 +140,32 @@ async fn main() -> anyhow::Result<()> {
     }
     let raw_rate = n as f64 / raw.as_secs_f64();
 
-    // Idle memory: a worker with nothing to read.
-    let idle_rss = {
+    // Idle memory: a worker with nothing to read, ready, scraped once (as Prometheus and
+    // the probes would), then left alone; with the start-up pages released (the default)
+    // and kept.
+    let mut idle_rss = Vec::new();
+    for release in [true, false] {
+        let ns = format!("idle{}", u8::from(release));
+        let env = [("WEIR_RELEASE_STARTUP_PAGES", release.to_string())];
         let (s, mut w) = start(
             &dir,
             &bootstrap,
-            "idle",
+            &ns,
             "bench.empty",
             QUERIES[0].1,
             "exactlyOnce",
+            &env,
         )
         .await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss = ["VmRSS", "RssAnon", "RssFile"].map(|f| rss_kib(&w, f));
+        w.metric_sum("weir_worker_records_in_total").await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        idle_rss.push((
+            release,
+            ["VmRSS", "RssAnon", "RssFile"].map(|f| rss_kib(&w, f)),
+        ));
         w.stop();
         drop(s);
-        rss
-    };
+    }
 
     let mut rows = Vec::new();
     let mut eos_passthrough = 0.0;
@@ -175,7 +184,8 @@ async fn main() -> anyhow::Result<()> {
                 continue;
             }
             let ns = format!("q{qi}{}", &delivery[..1]);
-            let (files, mut w) = start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery).await?;
+            let (files, mut w) =
+                start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery, &[]).await?;
             let started = Instant::now();
             let cpu0 = cpu_seconds(&w);
             wait_committed(&bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
@@ -237,11 +247,14 @@ async fn main() -> anyhow::Result<()> {
         println!("{r}");
     }
     println!("\nraw rdkafka loop, fastest of three: {raw_rate:.0} records/s");
-    let [rss, anon, file] = idle_rss.map(|k| k as f64 / 1024.0);
-    println!(
-        "idle RSS: {rss:.1} MiB ({anon:.1} MiB anonymous, {file:.1} MiB mapped from files: \
-         the binary's pages in the page cache)"
-    );
+    for (release, kib) in idle_rss {
+        let [rss, anon, file] = kib.map(|k| k as f64 / 1024.0);
+        let pages = if release { "released" } else { "kept" };
+        println!(
+            "idle RSS, start-up pages {pages}: {rss:.1} MiB ({anon:.1} MiB anonymous, \
+             {file:.1} MiB mapped from files)"
+        );
+    }
     for (rate, (p50, p99)) in latencies {
         println!("passthrough exactly-once at {rate:.0} records/s: p50 {p50} ms, p99 {p99} ms");
     }
@@ -303,7 +316,7 @@ async fn big_restore(
         records::produce(bootstrap, INPUT, &chunk).await?;
     }
     let sql = "SELECT auction, bidder, MAX(extra) AS e FROM bids GROUP BY auction, bidder";
-    let (files, mut w) = start(dir, bootstrap, "big", INPUT, sql, "exactlyOnce").await?;
+    let (files, mut w) = start(dir, bootstrap, "big", INPUT, sql, "exactlyOnce", &[]).await?;
     wait_committed(bootstrap, "weir.big.t", INPUT, n as i64).await?;
     w.stop();
     let bytes = dir_bytes(&kafka_log_dir(dir.path(), "big.t.changelog-0"));
@@ -358,6 +371,7 @@ async fn start(
     input: &str,
     sql: &str,
     delivery: &str,
+    env: &[(&str, String)],
 ) -> anyhow::Result<(Vec<PathBuf>, Worker)> {
     let text = STREAMS
         .replace("NS", ns)
@@ -380,16 +394,12 @@ async fn start(
         records::create_topic_with(bootstrap, &format!("{ns}.{t}"), 1, configs).await?;
     }
     let files = vec![file];
-    let mut w = Worker::start(
-        dir.path(),
-        bootstrap,
-        &files,
-        ns,
-        &[(
-            "RUST_LOG",
-            std::env::var("WEIR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )],
-    )?;
+    let log = (
+        "RUST_LOG",
+        std::env::var("WEIR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    );
+    let env: Vec<_> = std::iter::once(log).chain(env.iter().cloned()).collect();
+    let mut w = Worker::start(dir.path(), bootstrap, &files, ns, &env)?;
     w.wait_ready(Duration::from_secs(120)).await?;
     Ok((files, w))
 }
@@ -487,7 +497,16 @@ async fn latency(
 ) -> anyhow::Result<(u64, u64)> {
     let (input, ns) = (format!("bench.live{run}"), format!("lat{run}"));
     records::create_topic_with(bootstrap, &input, 1, &[]).await?;
-    let (_, mut w) = start(dir, bootstrap, &ns, &input, QUERIES[0].1, "exactlyOnce").await?;
+    let (_, mut w) = start(
+        dir,
+        bootstrap,
+        &ns,
+        &input,
+        QUERIES[0].1,
+        "exactlyOnce",
+        &[],
+    )
+    .await?;
     let bootstrap = bootstrap.to_owned();
     let total = (rate * 12.0) as usize;
     let warm_up = (rate * 2.0) as usize;

@@ -8,7 +8,8 @@
 //! Kafka transaction ([`pipeline`]). `/metrics`, `/healthz` and `/readyz` are served by
 //! [`http`]. A plan whose operators need another partitioning than the inputs' keys
 //! first routes every input through an internal repartition topic ([`pipeline`]); event
-//! time crosses it as watermark records ([`watermark`]).
+//! time crosses it as watermark records ([`watermark`]). Once ready, a worker gives back
+//! the pages of code only start-up used, such as the SQL compiler's ([`startup`]).
 //!
 //! The crate also holds the `weir` developer CLI ([`cli`]), which runs the same compiler
 //! and engine on a laptop.
@@ -22,5 +23,6 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;
+pub mod startup;
 pub mod transform;
 pub mod watermark;

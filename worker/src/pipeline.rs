@@ -1915,6 +1915,9 @@ impl Worker {
     fn update_ready(&self) {
         let ready = !self.tasks.is_empty() && self.tasks.values().all(|t| t.running);
         self.health.ready.store(ready, Ordering::Relaxed);
+        if ready && self.config.release_startup_pages {
+            crate::startup::release_code_pages_once();
+        }
         for role in [Role::Route, Role::Run] {
             for running in [false, true] {
                 let n = self
