@@ -145,10 +145,10 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_HTTP_ADDR", default_value = "0.0.0.0:9090", value_parser = weir_crds::net::listen_addr)]
     pub http_addr: SocketAddr,
 
-    /// Once the worker is ready, unmap the read-only pages of code and data it mapped
-    /// from files (mostly the SQL compiler, used only at start-up), so its resident set
-    /// is what processing touches; pages used again are read back from the page cache.
-    /// `false` keeps them mapped.
+    /// Once the worker is ready (or was assigned nothing), unmap the unmodified read-only
+    /// pages of its executable (mostly the SQL compiler's code, used only at start-up),
+    /// so its resident set is what processing touches; pages used again are read back
+    /// from the page cache. `false` keeps them mapped.
     #[arg(long, env = "WEIR_RELEASE_STARTUP_PAGES", default_value_t = true, action = clap::ArgAction::Set)]
     pub release_startup_pages: bool,
 

@@ -1870,6 +1870,7 @@ impl Worker {
     /// Creates a paused, restoring task for every newly assigned partition number.
     fn add_tasks(&mut self, consumer: &Consumer_, tpl: &TopicPartitionList) -> anyhow::Result<()> {
         if tpl.count() == 0 {
+            self.update_ready();
             return Ok(());
         }
         consumer
@@ -1915,7 +1916,9 @@ impl Worker {
     fn update_ready(&self) {
         let ready = !self.tasks.is_empty() && self.tasks.values().all(|t| t.running);
         self.health.ready.store(ready, Ordering::Relaxed);
-        if ready && self.config.release_startup_pages {
+        // Start-up is over once every task runs, or once the group gave this worker
+        // nothing to do (more workers than partitions).
+        if (ready || self.tasks.is_empty()) && self.config.release_startup_pages {
             crate::startup::release_code_pages_once();
         }
         for role in [Role::Route, Role::Run] {

@@ -3,9 +3,9 @@
 //! A worker compiles its Transform's SQL once, at start-up: parsing and planning run
 //! through sqlparser and DataFusion's planner, several MiB of machine code that the
 //! processing loop never runs again. Those pages stay mapped (and counted in the
-//! process's resident set) until memory runs short. Once the worker is ready, it
-//! unmaps the read-only file-backed pages it holds (`MADV_DONTNEED`), so its resident
-//! set is what the loop itself touches; the loop's code faults back from the page cache
+//! process's resident set) until memory runs short. Once the worker is ready (or the
+//! group assigned it nothing), it unmaps its executable's read-only pages
+//! (`MADV_DONTNEED`), so its resident set is what the loop itself touches; the loop's code faults back from the page cache
 //! within its first cycles.
 //!
 //! Only the executable's own mappings that are private, not writable and hold no private
