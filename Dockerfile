@@ -16,7 +16,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin weir-operator --bin weir-worker --bin weir \
+    cargo build --release --locked -p weir-operator -p weir-worker --bins \
  && mkdir -p /out \
  && cp target/release/weir-operator target/release/weir-worker target/release/weir /out/
 

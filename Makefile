@@ -58,7 +58,7 @@ manifests: tools ## Regenerate the CRDs (manifests/crds, charts/weir/crds) and t
 	bash tools/render-argocd-cm.sh > manifests/argocd/argocd-cm.yaml
 
 image: tools ## Build Weir's container image (the Dockerfile's) as an OCI archive, target/weir-image.oci.tar, without Docker
-	$(CARGO) build --release --workspace --bins
+	$(CARGO) build --release --locked -p weir-operator -p weir-worker --bins
 	bash tools/build-image.sh target/release target/weir-image.oci.tar
 
 bench: tools ## Run the benchmarks (record results, command and baseline in BENCHMARKS.md)

@@ -63,9 +63,10 @@ use crate::transform::{Job, StartFrom};
 use crate::watermark::{Mark, Progress};
 use weir_engine::Watermark;
 
-/// A crash point for tests: when the `FAILPOINTS` environment variable configures it
-/// (`weir.commit.before_offsets=3*off->return` crashes on the fourth pass), the process
-/// aborts right there, as if killed. Otherwise it costs a map lookup.
+/// A crash point for tests: in a build with the `failpoints` feature, when the
+/// `FAILPOINTS` environment variable configures it (`weir.commit.before_offsets=3*off->return`
+/// crashes on the fourth pass), the process aborts right there, as if killed. Without the
+/// feature (the product build) it compiles to nothing.
 macro_rules! crash_point {
     ($name:literal) => {
         fail::fail_point!($name, |_| std::process::abort())

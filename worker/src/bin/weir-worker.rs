@@ -26,8 +26,13 @@ enum Command {
 fn main() -> ExitCode {
     let Command::Run(config) = Cli::parse().command;
     init_logs(config.log_format);
-    // Crash points for tests, from FAILPOINTS; none are configured otherwise.
+    // Crash points for tests, from FAILPOINTS, in builds that have them.
+    #[cfg(feature = "failpoints")]
     let _crash_points = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        tracing::warn!("FAILPOINTS is set, but this build has no crash points: ignored");
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
