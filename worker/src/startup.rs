@@ -55,9 +55,11 @@ struct Mapping {
 /// and hold no anonymous (copied) page.
 fn releasable(smaps: &str, exe: &str) -> Vec<Mapping> {
     let mut out = Vec::new();
-    let mut current: Option<(Mapping, bool)> = None;
-    let finish = |c: Option<(Mapping, bool)>, out: &mut Vec<Mapping>| {
-        if let Some((m, true)) = c {
+    // The mapping being read, whether its header qualifies it, and its anonymous KiB
+    // (a mapping whose smaps does not say is left alone).
+    let mut current: Option<(Mapping, bool, Option<u64>)> = None;
+    let finish = |c: Option<(Mapping, bool, Option<u64>)>, out: &mut Vec<Mapping>| {
+        if let Some((m, true, Some(0))) = c {
             out.push(m);
         }
     };
@@ -89,16 +91,17 @@ fn releasable(smaps: &str, exe: &str) -> Vec<Mapping> {
                     rss_kib: 0,
                 },
                 ok,
+                None,
             ));
             continue;
         }
-        let Some((m, ok)) = current.as_mut() else {
+        let Some((m, ok, anonymous)) = current.as_mut() else {
             continue;
         };
         let kib = fields.next().and_then(|v| v.parse::<u64>().ok());
         match (first, kib) {
             ("Rss:", Some(k)) => m.rss_kib = k,
-            ("Anonymous:", Some(k)) if k > 0 => *ok = false,
+            ("Anonymous:", Some(k)) => *anonymous = Some(k),
             // Device memory (VM_IO) is not page cache: left alone.
             ("VmFlags:", _) if line.split_whitespace().any(|f| f == "io") => *ok = false,
             _ => {}
@@ -148,11 +151,13 @@ Rss:                4096 kB
 Anonymous:          4000 kB
 VmFlags: rd mr mw me ac
 55d0a1400000-55d0a1500000 rw-p 01400000 08:01 123  /usr/bin/weir worker
+Rss:                 100 kB
+Anonymous:            80 kB
+55d0a1500000-55d0a1600000 r-xp 01500000 08:01 123  /usr/bin/weir worker
+Rss:                 100 kB
 7f0000100000-7f0000200000 r-xp 00000000 08:01 456  /usr/lib/libc.so.6
 Rss:                 800 kB
 Anonymous:             0 kB
-Rss:                 100 kB
-Anonymous:            80 kB
 55d0a2000000-55d0a3000000 rw-p 00000000 00:00 0    [heap]
 Rss:                2000 kB
 Anonymous:          2000 kB
@@ -166,6 +171,7 @@ Anonymous:             0 kB
 
     #[test]
     fn only_the_executables_unmodified_read_only_pages_are_released() {
+        // Not: copied pages, writable, a library, shared, no file, or no Anonymous line.
         let got = releasable(SMAPS, "/usr/bin/weir worker");
         assert_eq!(
             got,
