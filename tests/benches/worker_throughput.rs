@@ -141,8 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(3);
     let mut raw = Duration::MAX;
     for _ in 0..raw_runs {
-        let bootstrap = bootstrap.clone();
-        let t = tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await??;
+        let t = raw_run(&bootstrap, n).await?;
         println!("raw rdkafka loop: {:.2} s", t.as_secs_f64());
         raw = raw.min(t);
     }
@@ -194,11 +193,7 @@ async fn main() -> anyhow::Result<()> {
             // The raw loop again, just before: the broker slows and speeds up by a third
             // over a run (the kernel writing back earlier runs' records, other load), so
             // each row is also compared with a baseline measured under the same conditions.
-            let adjacent = {
-                let bootstrap = bootstrap.clone();
-                let t = tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await??;
-                n as f64 / t.as_secs_f64()
-            };
+            let adjacent = n as f64 / raw_run(&bootstrap, n).await?.as_secs_f64();
             let ns = format!("q{qi}{}", &delivery[..1]);
             let (files, mut w) =
                 start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery, &[]).await?;
@@ -419,14 +414,28 @@ async fn start(
     // `WEIR_BENCH_WORKER_ENV=WEIR_COMMIT_RECORDS=50000,…` sets worker flags (the test kit
     // gives the worker no environment of its own).
     let extra = std::env::var("WEIR_BENCH_WORKER_ENV").unwrap_or_default();
-    let extra = extra.split(',').filter_map(|kv| kv.split_once('='));
+    let extra = extra
+        .split(',')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k, v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("WEIR_BENCH_WORKER_ENV: {kv:?} is not NAME=value"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let env: Vec<_> = std::iter::once(log)
         .chain(env.iter().cloned())
-        .chain(extra.map(|(k, v)| (k, v.to_owned())))
+        .chain(extra)
         .collect();
     let mut w = Worker::start(dir.path(), bootstrap, &files, ns, &env)?;
     w.wait_ready(Duration::from_secs(120)).await?;
     Ok((files, w))
+}
+
+/// [`raw_loop`] off the async runtime.
+async fn raw_run(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await?
 }
 
 fn raw_loop(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
