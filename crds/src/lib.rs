@@ -13,6 +13,7 @@
 pub mod compile;
 pub mod connection;
 pub mod data_stream;
+pub mod names;
 pub mod net;
 pub mod schema;
 pub mod transform;

@@ -123,6 +123,34 @@ pub struct TransformSpec {
     /// When event-time windows emit, and how late a record may still arrive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows: Option<WindowPolicy>,
+
+    /// The Kafka principal the workers use, where the installation has each Transform bring
+    /// its own (the operator's `--transform-principals=provided`). Ignored where the
+    /// operator manages one SCRAM principal per Transform (`managed`, the default on a
+    /// SCRAM cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_credentials: Option<TransformCredentials>,
+}
+
+/// A Transform's own Kafka credentials, from a Secret of its namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransformCredentials {
+    /// A Secret of the Transform's namespace labelled `weir.dev/kafka-credentials: "true"`:
+    /// a Strimzi `KafkaUser` Secret as the User Operator writes it (`password` and
+    /// `sasl.jaas.config` for SCRAM-SHA-512; `user.crt` and `user.key` for TLS), or one with
+    /// `username` and `password` (or `tls.crt` and `tls.key`). It is mounted into the
+    /// worker pods as files, never as environment variables.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// The SASL mechanism of a Secret with a password (default `SCRAM-SHA-512`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<crate::connection::SaslMechanism>,
+    /// The principal the broker sees for a TLS client certificate (as its
+    /// `ssl.principal.mapping.rules` make it, for example `User:CN=team-a-app`), so that
+    /// Weir can check its ACLs. For SASL it is `User:<username>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
 }
 
 /// When event-time windows (`TUMBLE`, `HOP`, `SESSION` in GROUP BY) emit their rows.

@@ -14,9 +14,16 @@ pub struct Config {
     #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP_SERVERS")]
     pub kafka_bootstrap_servers: String,
 
-    /// Extra librdkafka settings for the default cluster, as `key=value` (repeatable),
-    /// for example `security.protocol=SASL_SSL`. They may hold a password, so `--help`
-    /// never shows the environment's value.
+    /// How the operator authenticates to the default cluster (secrets from mounted files
+    /// only): its principal must be a super user, or hold the ACLs to manage topics, ACLs
+    /// and SCRAM credentials.
+    #[command(flatten)]
+    pub kafka_auth: weir_crds::connection::ClientAuth,
+
+    /// Extra librdkafka settings for the default cluster, as `key=value` (repeatable), for
+    /// what the `--kafka-*` flags do not cover (for example `client.rack=a`). Credentials
+    /// belong in files (`--kafka-sasl-password-file` and the like); `--help` never shows
+    /// this flag's environment value.
     #[arg(long = "kafka-config", env = "WEIR_KAFKA_CONFIG", hide_env_values = true, value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_config: Vec<(String, String)>,
 
@@ -93,8 +100,27 @@ pub struct Config {
     #[arg(long, env = "WEIR_WORKER_IMAGE", default_value = concat!("ghcr.io/weir-dev/weir:", env!("CARGO_PKG_VERSION")))]
     pub worker_image: String,
 
+    /// How each Transform's workers get a Kafka identity of their own: `managed` (the
+    /// operator creates a SCRAM credential and exactly the ACLs the plan needs, per
+    /// Transform), `provided` (each Transform names a Secret in `spec.kafkaCredentials`,
+    /// such as a Strimzi KafkaUser's), or `none` (a cluster without authentication).
+    /// Workers never use the operator's own principal. Default: `managed` when the
+    /// operator itself authenticates with SCRAM, `none` on PLAINTEXT, `provided` otherwise.
+    #[arg(long, env = "WEIR_TRANSFORM_PRINCIPALS", value_enum)]
+    pub transform_principals: Option<crate::transform::principal::PrincipalMode>,
+
+    /// The SCRAM mechanism of managed Transform credentials.
+    #[arg(
+        long,
+        env = "WEIR_TRANSFORM_SCRAM_MECHANISM",
+        value_enum,
+        default_value = "SCRAM-SHA-512"
+    )]
+    pub transform_scram_mechanism: weir_crds::connection::SaslMechanism,
+
     /// The Kafka bootstrap servers workers connect to, when they reach Kafka by another
-    /// address than the operator. Defaults to `--kafka-bootstrap-servers`.
+    /// address than the operator (such as a SCRAM listener while the operator uses mutual
+    /// TLS). Defaults to `--kafka-bootstrap-servers`.
     #[arg(long, env = "WEIR_WORKER_KAFKA_BOOTSTRAP_SERVERS")]
     pub worker_kafka_bootstrap_servers: Option<String>,
 
@@ -119,6 +145,40 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+}
+
+impl Config {
+    /// How workers authenticate, from the flags and the operator's own connection. Reads
+    /// the CA file, which workers are given too.
+    pub fn worker_identity(&self) -> std::io::Result<crate::transform::principal::WorkerIdentity> {
+        use crate::transform::principal::{PrincipalMode, WorkerIdentity, scram};
+        let auth = &self.kafka_auth;
+        let mode = self.transform_principals.unwrap_or(
+            match (
+                auth.security_protocol.sasl(),
+                auth.sasl_mechanism.and_then(scram),
+            ) {
+                (true, Some(_)) => PrincipalMode::Managed,
+                _ if auth.security_protocol
+                    == weir_crds::connection::SecurityProtocol::Plaintext =>
+                {
+                    PrincipalMode::None
+                }
+                _ => PrincipalMode::Provided,
+            },
+        );
+        let ca_pem = auth
+            .tls_ca_file
+            .as_ref()
+            .map(std::fs::read_to_string)
+            .transpose()?;
+        Ok(WorkerIdentity {
+            mode,
+            mechanism: self.transform_scram_mechanism,
+            tls: auth.security_protocol.tls(),
+            ca_pem,
+        })
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

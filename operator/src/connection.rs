@@ -8,7 +8,8 @@ use std::hash::{Hash, Hasher};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use rdkafka::ClientConfig;
-use weir_crds::connection::KafkaConnection;
+pub use weir_crds::connection::redact;
+use weir_crds::connection::{KafkaConnection, SaslMechanism};
 
 /// Why a named connection cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,9 @@ pub enum ConnectionError {
         /// The missing key.
         key: &'static str,
     },
+    /// A field the connection needs is not set.
+    #[error("{0} is required")]
+    MissingField(&'static str),
     /// The apiserver could not be asked for the Secret.
     #[error("reading a Secret: {0}")]
     Kube(#[from] kube::Error),
@@ -73,30 +77,65 @@ pub async fn settings(
             "sasl.mechanism".to_owned(),
             sasl.mechanism.as_kafka().to_owned(),
         );
-        out.insert(
-            "sasl.username".to_owned(),
-            key(&secret, namespace, "username")?,
-        );
-        out.insert(
-            "sasl.password".to_owned(),
-            key(&secret, namespace, "password")?,
-        );
+        if sasl.mechanism == SaslMechanism::OAuthBearer {
+            let endpoint = sasl
+                .token_endpoint
+                .clone()
+                .ok_or(ConnectionError::MissingField(
+                    "spec.kafka.sasl.tokenEndpoint",
+                ))?;
+            out.insert("sasl.oauthbearer.method".to_owned(), "oidc".to_owned());
+            out.insert("sasl.oauthbearer.token.endpoint.url".to_owned(), endpoint);
+            out.insert(
+                "sasl.oauthbearer.client.id".to_owned(),
+                key(&secret, namespace, "clientId")?,
+            );
+            out.insert(
+                "sasl.oauthbearer.client.secret".to_owned(),
+                key(&secret, namespace, "clientSecret")?,
+            );
+            if let Some(scope) = &sasl.scope {
+                out.insert("sasl.oauthbearer.scope".to_owned(), scope.clone());
+            }
+        } else {
+            // A generic Secret, or a Strimzi KafkaUser's: `password` and a JAAS line.
+            let jaas = optional_key(&secret, "sasl.jaas.config")
+                .map(|j| weir_crds::connection::jaas_credentials(&j))
+                .unwrap_or_default();
+            let username = match optional_key(&secret, "username").or(jaas.0) {
+                Some(u) => u,
+                None => key(&secret, namespace, "username")?,
+            };
+            let password = match optional_key(&secret, "password").or(jaas.1) {
+                Some(p) => p,
+                None => key(&secret, namespace, "password")?,
+            };
+            out.insert("sasl.username".to_owned(), username);
+            out.insert("sasl.password".to_owned(), password);
+        }
     }
     if let Some(tls) = &conn.tls {
+        out.insert(
+            "ssl.endpoint.identification.algorithm".to_owned(),
+            "https".to_owned(),
+        );
         if let Some(ca) = &tls.ca_secret_name {
             let secret = read(&secrets, namespace, ca).await?;
             out.insert("ssl.ca.pem".to_owned(), key(&secret, namespace, "ca.crt")?);
         }
         if let Some(client_cert) = &tls.client_secret_name {
             let secret = read(&secrets, namespace, client_cert).await?;
+            // A kubernetes.io/tls Secret, or a Strimzi KafkaUser's.
+            let (cert, private) = if optional_key(&secret, "user.crt").is_some() {
+                ("user.crt", "user.key")
+            } else {
+                ("tls.crt", "tls.key")
+            };
             out.insert(
                 "ssl.certificate.pem".to_owned(),
-                key(&secret, namespace, "tls.crt")?,
+                key(&secret, namespace, cert)?,
             );
-            out.insert(
-                "ssl.key.pem".to_owned(),
-                key(&secret, namespace, "tls.key")?,
-            );
+            out.insert("ssl.key.pem".to_owned(), key(&secret, namespace, private)?);
         }
     }
     Ok(out)
@@ -145,21 +184,6 @@ async fn read(
     Ok(secret)
 }
 
-/// The settings whose values are secret.
-const SECRET_SETTINGS: [&str; 3] = ["sasl.password", "ssl.key.pem", "ssl.key.password"];
-
-/// `message` with every secret value of `settings` replaced: librdkafka's configuration
-/// errors quote the value they refused, and such messages reach status, Events and logs.
-pub fn redact(message: &str, settings: &BTreeMap<String, String>) -> String {
-    SECRET_SETTINGS
-        .iter()
-        .filter_map(|k| settings.get(*k))
-        .filter(|v| !v.is_empty())
-        .fold(message.to_owned(), |m, v| {
-            m.replace(v.as_str(), "<redacted>")
-        })
-}
-
 /// Whether every server of `bootstrap_servers` matches one of `allowed`: `host:port`
 /// entries, where the host may start with `*.` (any subdomain) and the port may be `*`. An
 /// empty list allows any server.
@@ -193,9 +217,8 @@ pub fn bootstrap_allowed(bootstrap_servers: &str, allowed: &[String]) -> Result<
     Ok(())
 }
 
-fn key(secret: &Secret, namespace: &str, key: &'static str) -> Result<String, ConnectionError> {
-    let name = secret.metadata.name.clone().unwrap_or_default();
-    let value = secret
+fn optional_key(secret: &Secret, key: &str) -> Option<String> {
+    secret
         .data
         .as_ref()
         .and_then(|d| d.get(key))
@@ -205,8 +228,12 @@ fn key(secret: &Secret, namespace: &str, key: &'static str) -> Result<String, Co
                 .string_data
                 .as_ref()
                 .and_then(|d| d.get(key).cloned())
-        });
-    value.ok_or(ConnectionError::MissingKey {
+        })
+}
+
+fn key(secret: &Secret, namespace: &str, key: &'static str) -> Result<String, ConnectionError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    optional_key(secret, key).ok_or(ConnectionError::MissingKey {
         namespace: namespace.to_owned(),
         name,
         key,

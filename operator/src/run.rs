@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::context::Context;
 use crate::data_stream;
 use crate::http::{self, Health};
-use crate::kafka_admin::KafkaAdmin;
+use crate::kafka_admin::{KafkaAdmin, TopicError};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::watch::{self, WatchHealth};
@@ -82,7 +82,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
 
     let mut kafka = ClientConfig::new();
     kafka.set("bootstrap.servers", &config.kafka_bootstrap_servers);
-    for (k, v) in &config.kafka_config {
+    let auth = config
+        .kafka_auth
+        .settings()
+        .map_err(|e| RunError::Kafka(TopicError::Rejected(e.to_string())))?;
+    for (k, v) in auth
+        .iter()
+        .chain(config.kafka_config.iter().map(|(k, v)| (k, v)))
+    {
         kafka.set(k, v);
     }
     let topics = KafkaAdmin::new(kafka).map_err(RunError::Kafka)?;
@@ -307,6 +314,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
                 .clone()
                 .unwrap_or_else(|| config.kafka_bootstrap_servers.clone()),
             sample_interval: config.worker_sample_interval,
+            identity: config.worker_identity().map_err(|e| {
+                RunError::Kafka(TopicError::Rejected(format!(
+                    "--kafka-tls-ca-file (WEIR_KAFKA_TLS_CA_FILE): {e}"
+                )))
+            })?,
         },
         config.resync_interval,
         identity.clone(),

@@ -876,13 +876,16 @@ async fn prepare_volumes(
             let name = s.secret_name.clone().unwrap_or_default();
             let api: Api<Secret> = Api::namespaced(node.client.clone(), &ns);
             match api.get_opt(&name).await.map_err(|e| e.to_string())? {
-                Some(found) => files.extend(
-                    found
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0)),
-                ),
+                Some(found) => {
+                    let data = found.data.unwrap_or_default();
+                    match &s.items {
+                        // Only the keys named, at their paths, as a kubelet mounts them.
+                        Some(items) => files.extend(items.iter().filter_map(|i| {
+                            data.get(&i.key).map(|v| (i.path.clone(), v.0.clone()))
+                        })),
+                        None => files.extend(data.into_iter().map(|(k, v)| (k, v.0))),
+                    }
+                }
                 None if s.optional == Some(true) => {}
                 None => return Err(format!("secret {name:?} not found")),
             }

@@ -34,6 +34,41 @@ pub struct OperatorOptions {
     pub env: Vec<(&'static str, String)>,
 }
 
+impl OperatorOptions {
+    /// The operator on the broker's `SASL_SSL` listener as [`crate::kafka::SASL_USERNAME`]
+    /// with SCRAM-SHA-512, its password in a file and the kit's CA: how a production
+    /// install connects, and so (by default there) with managed per-Transform principals.
+    pub fn on_sasl_ssl(stack: &Stack) -> Result<Self> {
+        let password = stack.dir().join("operator-password");
+        std::fs::write(&password, format!("{}\n", crate::kafka::SASL_PASSWORD))
+            .map_err(|e| Error::io("writing the operator's password file", e))?;
+        let kafka = &stack.kafka;
+        Ok(Self {
+            env: vec![
+                (
+                    "WEIR_KAFKA_BOOTSTRAP_SERVERS",
+                    kafka.sasl_ssl_bootstrap_servers(),
+                ),
+                ("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+                ("WEIR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+                (
+                    "WEIR_KAFKA_SASL_USERNAME",
+                    crate::kafka::SASL_USERNAME.into(),
+                ),
+                (
+                    "WEIR_KAFKA_SASL_PASSWORD_FILE",
+                    password.display().to_string(),
+                ),
+                (
+                    "WEIR_KAFKA_TLS_CA_FILE",
+                    kafka.pki().ca_path().display().to_string(),
+                ),
+            ],
+            ..Self::default()
+        })
+    }
+}
+
 impl Default for OperatorOptions {
     fn default() -> Self {
         Self {
@@ -75,7 +110,6 @@ impl Operator {
                 "KUBECONFIG",
                 stack.control_plane.kubeconfig_path().display().to_string(),
             ),
-            ("WEIR_KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()),
             ("WEIR_DEFAULT_REPLICATION_FACTOR", "1".to_owned()),
             ("WEIR_RESYNC_INTERVAL", options.resync_interval.to_owned()),
             // Read the workers' metrics as often as the resync, so that tests see
@@ -94,6 +128,14 @@ impl Operator {
         .into_iter()
         .chain(options.env.iter().cloned())
         .collect::<Vec<_>>();
+        // The kit's plaintext door unless the options name another listener.
+        let mut env = env;
+        if !env
+            .iter()
+            .any(|(k, _)| *k == "WEIR_KAFKA_BOOTSTRAP_SERVERS")
+        {
+            env.push(("WEIR_KAFKA_BOOTSTRAP_SERVERS", stack.bootstrap_servers()));
+        }
         let mut process = Supervised::spawn_with_env(
             "weir-operator",
             &workspace_binary("weir-operator")?,

@@ -178,16 +178,24 @@ fn helm_template(args: &[&str]) -> Vec<serde_json::Value> {
 /// expands them: the Secret-backed variables come before the setting that names them
 /// (`$(VAR)` only sees earlier variables), and the CA is mounted where the setting points.
 #[test]
-fn the_helm_chart_wires_kafka_credentials_from_existing_secrets() {
+fn the_helm_chart_wires_kafka_credentials_from_existing_secrets_as_files() {
+    // A Strimzi cluster: its cluster CA Secret and a scram-sha-512 KafkaUser's Secret, as
+    // Strimzi writes them (the user name only in sasl.jaas.config).
     let docs = helm_template(&[
         "--set",
-        "kafka.bootstrapServers=kafka:9093",
+        "kafka.bootstrapServers=my-cluster-kafka-bootstrap.kafka:9093",
         "--set",
-        "kafka.sasl.existingSecret=kafka-user",
+        "kafka.securityProtocol=SASL_SSL",
         "--set",
-        "kafka.tls.existingSecret=kafka-ca",
+        "kafka.sasl.mechanism=SCRAM-SHA-512",
         "--set",
-        "kafka.config.security\\.protocol=SASL_SSL",
+        "kafka.sasl.existingSecret=weir-operator",
+        "--set",
+        "kafka.sasl.usernameKey=",
+        "--set",
+        "kafka.tls.existingSecret=my-cluster-cluster-ca-cert",
+        "--set",
+        "kafka.config.client\\.rack=eu-1a",
     ]);
     let deployment = docs
         .iter()
@@ -195,27 +203,48 @@ fn the_helm_chart_wires_kafka_credentials_from_existing_secrets() {
         .expect("a Deployment");
     let pod = &deployment["spec"]["template"]["spec"];
     let env = pod["containers"][0]["env"].as_array().expect("env");
-    let at = |name: &str| {
+    let value = |name: &str| {
         env.iter()
-            .position(|e| e["name"] == name)
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap_or_default().to_owned())
             .unwrap_or_else(|| panic!("no {name}"))
     };
-    let config = &env[at("WEIR_KAFKA_CONFIG")]["value"];
+    assert_eq!(value("WEIR_KAFKA_SECURITY_PROTOCOL"), "SASL_SSL");
+    assert_eq!(value("WEIR_KAFKA_SASL_MECHANISM"), "SCRAM-SHA-512");
     assert_eq!(
-        config,
-        "security.protocol=SASL_SSL,sasl.username=$(WEIR_KAFKA_SASL_USERNAME),\
-         sasl.password=$(WEIR_KAFKA_SASL_PASSWORD),ssl.ca.location=/etc/weir/kafka-tls/ca.crt"
-    );
-    assert!(at("WEIR_KAFKA_SASL_PASSWORD") < at("WEIR_KAFKA_CONFIG"));
-    assert_eq!(
-        env[at("WEIR_KAFKA_SASL_PASSWORD")]["valueFrom"]["secretKeyRef"]["name"],
-        "kafka-user"
+        value("WEIR_KAFKA_SASL_JAAS_CONFIG_FILE"),
+        "/etc/weir/kafka-sasl/sasl.jaas.config"
     );
     assert_eq!(
-        pod["containers"][0]["volumeMounts"][0]["mountPath"],
-        "/etc/weir/kafka-tls"
+        value("WEIR_KAFKA_SASL_PASSWORD_FILE"),
+        "/etc/weir/kafka-sasl/password"
     );
-    assert_eq!(pod["volumes"][0]["secret"]["secretName"], "kafka-ca");
+    assert_eq!(
+        value("WEIR_KAFKA_TLS_CA_FILE"),
+        "/etc/weir/kafka-tls/ca.crt"
+    );
+    assert_eq!(value("WEIR_KAFKA_CONFIG"), "client.rack=eu-1a");
+    // No secret reaches an environment variable.
+    assert!(
+        env.iter().all(|e| e
+            .get("valueFrom")
+            .and_then(|v| v.get("secretKeyRef"))
+            .is_none()),
+        "{env:?}"
+    );
+    let volumes = pod["volumes"].as_array().expect("volumes");
+    let secrets: Vec<&str> = volumes
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, vec!["weir-operator", "my-cluster-cluster-ca-cert"]);
+    let mounts: Vec<&str> = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    assert_eq!(mounts, vec!["/etc/weir/kafka-sasl", "/etc/weir/kafka-tls"]);
 }
 
 #[tokio::test]

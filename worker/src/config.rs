@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
-
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -36,41 +34,9 @@ pub struct RunConfig {
     #[arg(long, env = "WEIR_KAFKA_BOOTSTRAP_SERVERS")]
     pub bootstrap_servers: String,
 
-    /// Kafka security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
-    #[arg(
-        long,
-        env = "WEIR_KAFKA_SECURITY_PROTOCOL",
-        default_value = "PLAINTEXT"
-    )]
-    pub security_protocol: String,
-
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
-    #[arg(long, env = "WEIR_KAFKA_SASL_MECHANISM")]
-    pub sasl_mechanism: Option<String>,
-
-    /// SASL user name.
-    #[arg(long, env = "WEIR_KAFKA_SASL_USERNAME")]
-    pub sasl_username: Option<String>,
-
-    /// SASL password (prefer --sasl-password-file).
-    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD", hide_env_values = true)]
-    pub sasl_password: Option<String>,
-
-    /// A file holding the SASL password (such as a mounted Secret key).
-    #[arg(long, env = "WEIR_KAFKA_SASL_PASSWORD_FILE")]
-    pub sasl_password_file: Option<PathBuf>,
-
-    /// A PEM file with the CA that signed the brokers' certificates.
-    #[arg(long, env = "WEIR_KAFKA_TLS_CA_FILE")]
-    pub tls_ca_file: Option<PathBuf>,
-
-    /// A PEM client certificate, for mutual TLS.
-    #[arg(long, env = "WEIR_KAFKA_TLS_CERT_FILE")]
-    pub tls_cert_file: Option<PathBuf>,
-
-    /// The PEM key of --tls-cert-file.
-    #[arg(long, env = "WEIR_KAFKA_TLS_KEY_FILE")]
-    pub tls_key_file: Option<PathBuf>,
+    /// How the worker authenticates to Kafka (secrets from mounted files only).
+    #[command(flatten)]
+    pub kafka_auth: weir_crds::connection::ClientAuth,
 
     /// This worker's name, unique among the Transform's workers and kept across restarts
     /// (the pod name, from the downward API). It names the transactional producer, so a
@@ -162,7 +128,6 @@ impl RunConfig {
     pub fn kafka_settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut s = BTreeMap::new();
         s.insert("bootstrap.servers".into(), self.bootstrap_servers.clone());
-        s.insert("security.protocol".into(), self.security_protocol.clone());
         // Asking about a missing topic (waiting for it at start-up) must never create it
         // with the broker's defaults.
         s.insert("allow.auto.create.topics".into(), "false".into());
@@ -170,35 +135,7 @@ impl RunConfig {
             "client.id".into(),
             format!("weir-worker-{}", self.worker_name),
         );
-        if let Some(m) = &self.sasl_mechanism {
-            s.insert("sasl.mechanism".into(), m.clone());
-        }
-        if let Some(u) = &self.sasl_username {
-            s.insert("sasl.username".into(), u.clone());
-        }
-        let password = match (&self.sasl_password, &self.sasl_password_file) {
-            (_, Some(f)) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("--sasl-password-file {}", f.display()))?
-                    .trim_end()
-                    .to_owned(),
-            ),
-            (Some(p), None) => Some(p.clone()),
-            (None, None) => None,
-        };
-        if let Some(p) = password {
-            s.insert("sasl.password".into(), p);
-        }
-        for (key, file) in [
-            ("ssl.ca.location", &self.tls_ca_file),
-            ("ssl.certificate.location", &self.tls_cert_file),
-            ("ssl.key.location", &self.tls_key_file),
-        ] {
-            if let Some(f) = file {
-                anyhow::ensure!(f.is_file(), "{key}: {} is not a file", f.display());
-                s.insert(key.into(), f.display().to_string());
-            }
-        }
+        s.extend(self.kafka_auth.settings()?);
         Ok(s)
     }
 }

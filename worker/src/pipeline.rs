@@ -91,24 +91,22 @@ pub struct Names {
 impl Names {
     /// The names for `job` under `config`.
     pub fn new(job: &Job, config: &RunConfig) -> Self {
+        let names = weir_crds::names::TransformNames::new(&job.namespace, &job.name, 0);
         Self {
-            group_id: config
-                .group_id
-                .clone()
-                .unwrap_or_else(|| format!("weir.{}.{}", job.namespace, job.name)),
+            group_id: config.group_id.clone().unwrap_or_else(|| names.group_id()),
             changelog: config
                 .changelog_topic
                 .clone()
-                .unwrap_or_else(|| job.internal_topic("changelog")),
+                .unwrap_or_else(|| names.changelog()),
             dead_letters: config
                 .dead_letter_topic
                 .clone()
-                .unwrap_or_else(|| job.internal_topic("dead-letters")),
+                .unwrap_or_else(|| names.dead_letters()),
             repartition: config
                 .repartition_topic
                 .clone()
-                .unwrap_or_else(|| job.internal_topic("repartition")),
-            transactional_id: format!("weir.{}.{}.{}", job.namespace, job.name, config.worker_name),
+                .unwrap_or_else(|| names.repartition()),
+            transactional_id: names.transactional_id(&config.worker_name),
         }
     }
 }

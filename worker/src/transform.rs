@@ -157,11 +157,6 @@ impl Job {
     pub fn is_stateful(&self) -> bool {
         self.compiled.is_stateful()
     }
-
-    /// The default name of an internal topic of this Transform: `<ns>.<name>.<suffix>`.
-    pub fn internal_topic(&self, suffix: &str) -> String {
-        format!("{}.{}.{suffix}", self.namespace, self.name)
-    }
 }
 
 fn pick<'a>(res: &'a Resources, which: Option<&str>) -> anyhow::Result<&'a Transform> {

@@ -41,18 +41,31 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end -}}
 {{- end -}}
 
-{{/* librdkafka settings for the default cluster, as the operator's WEIR_KAFKA_CONFIG. */}}
+{{/* librdkafka settings for the default cluster that are not secret, as the operator's
+WEIR_KAFKA_CONFIG; security settings and credentials are separate variables and files. */}}
 {{- define "weir.kafkaConfig" -}}
 {{- $entries := list -}}
 {{- range $k, $v := .Values.kafka.config -}}
 {{- $entries = append $entries (printf "%s=%v" $k $v) -}}
 {{- end -}}
-{{- if .Values.kafka.sasl.existingSecret -}}
-{{- $entries = append $entries "sasl.username=$(WEIR_KAFKA_SASL_USERNAME)" -}}
-{{- $entries = append $entries "sasl.password=$(WEIR_KAFKA_SASL_PASSWORD)" -}}
-{{- end -}}
-{{- if .Values.kafka.tls.existingSecret -}}
-{{- $entries = append $entries (printf "ssl.ca.location=/etc/weir/kafka-tls/%s" .Values.kafka.tls.caKey) -}}
-{{- end -}}
 {{- join "," $entries -}}
+{{- end -}}
+
+{{/* The Secrets the operator's Kafka credentials are read from, each mounted as files:
+a YAML list of { name, secret, dir }; empty when there are none. */}}
+{{- define "weir.kafkaVolumes" -}}
+{{- $v := list -}}
+{{- with .Values.kafka.sasl.existingSecret -}}
+{{- $v = append $v (dict "name" "kafka-sasl" "secret" . "dir" "/etc/weir/kafka-sasl") -}}
+{{- end -}}
+{{- with .Values.kafka.oauth.existingSecret -}}
+{{- $v = append $v (dict "name" "kafka-oauth" "secret" . "dir" "/etc/weir/kafka-oauth") -}}
+{{- end -}}
+{{- with .Values.kafka.tls.existingSecret -}}
+{{- $v = append $v (dict "name" "kafka-tls" "secret" . "dir" "/etc/weir/kafka-tls") -}}
+{{- end -}}
+{{- with .Values.kafka.tls.clientSecret -}}
+{{- $v = append $v (dict "name" "kafka-client" "secret" . "dir" "/etc/weir/kafka-client") -}}
+{{- end -}}
+{{- if $v -}}{{- toYaml $v -}}{{- end -}}
 {{- end -}}

@@ -180,7 +180,10 @@ async fn converge_topic(
         .kafka_for(ds)
         .await
         .map_err(|e| Problem::new(Reason::ConnectionInvalid, e.0))?;
-    let (cluster, state) = tokio::try_join!(topics.cluster_id(), topics.describe(&topic.name))?;
+    // A connection that fails here (a refused password, an untrusted certificate) says so
+    // with librdkafka's reason, redacted.
+    let (cluster, state) = tokio::try_join!(topics.cluster_id(), topics.describe(&topic.name))
+        .map_err(|e| topics.explain(e))?;
     let mut ownership = ownership(status::claim(ds), &topic.name, &cluster, state.as_ref());
     if ownership == Ownership::None && state.is_some() {
         // Before calling an existing topic foreign, make sure the cache is not behind.

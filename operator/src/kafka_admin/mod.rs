@@ -1,6 +1,8 @@
-//! Kafka topics as the operator sees them: read a topic's state (with its id), create it,
-//! raise its partitions, change its configs key by key, delete it.
+//! Kafka as the operator sees it: read a topic's state (with its id), create it, raise its
+//! partitions, change its configs key by key, delete it; and a principal's ACLs and SCRAM
+//! credential ([`acl`]).
 
+pub mod acl;
 mod native;
 
 use std::collections::BTreeMap;
@@ -12,10 +14,12 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
     TopicReplication,
 };
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 pub use native::ConfigChange;
+
+use acl::{Acl, ScramMechanism};
 
 /// How long one admin request may take before the broker counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,10 +101,67 @@ pub struct DesiredTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// How long a connection error librdkafka reported explains a failed request.
+const ERROR_MEMORY: Duration = Duration::from_secs(60);
+
+/// The admin client's context: keeps the last connection error librdkafka reported (a
+/// refused password, an untrusted certificate, a token endpoint that said no), with every
+/// secret of the client's settings redacted, so that a request that times out can say why.
+#[derive(Default)]
+pub struct AdminContext {
+    secrets: std::collections::BTreeMap<String, String>,
+    last_error: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl ClientContext for AdminContext {}
+
+impl AdminContext {
+    /// Logs what librdkafka reported on the client's main queue and keeps errors (some
+    /// failures, such as a token endpoint that refuses, are only logged at error level).
+    fn record(&self, event: native::MainEvent) {
+        let redact = |m: &str| weir_crds::connection::redact(m, &self.secrets);
+        match event {
+            native::MainEvent::Error(m) => {
+                let m = redact(&m);
+                tracing::warn!(reason = %m, "Kafka client error");
+                self.remember(m);
+            }
+            native::MainEvent::Log(level, facility, m) => {
+                let m = redact(&m);
+                match level {
+                    ..=3 => {
+                        tracing::error!(facility, "librdkafka: {m}");
+                        self.remember(m);
+                    }
+                    4 => tracing::warn!(facility, "librdkafka: {m}"),
+                    5 | 6 => tracing::info!(facility, "librdkafka: {m}"),
+                    _ => tracing::debug!(facility, "librdkafka: {m}"),
+                }
+            }
+        }
+    }
+
+    fn remember(&self, reason: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((std::time::Instant::now(), reason));
+        }
+    }
+
+    fn recent_error(&self) -> Option<String> {
+        let last = self.last_error.lock().ok()?;
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < ERROR_MEMORY)
+            .map(|(_, m)| m.clone())
+    }
+}
+
+/// The admin client type the native calls take.
+pub type Admin = AdminClient<AdminContext>;
+
 /// An admin connection to one Kafka cluster.
 #[derive(Clone)]
 pub struct KafkaAdmin {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<Admin>,
     bootstrap: String,
     cluster_id: Arc<std::sync::OnceLock<String>>,
 }
@@ -126,11 +187,34 @@ impl KafkaAdmin {
             // it by default, and so do brokers with auto.create.topics.enable).
             .set("allow.auto.create.topics", "false")
             .set("log_level", "3");
+        let secrets = weir_crds::connection::SECRET_SETTINGS
+            .iter()
+            .filter_map(|k| Some(((*k).to_owned(), config.get(k)?.to_owned())))
+            .collect();
+        let context = AdminContext {
+            secrets,
+            ..AdminContext::default()
+        };
         let admin = config
-            .create()
+            .create_with_context(context)
             .map_err(|e| TopicError::Rejected(format!("Kafka client configuration: {e}")))?;
+        let admin = Arc::new(admin);
+        // Reads the client's main queue (logs and errors) while the client lives.
+        let weak = Arc::downgrade(&admin);
+        std::thread::Builder::new()
+            .name("kafka-admin-events".into())
+            .spawn(move || {
+                while let Some(admin) = weak.upgrade() {
+                    if let Some(event) = native::poll_main(&admin, Duration::from_millis(200)) {
+                        admin.inner().context().record(event);
+                    }
+                }
+            })
+            .map_err(|e| {
+                TopicError::Unavailable(format!("starting the client's event thread: {e}"))
+            })?;
         Ok(Self {
-            admin: Arc::new(admin),
+            admin,
             bootstrap,
             cluster_id: Arc::default(),
         })
@@ -150,6 +234,17 @@ impl KafkaAdmin {
                     TopicError::Unavailable("reading the cluster id: no answer".into())
                 })?;
         Ok(self.cluster_id.get_or_init(|| id).clone())
+    }
+
+    /// `e` with the connection error librdkafka reported lately, when there is one: a
+    /// request that timed out then says that the broker refused the credentials.
+    pub fn explain(&self, e: TopicError) -> TopicError {
+        match (e, self.admin.inner().context().recent_error()) {
+            (TopicError::Unavailable(m), Some(reason)) if !m.contains(&reason) => {
+                TopicError::Unavailable(format!("{m}; the client reported: {reason}"))
+            }
+            (e, _) => e,
+        }
     }
 
     /// The bootstrap servers this connection uses.
@@ -287,5 +382,87 @@ impl KafkaAdmin {
             }
         }
         Ok(())
+    }
+
+    /// Runs a blocking native call off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        call: impl FnOnce(&Admin) -> Result<T, native::NativeError> + Send + 'static,
+    ) -> Result<T, TopicError> {
+        let admin = self.admin.clone();
+        tokio::task::spawn_blocking(move || call(&admin))
+            .await
+            .map_err(|e| TopicError::Unavailable(format!("{what} task: {e}")))?
+            .map_err(|e| TopicError::from_native(what, e))
+    }
+
+    /// The ACLs Weir manages that the broker holds for `principal` (`User:<name>`).
+    pub async fn acls(
+        &self,
+        principal: &str,
+    ) -> Result<std::collections::BTreeSet<Acl>, TopicError> {
+        let principal = principal.to_owned();
+        self.blocking("describing ACLs", move |a| {
+            native::describe_acls(a, &principal, REQUEST_TIMEOUT)
+        })
+        .await
+        .map(|v| v.into_iter().collect())
+    }
+
+    /// Creates ACLs.
+    pub async fn create_acls(&self, acls: Vec<Acl>) -> Result<(), TopicError> {
+        self.blocking("creating ACLs", move |a| {
+            native::create_acls(a, &acls, REQUEST_TIMEOUT)
+        })
+        .await
+    }
+
+    /// Deletes exactly these ACLs.
+    pub async fn delete_acls(&self, acls: Vec<Acl>) -> Result<(), TopicError> {
+        self.blocking("deleting ACLs", move |a| {
+            native::delete_acls(a, &acls, REQUEST_TIMEOUT)
+        })
+        .await
+    }
+
+    /// Creates or replaces `user`'s SCRAM credential.
+    pub async fn set_scram(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+        password: &str,
+    ) -> Result<(), TopicError> {
+        let (user, password) = (user.to_owned(), password.to_owned());
+        self.blocking("setting a SCRAM credential", move |a| {
+            native::alter_scram(a, &user, mechanism, Some(&password), REQUEST_TIMEOUT)
+        })
+        .await
+    }
+
+    /// Deletes `user`'s SCRAM credential (if it has one).
+    pub async fn delete_scram(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<(), TopicError> {
+        let user = user.to_owned();
+        self.blocking("deleting a SCRAM credential", move |a| {
+            native::alter_scram(a, &user, mechanism, None, REQUEST_TIMEOUT)
+        })
+        .await
+    }
+
+    /// Whether `user` has a SCRAM credential for `mechanism`.
+    pub async fn has_scram(
+        &self,
+        user: &str,
+        mechanism: ScramMechanism,
+    ) -> Result<bool, TopicError> {
+        let user = user.to_owned();
+        self.blocking("describing SCRAM credentials", move |a| {
+            native::has_scram(a, &user, mechanism, REQUEST_TIMEOUT)
+        })
+        .await
     }
 }

@@ -1,6 +1,8 @@
-//! Two Kafka admin calls rust-rdkafka does not wrap, made through librdkafka's C API:
-//! DescribeTopics (a topic's id, partitions and replicas) and IncrementalAlterConfigs
-//! (change or remove one config key, leave the others alone).
+//! The Kafka admin calls rust-rdkafka does not wrap, made through librdkafka's C API:
+//! DescribeTopics (a topic's id, partitions and replicas), IncrementalAlterConfigs
+//! (change or remove one config key, leave the others alone), CreateAcls, DescribeAcls and
+//! DeleteAcls (a Transform principal's ACLs), and AlterUserScramCredentials and
+//! DescribeUserScramCredentials (its SCRAM credential).
 //!
 //! This is the only unsafe code in Weir. Each call runs on a queue of its own, waits for
 //! its one result event, reads it before anything is freed, and frees everything it created
@@ -11,12 +13,13 @@
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::time::Duration;
 
-use rdkafka::admin::AdminClient;
 use rdkafka::bindings as rd;
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR as NO_ERROR;
+
+use super::Admin;
+use super::acl::{Acl, Operation, Pattern, ResourceKind, ScramMechanism};
 
 /// What a failed call reports: librdkafka's error code (if it gave one) and message.
 #[derive(Debug, Clone)]
@@ -89,7 +92,7 @@ unsafe fn text(p: *const c_char) -> String {
 
 /// Runs one admin operation on a queue of its own and reads its result event with `read`.
 fn run<T>(
-    client: &AdminClient<DefaultClientContext>,
+    client: &Admin,
     op: rd::rd_kafka_admin_op_t,
     timeout: Duration,
     start: impl FnOnce(
@@ -147,7 +150,7 @@ fn run<T>(
 
 /// Describes one topic: `None` if it does not exist.
 pub fn describe_topic(
-    client: &AdminClient<DefaultClientContext>,
+    client: &Admin,
     name: &str,
     timeout: Duration,
 ) -> Result<Option<TopicDescription>, NativeError> {
@@ -221,7 +224,7 @@ pub fn describe_topic(
 
 /// Applies per-key config changes to one topic; keys not named are left as they are.
 pub fn alter_topic_configs(
-    client: &AdminClient<DefaultClientContext>,
+    client: &Admin,
     name: &str,
     changes: &[ConfigChange],
     timeout: Duration,
@@ -304,4 +307,477 @@ pub fn alter_topic_configs(
             }
         },
     )
+}
+
+/// Reads and frees nothing: the code and message of an error librdkafka owns; `None` for
+/// NULL or `NO_ERROR` (no error).
+///
+/// # Safety
+/// `error` is NULL or a live `rd_kafka_error_t` that outlives the call.
+unsafe fn error_of(error: *const rd::rd_kafka_error_t) -> Option<NativeError> {
+    if error.is_null() {
+        return None;
+    }
+    // SAFETY: as the caller promises.
+    unsafe {
+        // Some results carry an error object on success too, with code NO_ERROR.
+        if rd::rd_kafka_error_code(error) == NO_ERROR {
+            return None;
+        }
+        let code = RDKafkaErrorCode::from(rd::rd_kafka_error_code(error));
+        Some(NativeError::new(
+            Some(code),
+            text(rd::rd_kafka_error_string(error)),
+        ))
+    }
+}
+
+fn resource_type(kind: Option<ResourceKind>) -> rd::rd_kafka_ResourceType_t {
+    use rd::rd_kafka_ResourceType_t::*;
+    match kind {
+        Some(ResourceKind::Topic) => RD_KAFKA_RESOURCE_TOPIC,
+        Some(ResourceKind::Group) => RD_KAFKA_RESOURCE_GROUP,
+        Some(ResourceKind::TransactionalId) => RD_KAFKA_RESOURCE_TRANSACTIONAL_ID,
+        None => RD_KAFKA_RESOURCE_ANY,
+    }
+}
+
+fn operation_type(op: Option<Operation>) -> rd::rd_kafka_AclOperation_t {
+    use rd::rd_kafka_AclOperation_t::*;
+    match op {
+        Some(Operation::Read) => RD_KAFKA_ACL_OPERATION_READ,
+        Some(Operation::Write) => RD_KAFKA_ACL_OPERATION_WRITE,
+        Some(Operation::Describe) => RD_KAFKA_ACL_OPERATION_DESCRIBE,
+        None => RD_KAFKA_ACL_OPERATION_ANY,
+    }
+}
+
+fn pattern_type(p: Option<Pattern>) -> rd::rd_kafka_ResourcePatternType_t {
+    use rd::rd_kafka_ResourcePatternType_t::*;
+    match p {
+        Some(Pattern::Literal) => RD_KAFKA_RESOURCE_PATTERN_LITERAL,
+        Some(Pattern::Prefixed) => RD_KAFKA_RESOURCE_PATTERN_PREFIXED,
+        None => RD_KAFKA_RESOURCE_PATTERN_ANY,
+    }
+}
+
+/// A new ALLOW binding (`filter: false`) or a filter (`true`, where `None` fields match
+/// anything), from any host.
+fn binding(
+    filter: bool,
+    principal: &str,
+    kind: Option<ResourceKind>,
+    name: Option<&str>,
+    pattern: Option<Pattern>,
+    operation: Option<Operation>,
+) -> Result<Owned<rd::rd_kafka_AclBinding_t>, NativeError> {
+    let principal = c_string("the principal", principal)?;
+    let name = name.map(|n| c_string("the resource name", n)).transpose()?;
+    let host = c_string("the host", "*")?;
+    let mut errstr = [0 as c_char; 512];
+    let permission = rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW;
+    let name_ptr = name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr());
+    // SAFETY: every string is valid for the call, which copies them; the binding is freed
+    // by `Owned`.
+    let acl = unsafe {
+        if filter {
+            rd::rd_kafka_AclBindingFilter_new(
+                resource_type(kind),
+                name_ptr,
+                pattern_type(pattern),
+                principal.as_ptr(),
+                host.as_ptr(),
+                operation_type(operation),
+                permission,
+                errstr.as_mut_ptr(),
+                errstr.len(),
+            )
+        } else {
+            rd::rd_kafka_AclBinding_new(
+                resource_type(kind),
+                name_ptr,
+                pattern_type(pattern),
+                principal.as_ptr(),
+                host.as_ptr(),
+                operation_type(operation),
+                permission,
+                errstr.as_mut_ptr(),
+                errstr.len(),
+            )
+        }
+    };
+    if acl.is_null() {
+        // SAFETY: librdkafka wrote a NUL-terminated message into `errstr`.
+        return Err(NativeError::new(None, unsafe { text(errstr.as_ptr()) }));
+    }
+    Ok(Owned(acl, rd::rd_kafka_AclBinding_destroy))
+}
+
+fn new_binding(acl: &Acl) -> Result<Owned<rd::rd_kafka_AclBinding_t>, NativeError> {
+    binding(
+        false,
+        &acl.principal,
+        Some(acl.kind),
+        Some(&acl.name),
+        Some(acl.pattern),
+        Some(acl.operation),
+    )
+}
+
+/// Reads one binding librdkafka returned; `None` for one Weir does not manage (another
+/// kind, operation, pattern or a DENY).
+///
+/// # Safety
+/// `b` is a live binding owned by a result event.
+unsafe fn read_binding(b: *const rd::rd_kafka_AclBinding_t) -> Option<Acl> {
+    use rd::rd_kafka_AclOperation_t::*;
+    use rd::rd_kafka_ResourcePatternType_t::*;
+    use rd::rd_kafka_ResourceType_t::*;
+    // SAFETY: as the caller promises.
+    unsafe {
+        if rd::rd_kafka_AclBinding_permission_type(b)
+            != rd::rd_kafka_AclPermissionType_t::RD_KAFKA_ACL_PERMISSION_TYPE_ALLOW
+        {
+            return None;
+        }
+        let kind = match rd::rd_kafka_AclBinding_restype(b) {
+            RD_KAFKA_RESOURCE_TOPIC => ResourceKind::Topic,
+            RD_KAFKA_RESOURCE_GROUP => ResourceKind::Group,
+            RD_KAFKA_RESOURCE_TRANSACTIONAL_ID => ResourceKind::TransactionalId,
+            _ => return None,
+        };
+        let operation = match rd::rd_kafka_AclBinding_operation(b) {
+            RD_KAFKA_ACL_OPERATION_READ => Operation::Read,
+            RD_KAFKA_ACL_OPERATION_WRITE => Operation::Write,
+            RD_KAFKA_ACL_OPERATION_DESCRIBE => Operation::Describe,
+            _ => return None,
+        };
+        let pattern = match rd::rd_kafka_AclBinding_resource_pattern_type(b) {
+            RD_KAFKA_RESOURCE_PATTERN_LITERAL => Pattern::Literal,
+            RD_KAFKA_RESOURCE_PATTERN_PREFIXED => Pattern::Prefixed,
+            _ => return None,
+        };
+        Some(Acl {
+            principal: text(rd::rd_kafka_AclBinding_principal(b)),
+            kind,
+            name: text(rd::rd_kafka_AclBinding_name(b)),
+            pattern,
+            operation,
+        })
+    }
+}
+
+/// Creates ALLOW ACLs (creating one that exists is not an error).
+pub fn create_acls(client: &Admin, acls: &[Acl], timeout: Duration) -> Result<(), NativeError> {
+    if acls.is_empty() {
+        return Ok(());
+    }
+    let owned = acls
+        .iter()
+        .map(new_binding)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ptrs: Vec<_> = owned.iter().map(|o| o.0).collect();
+    run(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_CREATEACLS,
+        timeout,
+        // SAFETY: the bindings are live for the call, which copies them.
+        |rk, options, queue| unsafe {
+            rd::rd_kafka_CreateAcls(rk, ptrs.as_mut_ptr(), ptrs.len(), options, queue)
+        },
+        |event| {
+            // SAFETY: the event is a live CreateAcls result.
+            unsafe {
+                let result = rd::rd_kafka_event_CreateAcls_result(event);
+                if result.is_null() {
+                    return Err(NativeError::new(None, "unexpected answer to CreateAcls"));
+                }
+                let mut count = 0usize;
+                let results = rd::rd_kafka_CreateAcls_result_acls(result, &mut count);
+                for i in 0..count {
+                    if let Some(e) = error_of(rd::rd_kafka_acl_result_error(*results.add(i))) {
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+}
+
+/// The ALLOW ACLs the broker holds for `principal` (`User:<name>`) that Weir manages
+/// (topics, groups and transactional ids; READ, WRITE and DESCRIBE).
+pub fn describe_acls(
+    client: &Admin,
+    principal: &str,
+    timeout: Duration,
+) -> Result<Vec<Acl>, NativeError> {
+    let filter = binding(true, principal, None, None, None, None)?;
+    run(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBEACLS,
+        timeout,
+        // SAFETY: the filter is live for the call, which copies it.
+        |rk, options, queue| unsafe { rd::rd_kafka_DescribeAcls(rk, filter.0, options, queue) },
+        |event| {
+            // SAFETY: the event is a live DescribeAcls result; the bindings are read
+            // before it is freed.
+            unsafe {
+                let result = rd::rd_kafka_event_DescribeAcls_result(event);
+                if result.is_null() {
+                    return Err(NativeError::new(None, "unexpected answer to DescribeAcls"));
+                }
+                let mut count = 0usize;
+                let acls = rd::rd_kafka_DescribeAcls_result_acls(result, &mut count);
+                Ok((0..count)
+                    .filter_map(|i| read_binding(*acls.add(i)))
+                    .collect())
+            }
+        },
+    )
+}
+
+/// Deletes exactly the given ACLs (each as a filter matching only itself).
+pub fn delete_acls(client: &Admin, acls: &[Acl], timeout: Duration) -> Result<(), NativeError> {
+    if acls.is_empty() {
+        return Ok(());
+    }
+    let owned = acls
+        .iter()
+        .map(|a| {
+            binding(
+                true,
+                &a.principal,
+                Some(a.kind),
+                Some(&a.name),
+                Some(a.pattern),
+                Some(a.operation),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ptrs: Vec<_> = owned.iter().map(|o| o.0).collect();
+    run(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DELETEACLS,
+        timeout,
+        // SAFETY: the filters are live for the call, which copies them.
+        |rk, options, queue| unsafe {
+            rd::rd_kafka_DeleteAcls(rk, ptrs.as_mut_ptr(), ptrs.len(), options, queue)
+        },
+        |event| {
+            // SAFETY: the event is a live DeleteAcls result.
+            unsafe {
+                let result = rd::rd_kafka_event_DeleteAcls_result(event);
+                if result.is_null() {
+                    return Err(NativeError::new(None, "unexpected answer to DeleteAcls"));
+                }
+                let mut count = 0usize;
+                let responses = rd::rd_kafka_DeleteAcls_result_responses(result, &mut count);
+                for i in 0..count {
+                    let e = rd::rd_kafka_DeleteAcls_result_response_error(*responses.add(i));
+                    if let Some(e) = error_of(e) {
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+}
+
+fn scram_type(m: ScramMechanism) -> rd::rd_kafka_ScramMechanism_t {
+    match m {
+        ScramMechanism::Sha256 => rd::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_256,
+        ScramMechanism::Sha512 => rd::rd_kafka_ScramMechanism_t::RD_KAFKA_SCRAM_MECHANISM_SHA_512,
+    }
+}
+
+/// Creates or replaces `user`'s SCRAM credential for `mechanism` (`Some(password)`), or
+/// deletes it (`None`; deleting one that does not exist is not an error).
+pub fn alter_scram(
+    client: &Admin,
+    user: &str,
+    mechanism: ScramMechanism,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<(), NativeError> {
+    let name = c_string("the user name", user)?;
+    // SAFETY: the name and password are valid for the call, which copies them (librdkafka
+    // draws the salt itself when none is given); the alteration is freed by `Owned`.
+    let alteration = unsafe {
+        let ptr = match password {
+            Some(p) => rd::rd_kafka_UserScramCredentialUpsertion_new(
+                name.as_ptr(),
+                scram_type(mechanism),
+                8192,
+                p.as_ptr(),
+                p.len(),
+                std::ptr::null(),
+                0,
+            ),
+            None => {
+                rd::rd_kafka_UserScramCredentialDeletion_new(name.as_ptr(), scram_type(mechanism))
+            }
+        };
+        Owned(ptr, rd::rd_kafka_UserScramCredentialAlteration_destroy)
+    };
+    if alteration.0.is_null() {
+        return Err(NativeError::new(
+            None,
+            "librdkafka could not make the credential",
+        ));
+    }
+    let mut ptrs = [alteration.0];
+    run(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_ALTERUSERSCRAMCREDENTIALS,
+        timeout,
+        // SAFETY: the alteration is live for the call, which copies it.
+        |rk, options, queue| unsafe {
+            rd::rd_kafka_AlterUserScramCredentials(
+                rk,
+                ptrs.as_mut_ptr(),
+                ptrs.len(),
+                options,
+                queue,
+            )
+        },
+        |event| {
+            // SAFETY: the event is a live AlterUserScramCredentials result.
+            unsafe {
+                let result = rd::rd_kafka_event_AlterUserScramCredentials_result(event);
+                if result.is_null() {
+                    return Err(NativeError::new(
+                        None,
+                        "unexpected answer to AlterUserScramCredentials",
+                    ));
+                }
+                let mut count = 0usize;
+                let responses =
+                    rd::rd_kafka_AlterUserScramCredentials_result_responses(result, &mut count);
+                for i in 0..count {
+                    let e = rd::rd_kafka_AlterUserScramCredentials_result_response_error(
+                        *responses.add(i),
+                    );
+                    if let Some(e) = error_of(e) {
+                        // Deleting a credential that is not there is what was wanted.
+                        if password.is_none() && e.code == Some(RDKafkaErrorCode::ResourceNotFound)
+                        {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }
+        },
+    )
+}
+
+/// Whether `user` has a SCRAM credential for `mechanism`.
+pub fn has_scram(
+    client: &Admin,
+    user: &str,
+    mechanism: ScramMechanism,
+    timeout: Duration,
+) -> Result<bool, NativeError> {
+    let name = c_string("the user name", user)?;
+    let mut users = [name.as_ptr()];
+    run(
+        client,
+        rd::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBEUSERSCRAMCREDENTIALS,
+        timeout,
+        // SAFETY: the name is live for the call, which copies it.
+        |rk, options, queue| unsafe {
+            rd::rd_kafka_DescribeUserScramCredentials(
+                rk,
+                users.as_mut_ptr(),
+                users.len(),
+                options,
+                queue,
+            )
+        },
+        |event| {
+            // SAFETY: the event is a live DescribeUserScramCredentials result.
+            unsafe {
+                let result = rd::rd_kafka_event_DescribeUserScramCredentials_result(event);
+                if result.is_null() {
+                    return Err(NativeError::new(
+                        None,
+                        "unexpected answer to DescribeUserScramCredentials",
+                    ));
+                }
+                let mut count = 0usize;
+                let descriptions = rd::rd_kafka_DescribeUserScramCredentials_result_descriptions(
+                    result, &mut count,
+                );
+                for i in 0..count {
+                    let d = *descriptions.add(i);
+                    if let Some(e) = error_of(rd::rd_kafka_UserScramCredentialsDescription_error(d))
+                    {
+                        if e.code == Some(RDKafkaErrorCode::ResourceNotFound) {
+                            return Ok(false);
+                        }
+                        return Err(e);
+                    }
+                    let infos =
+                        rd::rd_kafka_UserScramCredentialsDescription_scramcredentialinfo_count(d);
+                    for j in 0..infos {
+                        let info =
+                            rd::rd_kafka_UserScramCredentialsDescription_scramcredentialinfo(d, j);
+                        if rd::rd_kafka_ScramCredentialInfo_mechanism(info) == scram_type(mechanism)
+                        {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+        },
+    )
+}
+
+/// What librdkafka put on the client's main queue: a log line (its syslog level) or an
+/// error. rust-rdkafka's admin client never reads that queue, so without this the client's
+/// reasons for failing (a refused password, an untrusted certificate) would be lost.
+pub enum MainEvent {
+    /// A log line: level (0 emergency … 7 debug), facility, message.
+    Log(i32, String, String),
+    /// An error: its message.
+    Error(String),
+}
+
+/// Waits up to `timeout` for one event on the client's main queue; `None` if none came.
+pub fn poll_main(client: &Admin, timeout: Duration) -> Option<MainEvent> {
+    let rk = client.inner().native_ptr();
+    let ms = c_int::try_from(timeout.as_millis()).unwrap_or(c_int::MAX);
+    // SAFETY: `rk` is a live client (borrowed for the call); the queue handle and the event
+    // are freed by `Owned`; the event's strings are copied before it is freed.
+    unsafe {
+        let queue = Owned(rd::rd_kafka_queue_get_main(rk), rd::rd_kafka_queue_destroy);
+        if queue.0.is_null() {
+            return None;
+        }
+        let event = Owned(
+            rd::rd_kafka_queue_poll(queue.0, ms),
+            rd::rd_kafka_event_destroy,
+        );
+        if event.0.is_null() {
+            return None;
+        }
+        match rd::rd_kafka_event_type(event.0) {
+            rd::RD_KAFKA_EVENT_LOG => {
+                let (mut fac, mut text_ptr, mut level) = (std::ptr::null(), std::ptr::null(), 0);
+                if rd::rd_kafka_event_log(event.0, &mut fac, &mut text_ptr, &mut level) == 0 {
+                    Some(MainEvent::Log(level, text(fac), text(text_ptr)))
+                } else {
+                    None
+                }
+            }
+            rd::RD_KAFKA_EVENT_ERROR => Some(MainEvent::Error(text(
+                rd::rd_kafka_event_error_string(event.0),
+            ))),
+            _ => None,
+        }
+    }
 }

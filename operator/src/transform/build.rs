@@ -24,6 +24,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 use weir_crds::data_stream::{Access, CleanupPolicy, DataStreamSpec, EventTime};
+use weir_crds::names::TransformNames;
 use weir_crds::schema::{FieldSpec, FieldType, Schema};
 use weir_crds::{DataStream, Transform};
 use weir_engine::sql::partitioning::Partitioning;
@@ -78,6 +79,8 @@ pub struct WorkerSettings {
     pub bootstrap_servers: String,
     /// How often the workers' `/metrics` are read for dead letters and lag.
     pub sample_interval: std::time::Duration,
+    /// How the workers authenticate to Kafka.
+    pub identity: super::principal::WorkerIdentity,
 }
 
 /// The names of a Transform's internal topics, as the worker derives them.
@@ -99,23 +102,22 @@ impl InternalTopics {
         partitioning: &Partitioning,
         epoch: i64,
     ) -> Self {
-        let base = internal_prefix(tf);
-        let state = format!("{base}{}", super::upgrade::epoch_suffix(epoch));
+        let names = names(tf, epoch);
         Self {
-            dead_letters: format!("{base}.dead-letters"),
-            changelog: compiled.is_stateful().then(|| format!("{state}.changelog")),
+            dead_letters: names.dead_letters(),
+            changelog: compiled.is_stateful().then(|| names.changelog()),
             repartition: matches!(partitioning, Partitioning::Repartition(_))
-                .then(|| format!("{state}.repartition")),
+                .then(|| names.repartition()),
         }
     }
 
     /// The state topics of the epochs before `epoch` (to delete once it runs).
     pub fn retired(tf: &Transform, epoch: i64) -> Vec<String> {
-        let base = internal_prefix(tf);
+        let names = names(tf, 0);
         (0..epoch)
             .flat_map(|e| {
-                let state = format!("{base}{}", super::upgrade::epoch_suffix(e));
-                [format!("{state}.changelog"), format!("{state}.repartition")]
+                let n = names.in_epoch(e);
+                [n.changelog(), n.repartition()]
             })
             .collect()
     }
@@ -124,7 +126,7 @@ impl InternalTopics {
     /// (for deletion).
     pub fn all(tf: &Transform, epoch: i64) -> Vec<String> {
         let mut all = Self::retired(tf, epoch + 1);
-        all.push(format!("{}.dead-letters", internal_prefix(tf)));
+        all.push(names(tf, epoch).dead_letters());
         all
     }
 
@@ -151,11 +153,12 @@ impl InternalTopics {
     }
 }
 
-fn internal_prefix(tf: &Transform) -> String {
-    format!(
-        "{}.{}",
+/// The names operator and worker share for `tf` in state epoch `epoch`.
+pub fn names(tf: &Transform, epoch: i64) -> TransformNames {
+    TransformNames::new(
         tf.metadata.namespace.as_deref().unwrap_or("default"),
-        tf.metadata.name.as_deref().unwrap_or_default()
+        tf.metadata.name.as_deref().unwrap_or_default(),
+        epoch,
     )
 }
 
@@ -204,7 +207,8 @@ pub fn owner_ref(tf: &Transform) -> Option<OwnerReference> {
     tf.controller_owner_ref(&())
 }
 
-fn meta(tf: &Transform, name: String) -> ObjectMeta {
+/// The metadata of an object a Transform owns: its name, namespace, labels and owner.
+pub(crate) fn meta(tf: &Transform, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: tf.metadata.namespace.clone(),
@@ -478,6 +482,7 @@ pub fn config_map(
     if let Some(fields) = spec.as_object_mut() {
         fields.remove("parallelism");
         fields.remove("tests");
+        fields.remove("kafkaCredentials");
     }
     docs.push(serde_yaml::to_string(&document(tf, &spec))?);
     Ok(ConfigMap {
@@ -541,6 +546,7 @@ pub fn deployment(
     settings: &WorkerSettings,
     config_hash: &str,
     epoch: i64,
+    credentials: &super::principal::PodCredentials,
 ) -> Deployment {
     let name = worker_name(tf);
     let mut pod_labels = selector_labels(tf);
@@ -560,23 +566,24 @@ pub fn deployment(
             ];
             if epoch > 0 {
                 // A new state epoch: its own group, changelog and repartition topic.
-                let state = format!(
-                    "{}{}",
-                    internal_prefix(tf),
-                    super::upgrade::epoch_suffix(epoch)
-                );
-                args.push(format!("--group-id=weir.{state}"));
-                args.push(format!("--changelog-topic={state}.changelog"));
-                args.push(format!("--repartition-topic={state}.repartition"));
+                let names = names(tf, epoch);
+                args.push(format!("--group-id={}", names.group_id()));
+                args.push(format!("--changelog-topic={}", names.changelog()));
+                args.push(format!("--repartition-topic={}", names.repartition()));
             }
             args
         }),
-        env: Some(vec![
-            env_field("POD_NAME", "metadata.name"),
-            env_field("POD_IP", "status.podIP"),
-            env("WEIR_KAFKA_BOOTSTRAP_SERVERS", &settings.bootstrap_servers),
-            env("WEIR_HTTP_ADDR", format!("$(POD_IP):{WORKER_HTTP_PORT}")),
-        ]),
+        env: Some(
+            [
+                env_field("POD_NAME", "metadata.name"),
+                env_field("POD_IP", "status.podIP"),
+                env("WEIR_KAFKA_BOOTSTRAP_SERVERS", &settings.bootstrap_servers),
+                env("WEIR_HTTP_ADDR", format!("$(POD_IP):{WORKER_HTTP_PORT}")),
+            ]
+            .into_iter()
+            .chain(credentials.env.iter().cloned())
+            .collect(),
+        ),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
             container_port: WORKER_HTTP_PORT,
@@ -585,12 +592,16 @@ pub fn deployment(
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         resources: tf.spec.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "transform".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "transform".into(),
+                mount_path: CONFIG_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .chain(credentials.mounts.iter().cloned())
+            .collect(),
+        ),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -619,13 +630,23 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        ("weir.dev/config-hash".into(), config_hash.into()),
-                        (PLAN.into(), compiled.fingerprint.clone()),
-                        (STATE.into(), compiled.state_fingerprint.clone()),
-                        (STATEFUL.into(), compiled.is_stateful().to_string()),
-                        (STATE_EPOCH.into(), epoch.to_string()),
-                    ])),
+                    annotations: Some(
+                        [
+                            ("weir.dev/config-hash".into(), config_hash.into()),
+                            (PLAN.into(), compiled.fingerprint.clone()),
+                            (STATE.into(), compiled.state_fingerprint.clone()),
+                            (STATEFUL.into(), compiled.is_stateful().to_string()),
+                            (STATE_EPOCH.into(), epoch.to_string()),
+                        ]
+                        .into_iter()
+                        .chain(
+                            credentials
+                                .hash
+                                .clone()
+                                .map(|h| (super::principal::CREDENTIALS_HASH.to_owned(), h)),
+                        )
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
@@ -643,14 +664,18 @@ pub fn deployment(
                         ..Default::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "transform".into(),
-                        config_map: Some(ConfigMapVolumeSource {
-                            name: name.clone(),
+                    volumes: Some(
+                        std::iter::once(Volume {
+                            name: "transform".into(),
+                            config_map: Some(ConfigMapVolumeSource {
+                                name: name.clone(),
+                                ..Default::default()
+                            }),
                             ..Default::default()
-                        }),
-                        ..Default::default()
-                    }]),
+                        })
+                        .chain(credentials.volumes.iter().cloned())
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
             },
@@ -808,8 +833,10 @@ spec:
             image: "weir-worker:test".into(),
             bootstrap_servers: "kafka:9092".into(),
             sample_interval: std::time::Duration::from_secs(30),
+            identity: Default::default(),
         };
-        let d = deployment(&tf, &c, &settings, "h", 0);
+        let none = Default::default();
+        let d = deployment(&tf, &c, &settings, "h", 0, &none);
         let spec = &d.spec;
         assert_eq!(spec.replicas, Some(2));
         assert_eq!(
@@ -829,15 +856,15 @@ spec:
         assert!(args.contains(&format!("--fingerprint={}", c.fingerprint)));
         assert!(pod.containers[0].readiness_probe.is_some());
         // Stamped objects carry the hash of what was built; the same input, the same hash.
-        let a = stamp(deployment(&tf, &c, &settings, "h", 0));
-        let b = stamp(deployment(&tf, &c, &settings, "h", 0));
+        let a = stamp(deployment(&tf, &c, &settings, "h", 0, &none));
+        let b = stamp(deployment(&tf, &c, &settings, "h", 0, &none));
         assert_eq!(stamped_hash(&a), stamped_hash(&b));
-        let other = stamp(deployment(&tf, &c, &settings, "other", 0));
+        let other = stamp(deployment(&tf, &c, &settings, "other", 0, &none));
         assert_eq!(
             deployed(&a).map(|d| (d.stateful, d.epoch)),
             Some((false, 0))
         );
-        let later = deployment(&tf, &c, &settings, "h", 2);
+        let later = deployment(&tf, &c, &settings, "h", 2, &none);
         let args = later.spec.template.spec.as_ref().unwrap().containers[0]
             .args
             .clone()

@@ -16,7 +16,9 @@
 
 pub mod build;
 pub mod health;
+pub mod principal;
 pub mod status;
+pub mod streams;
 pub mod upgrade;
 
 use std::sync::Arc;
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -114,8 +116,12 @@ pub fn readable<'a>(
 }
 
 /// When a compile error is about a table the SQL names and a DataStream of that name exists
-/// but does not grant the Transform's namespace, says so.
-pub fn denied_input(sql: &str, tf_namespace: &str, denied: &[&DataStream]) -> Option<String> {
+/// but does not grant the Transform's namespace, says so (and names the DataStream).
+pub fn denied_input(
+    sql: &str,
+    tf_namespace: &str,
+    denied: &[&DataStream],
+) -> Option<(String, String)> {
     let text = sql.to_ascii_lowercase();
     denied.iter().find_map(|ds| {
         let name = format!(
@@ -124,10 +130,13 @@ pub fn denied_input(sql: &str, tf_namespace: &str, denied: &[&DataStream]) -> Op
             sql_ident(&ds.name_any())
         );
         text.contains(&name.to_ascii_lowercase()).then(|| {
-            format!(
-                "the SQL reads DataStream {}, which does not grant namespace {tf_namespace}: \
-                 add {tf_namespace:?} to its spec.access.readers",
-                id_of(&ds.metadata)
+            let id = id_of(&ds.metadata);
+            (
+                format!(
+                    "the SQL reads DataStream {id}, which does not grant namespace \
+                     {tf_namespace}: add {tf_namespace:?} to its spec.access.readers"
+                ),
+                id,
             )
         })
     })
@@ -179,7 +188,13 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         }
         Err(e) => {
             report.compiled = match (&e, denied_input(&tf.spec.sql, &ns, &denied)) {
-                (TransformError::Sql(_), Some(why)) => State::no(Reason::InputNotGranted, why),
+                (TransformError::Sql(_), Some((why, ds))) => {
+                    // A revoked grant stops the reader at once: no workers, no READ ACL.
+                    // Its offsets and state stay; a restored grant resumes from them.
+                    report.facts.inputs.retain(|i| *i != ds);
+                    stop_reading(tf, ctx).await?;
+                    State::no(Reason::InputNotGranted, why)
+                }
                 _ => State::no(Reason::CompileFailed, e.to_string()),
             };
             // A DataStream appearing or granting access triggers a reconcile by watch.
@@ -242,10 +257,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     let running_epoch = deployed
         .as_ref()
         .map_or(report.facts.state_epoch, |d| d.epoch);
-    let changelog = format!(
-        "{ns}.{name}{}.changelog",
-        upgrade::epoch_suffix(running_epoch)
-    );
+    let changelog = build::names(tf, running_epoch).changelog();
     let epoch = match upgrade::decide(
         deployed.as_ref(),
         upgrade::Plan {
@@ -369,6 +381,43 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
             }
         }
     }
+    // Isolation on the data path: only Ready DataStreams of their namespace's topics, on
+    // this cluster, and the workers get the topics their status records.
+    let cluster = ctx.kafka.cluster_id().await.ok();
+    let grants = &ctx.policy.topic_grants;
+    let mut input_topics = Vec::new();
+    for d in &inputs {
+        match streams::usable_topic(d, grants, cluster.as_deref()) {
+            Ok(t) => input_topics.push(t),
+            Err(why) => {
+                report.problem = Some(State::no(Reason::InputsNotReady, why));
+                return Ok(Action::requeue(SOON));
+            }
+        }
+    }
+    let output_topic = match streams::usable_topic(&output, grants, cluster.as_deref()) {
+        Ok(t) => t,
+        Err(why) if owned_by(&output, tf) => {
+            report.problem = Some(State::no(Reason::InputsNotReady, format!("output: {why}")));
+            return Ok(Action::requeue(SOON));
+        }
+        Err(why) => {
+            report.problem = Some(State::no(Reason::OutputConflict, why));
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
+    let pin = |d: &DataStream, topic: &str| {
+        let mut d = d.clone();
+        d.spec.topic = Some(topic.to_owned());
+        d
+    };
+    let pinned_inputs: Vec<DataStream> = inputs
+        .iter()
+        .zip(&input_topics)
+        .map(|(d, t)| pin(d, t))
+        .collect();
+    let pinned_output = pin(&output, &output_topic);
+
     let internal = InternalTopics::of(tf, &compiled, &partitioning, epoch);
     let desired = internal.desired(tasks, ctx.policy.replication_factor);
     report.facts.internal_topics = desired.iter().map(|t| t.name.clone()).collect();
@@ -379,8 +428,23 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         }
     }
 
+    // The workers' own Kafka principal and exactly the ACLs this plan needs.
+    let plan_topics = principal::PlanTopics {
+        inputs: input_topics,
+        output: output_topic,
+        internal: desired.iter().map(|t| t.name.clone()).collect(),
+    };
+    let credentials = match ensure_principal(tf, ctx, epoch, &plan_topics).await? {
+        Ok(c) => c,
+        Err(problem) => {
+            report.problem = Some(problem);
+            return Ok(Action::requeue(ctx.resync));
+        }
+    };
+
     // The workload.
-    let config_map = build::config_map(tf, &inputs, &output)
+    let pinned_refs: Vec<&DataStream> = pinned_inputs.iter().collect();
+    let config_map = build::config_map(tf, &pinned_refs, &pinned_output)
         .map_err(|e| Error::Internal(format!("rendering the worker config: {e}")))?;
     let config_hash = build::hash_of(&config_map.data);
     let client = ctx.client.clone();
@@ -406,7 +470,14 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         pdbs.delete(&build::worker_name(tf), &DeleteParams::default())
             .await?;
     }
-    let deployment = build::deployment(tf, &compiled, &ctx.workers, &config_hash, epoch);
+    let deployment = build::deployment(
+        tf,
+        &compiled,
+        &ctx.workers,
+        &config_hash,
+        epoch,
+        &credentials,
+    );
     let live = ensure(&deployments, deployment, live).await?;
     report.workers(tf, Some(&live));
     if epoch > 0 && report.available.status == "True" {
@@ -467,6 +538,211 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         // The Deployment's status changes wake us through the watch; this is a backstop.
         Action::requeue(Duration::from_secs(30))
     })
+}
+
+/// Gives the workers their Kafka identity: in managed mode the SCRAM credential (kept in the
+/// Transform's Secret) and exactly the ACLs `topics` need; in provided mode the named
+/// Secret, checked to grant every ACL the plan needs. `Ok(Err(state))` is a problem the
+/// user must fix; nothing is deployed until then.
+async fn ensure_principal(
+    tf: &Transform,
+    ctx: &Context,
+    epoch: i64,
+    topics: &principal::PlanTopics,
+) -> Result<Result<principal::PodCredentials, State>> {
+    use principal::PrincipalMode;
+    let identity = &ctx.workers.identity;
+    let ns = tf.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = build::names(tf, epoch);
+    let worker_prefix = format!("{}-", build::worker_name(tf));
+    match identity.mode {
+        PrincipalMode::None => Ok(Ok(principal::PodCredentials::default())),
+        PrincipalMode::Managed => {
+            let user = names.principal_user();
+            let principal_name = principal::managed_principal(&names);
+            let mechanism = principal::scram(identity.mechanism).ok_or_else(|| {
+                Error::Internal("managed credentials need a SCRAM mechanism".into())
+            })?;
+            let live = secrets.get_opt(&principal::secret_name(tf)).await?;
+            let password = live
+                .as_ref()
+                .and_then(|s| s.data.as_ref()?.get("password"))
+                .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(principal::new_password);
+            // The credential is set on Kafka first, then recorded: a Secret's password
+            // that Kafka may not have yet (new, or changed by a person to rotate it) is set
+            // again; its hash in an annotation says which password Kafka has.
+            let applied = build::hash_of(&(&user, &password, identity.mechanism.as_kafka()));
+            let recorded = live
+                .as_ref()
+                .and_then(|s| {
+                    s.metadata
+                        .annotations
+                        .as_ref()?
+                        .get(principal::APPLIED_CREDENTIAL)
+                })
+                .cloned();
+            if recorded.as_deref() != Some(applied.as_str())
+                || !ctx.kafka.has_scram(&user, mechanism).await?
+            {
+                ctx.kafka.set_scram(&user, mechanism, &password).await?;
+                info!(user, "set the Transform's SCRAM credential");
+            }
+            let mut secret = principal::credentials_secret(tf, identity, Some(&password));
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(principal::APPLIED_CREDENTIAL.into(), applied);
+            let secret = ensure(&secrets, secret, live).await?;
+            let desired = principal::desired_acls(&principal_name, &names, &worker_prefix, topics);
+            apply_acls(ctx, &principal_name, &desired).await?;
+            Ok(Ok(principal::pod_credentials(
+                tf,
+                identity,
+                Some(&secret),
+                None,
+            )))
+        }
+        PrincipalMode::Provided => {
+            let problem = |why: String| Ok(Err(State::no(Reason::CredentialsInvalid, why)));
+            let Some(named) = &tf.spec.kafka_credentials else {
+                return problem(
+                    "spec.kafkaCredentials: this installation runs each Transform with Kafka \
+                     credentials of its own: name a Secret of the namespace that holds them"
+                        .into(),
+                );
+            };
+            let Some(secret) = secrets.get_opt(&named.secret_name).await? else {
+                return problem(format!(
+                    "spec.kafkaCredentials.secretName: Secret {ns}/{} does not exist",
+                    named.secret_name
+                ));
+            };
+            let marked = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
+                .is_some_and(|v| v == "true");
+            if !marked {
+                return problem(format!(
+                    "spec.kafkaCredentials.secretName: Secret {ns}/{} is not marked for \
+                     Weir's use: label it {}=true",
+                    named.secret_name,
+                    weir_crds::connection::CREDENTIALS_LABEL
+                ));
+            }
+            let layout = match principal::provided_layout(&secret) {
+                Ok(l) => l,
+                Err(why) => {
+                    return problem(format!(
+                        "spec.kafkaCredentials.secretName: Secret {ns}/{}: {why}",
+                        named.secret_name
+                    ));
+                }
+            };
+            let principal_name = match (&layout, &named.principal) {
+                (_, Some(p)) => p.clone(),
+                (principal::ProvidedLayout::Sasl { username, .. }, None) => {
+                    format!("User:{username}")
+                }
+                (principal::ProvidedLayout::Tls { .. }, None) => {
+                    return problem(
+                        "spec.kafkaCredentials.principal: name the principal the brokers \
+                         see for this client certificate (such as User:CN=app), so that Weir \
+                         can check its ACLs"
+                            .into(),
+                    );
+                }
+            };
+            let desired = principal::desired_acls(&principal_name, &names, &worker_prefix, topics);
+            let mut live = ctx.kafka.acls(&principal_name).await?;
+            live.extend(ctx.kafka.acls("User:*").await?.into_iter().map(|mut a| {
+                a.principal = principal_name.clone();
+                a
+            }));
+            let missing = principal::missing(&live, &desired);
+            if !missing.is_empty() {
+                return Ok(Err(State::no(
+                    Reason::AclMissing,
+                    format!(
+                        "{principal_name} (Secret {ns}/{}) lacks ACLs the plan needs, which an \
+                         administrator must grant: {}",
+                        named.secret_name,
+                        missing.join("; ")
+                    ),
+                )));
+            }
+            let own =
+                ensure_named(&secrets, principal::credentials_secret(tf, identity, None)).await?;
+            Ok(Ok(principal::pod_credentials(
+                tf,
+                identity,
+                Some(&own),
+                Some((&secret, &layout)),
+            )))
+        }
+    }
+}
+
+/// Makes `principal`'s ACLs on Kafka exactly `desired`.
+async fn apply_acls(
+    ctx: &Context,
+    principal: &str,
+    desired: &std::collections::BTreeSet<crate::kafka_admin::acl::Acl>,
+) -> Result<()> {
+    let live = ctx.kafka.acls(principal).await?;
+    let diff = crate::kafka_admin::acl::AclDiff::between(&live, desired);
+    if !diff.is_empty() {
+        info!(
+            principal,
+            created = diff.create.len(),
+            deleted = diff.delete.len(),
+            "ACLs changed"
+        );
+        ctx.kafka.create_acls(diff.create).await?;
+        ctx.kafka.delete_acls(diff.delete).await?;
+    }
+    Ok(())
+}
+
+/// Stops a Transform's workers reading (a grant was revoked): its Deployment scaled to zero
+/// (the next apply restores it) and, with managed credentials, the READ ACLs on every topic
+/// outside its own gone. Its offsets and state stay.
+async fn stop_reading(tf: &Transform, ctx: &Context) -> Result<()> {
+    let ns = tf.namespace().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::worker_name(tf);
+    if let Some(d) = deployments.get_opt(&name).await?
+        && (d.spec.replicas != Some(0) || build::stamped_hash(&d).is_some())
+    {
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { build::APPLIED_HASH: null } },
+            "spec": { "replicas": 0 },
+        });
+        deployments
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        info!(
+            deployment = name,
+            "stopped the workers: an input is no longer granted"
+        );
+    }
+    if ctx.workers.identity.mode == principal::PrincipalMode::Managed {
+        let names = build::names(tf, 0);
+        let principal_name = principal::managed_principal(&names);
+        let live = ctx.kafka.acls(&principal_name).await?;
+        apply_acls(
+            ctx,
+            &principal_name,
+            &principal::without_inputs(&live, &names),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Compiles a Transform against the streams it may read, compiles its expectations and
@@ -584,6 +860,21 @@ async fn ensure_topic(
 /// topics are deleted when `spec.output.deletionPolicy` is `Delete`, and kept otherwise.
 async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
     ctx.worker_health.forget(&id_of(&tf.metadata));
+    if ctx.workers.identity.mode == principal::PrincipalMode::Managed {
+        // The workers' principal goes with the Transform: its ACLs, then its credential.
+        let names = build::names(tf, 0);
+        let principal_name = principal::managed_principal(&names);
+        apply_acls(ctx, &principal_name, &Default::default()).await?;
+        if let Some(mechanism) = principal::scram(ctx.workers.identity.mechanism) {
+            ctx.kafka
+                .delete_scram(&names.principal_user(), mechanism)
+                .await?;
+        }
+        info!(
+            principal = principal_name,
+            "deleted the Transform's Kafka principal"
+        );
+    }
     if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
         return Ok(Action::await_change());
     }
@@ -698,7 +989,8 @@ spec: {{ description: d, owner: o, sql: "{sql}", output: {{ name: out }} }}
         let names: Vec<String> = allowed.iter().map(|d| id_of(&d.metadata)).collect();
         assert_eq!(names, vec!["b/own", "a/open"], "never its own output");
         assert_eq!(denied.len(), 1);
-        let why = denied_input(&t.spec.sql, "b", &denied).expect("named");
+        let (why, id) = denied_input(&t.spec.sql, "b", &denied).expect("named");
+        assert_eq!(id, "a/closed-stream");
         assert!(
             why.contains("DataStream a/closed-stream, which does not grant namespace b"),
             "{why}"

@@ -60,6 +60,11 @@ pub enum Reason {
     LagGrowing,
     /// The change cannot keep the running state: refused by `upgradePolicy: keepState`.
     UpgradeBlocked,
+    /// The Transform's Kafka principal lacks an ACL its plan needs (provided credentials).
+    AclMissing,
+    /// The Transform's Kafka credentials cannot be used (no Secret named, a Secret missing,
+    /// unmarked or of an unknown layout).
+    CredentialsInvalid,
 }
 
 impl Reason {

@@ -94,11 +94,7 @@ fn short(plan: &str) -> &str {
 
 /// The suffix epoch `epoch` adds to the group and internal topic names.
 pub fn epoch_suffix(epoch: i64) -> String {
-    if epoch == 0 {
-        String::new()
-    } else {
-        format!(".e{epoch}")
-    }
+    weir_crds::names::TransformNames::epoch_suffix(epoch)
 }
 
 #[cfg(test)]

@@ -86,15 +86,20 @@ async fn start() -> anyhow::Result<Weir> {
         },
     )
     .await?;
-    let operator = step("Starting weir-operator", async {
-        let options = OperatorOptions {
-            resync_interval: "1m",
-            ..OperatorOptions::default()
-        };
-        Operator::start(&stack, options)
-            .await
-            .context("starting the operator")
-    })
+    let operator = step(
+        "Starting weir-operator (on SASL_SSL, one Kafka principal per Transform)",
+        async {
+            // Secure is the default a newcomer sees: the operator on SASL_SSL with SCRAM, the
+            // broker's authorizer on, and each Transform's workers with a principal of their own.
+            let options = OperatorOptions {
+                resync_interval: "1m",
+                ..OperatorOptions::on_sasl_ssl(&stack)?
+            };
+            Operator::start(&stack, options)
+                .await
+                .context("starting the operator")
+        },
+    )
     .await?;
     Ok(Weir {
         node,
@@ -112,11 +117,22 @@ async fn up() -> anyhow::Result<()> {
          Kubernetes:\n  export KUBECONFIG={kubeconfig}\n  export PATH={tools}:$PATH\n  \
          kubectl apply -f manifests/examples/namespaces.yaml -f manifests/examples/page-views.yaml \
          -f manifests/examples/transforms/views-per-page.yaml\n  kubectl get datastreams,transforms,pods -A\n\n\
-         Kafka:\n  bootstrap servers: {bootstrap}\n  (any Kafka client: e.g. kcat -b {bootstrap} -L)\n\n\
+         Kafka (SASL_SSL, SCRAM-SHA-512, ACLs enforced; the operator's principal is a super user):\n  \
+         bootstrap.servers={secure}\n  security.protocol=SASL_SSL\n  sasl.mechanism=SCRAM-SHA-512\n  \
+         sasl.username={user}\n  sasl.password={password}\n  ssl.ca.location={ca}\n  \
+         (e.g. kcat -b {secure} -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512 \
+         -X sasl.username={user} -X sasl.password={password} -X ssl.ca.location={ca} -L)\n  \
+         Each Transform's workers authenticate as User:weir.<namespace>.<name> (password in \
+         Secret <name>-worker-kafka) with only the ACLs their plan needs.\n  \
+         The test kit's own plaintext door (a super user, for local tools): {bootstrap}\n\n\
          Logs and data: {dir} (worker pods log to node/)\n\nPress Ctrl-C to stop.",
         kubeconfig = stack.control_plane.kubeconfig_path().display(),
         tools = tools.display(),
         bootstrap = stack.bootstrap_servers(),
+        secure = stack.kafka.sasl_ssl_bootstrap_servers(),
+        user = weir_tests::kafka::SASL_USERNAME,
+        password = weir_tests::kafka::SASL_PASSWORD,
+        ca = stack.kafka.pki().ca_path().display(),
         dir = stack.dir().display(),
     );
     shutdown_signal().await;
@@ -334,6 +350,25 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
         String::from_utf8_lossy(&diff.stderr)
     );
     println!("   kubectl diff --server-side: no drift from the manifests (GitOps stays in sync)");
+    // Each Transform's workers authenticate as a principal of their own.
+    let users = kubectl(
+        stack,
+        &[
+            "get",
+            "pods",
+            "-A",
+            "-l",
+            "app.kubernetes.io/name=weir-worker",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}: \
+             {.spec.containers[0].env[?(@.name==\"WEIR_KAFKA_SASL_USERNAME\")].value}{\"\\n\"}{end}",
+        ],
+    )?;
+    println!(
+        "   the workers connect over SASL_SSL, each Transform as its own Kafka principal \
+         (SCRAM password in Secret <transform>-worker-kafka, only the ACLs its plan needs):"
+    );
+    print!("{}", indent(&users));
     print!(
         "{}",
         indent(&kubectl(stack, &["get", "pods", "-A", "-o", "wide"])?)
