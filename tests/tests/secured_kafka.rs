@@ -620,6 +620,19 @@ async fn a_revoked_grant_stops_the_reader_and_a_restored_one_resumes_exactly() {
             })
             .await
             .expect("no worker reads a revoked input");
+            // No longer a reader: the StillRead guard does not wait for it.
+            let reader = format!("{a}/pay-copy");
+            let pay = Api::<DataStream>::namespaced(client.clone(), &b);
+            await_condition(
+                pay,
+                "pay",
+                |ds: Option<&DataStream>| {
+                    ds.and_then(|d| d.status.as_ref())
+                        .is_some_and(|s| !s.readers.contains(&reader))
+                },
+                WAIT,
+            )
+            .await;
             records::produce(&stack.bootstrap_servers(), &input, &orders(10, 20))
                 .await
                 .unwrap();
@@ -724,6 +737,64 @@ async fn exactly_once_holds_on_sasl_ssl_through_a_sigkill_and_a_credential_rotat
         .await
         .unwrap();
         assert!(refused, "the old password still authenticates");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_named_connection_the_broker_refuses_says_why_without_the_secret() {
+    let (client, _env, stack) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+        let labelled = |name: &str, data: &[(&str, &str)]| {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.to_owned());
+            s.metadata.labels =
+                Some([("weir.dev/kafka-credentials".to_owned(), "true".to_owned())].into());
+            s.string_data = Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            );
+            s
+        };
+        // Strimzi's cluster CA Secret layout, and a user whose password is wrong.
+        for secret in [
+            labelled(
+                "my-cluster-cluster-ca-cert",
+                &[("ca.crt", stack.kafka.pki().ca_pem())],
+            ),
+            labelled(
+                "wrong-user",
+                &[
+                    ("username", SASL_USERNAME),
+                    ("password", "not-the-password"),
+                ],
+            ),
+        ] {
+            secrets
+                .create(&Default::default(), &secret)
+                .await
+                .expect("secret");
+        }
+        let extra = format!(
+            "  kafka:\n    name: secured\n    bootstrapServers: \"{}\"\n    \
+             sasl: {{ mechanism: SCRAM-SHA-512, secretName: wrong-user }}\n    \
+             tls: {{ caSecretName: my-cluster-cluster-ca-cert }}\n",
+            stack.kafka.sasl_ssl_bootstrap_servers()
+        );
+        apply(&client, &ns, &stream(&ns, "elsewhere", &extra)).await;
+        let streams = Api::<DataStream>::namespaced(client.clone(), &ns);
+        let ds = await_condition(
+            streams,
+            "elsewhere",
+            weir_tests::fixtures::has_reason("KafkaUnavailable"),
+            WAIT,
+        )
+        .await;
+        let message = weir_tests::fixtures::ready_condition(&ds).expect("Ready").2;
+        assert!(message.contains("Authentication failed"), "{message}");
+        assert!(!message.contains("not-the-password"), "{message}");
     })
     .await;
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -434,7 +434,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         output: output_topic,
         internal: desired.iter().map(|t| t.name.clone()).collect(),
     };
-    let credentials = match ensure_principal(tf, ctx, epoch, &plan_topics).await? {
+    let credentials = match principal::ensure(tf, ctx, epoch, &plan_topics).await? {
         Ok(c) => c,
         Err(problem) => {
             report.problem = Some(problem);
@@ -540,175 +540,6 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     })
 }
 
-/// Gives the workers their Kafka identity: in managed mode the SCRAM credential (kept in the
-/// Transform's Secret) and exactly the ACLs `topics` need; in provided mode the named
-/// Secret, checked to grant every ACL the plan needs. `Ok(Err(state))` is a problem the
-/// user must fix; nothing is deployed until then.
-async fn ensure_principal(
-    tf: &Transform,
-    ctx: &Context,
-    epoch: i64,
-    topics: &principal::PlanTopics,
-) -> Result<Result<principal::PodCredentials, State>> {
-    use principal::PrincipalMode;
-    let identity = &ctx.workers.identity;
-    let ns = tf.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let names = build::names(tf, epoch);
-    let worker_prefix = format!("{}-", build::worker_name(tf));
-    match identity.mode {
-        PrincipalMode::None => Ok(Ok(principal::PodCredentials::default())),
-        PrincipalMode::Managed => {
-            let user = names.principal_user();
-            let principal_name = principal::managed_principal(&names);
-            let mechanism = principal::scram(identity.mechanism).ok_or_else(|| {
-                Error::Internal("managed credentials need a SCRAM mechanism".into())
-            })?;
-            let live = secrets.get_opt(&principal::secret_name(tf)).await?;
-            let password = live
-                .as_ref()
-                .and_then(|s| s.data.as_ref()?.get("password"))
-                .map(|p| String::from_utf8_lossy(&p.0).into_owned())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(principal::new_password);
-            // The credential is set on Kafka first, then recorded: a Secret's password
-            // that Kafka may not have yet (new, or changed by a person to rotate it) is set
-            // again; its hash in an annotation says which password Kafka has.
-            let applied = build::hash_of(&(&user, &password, identity.mechanism.as_kafka()));
-            let recorded = live
-                .as_ref()
-                .and_then(|s| {
-                    s.metadata
-                        .annotations
-                        .as_ref()?
-                        .get(principal::APPLIED_CREDENTIAL)
-                })
-                .cloned();
-            if recorded.as_deref() != Some(applied.as_str())
-                || !ctx.kafka.has_scram(&user, mechanism).await?
-            {
-                ctx.kafka.set_scram(&user, mechanism, &password).await?;
-                info!(user, "set the Transform's SCRAM credential");
-            }
-            let mut secret = principal::credentials_secret(tf, identity, Some(&password));
-            secret
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(principal::APPLIED_CREDENTIAL.into(), applied);
-            let secret = ensure(&secrets, secret, live).await?;
-            let desired = principal::desired_acls(&principal_name, &names, &worker_prefix, topics);
-            apply_acls(ctx, &principal_name, &desired).await?;
-            Ok(Ok(principal::pod_credentials(
-                tf,
-                identity,
-                Some(&secret),
-                None,
-            )))
-        }
-        PrincipalMode::Provided => {
-            let problem = |why: String| Ok(Err(State::no(Reason::CredentialsInvalid, why)));
-            let Some(named) = &tf.spec.kafka_credentials else {
-                return problem(
-                    "spec.kafkaCredentials: this installation runs each Transform with Kafka \
-                     credentials of its own: name a Secret of the namespace that holds them"
-                        .into(),
-                );
-            };
-            let Some(secret) = secrets.get_opt(&named.secret_name).await? else {
-                return problem(format!(
-                    "spec.kafkaCredentials.secretName: Secret {ns}/{} does not exist",
-                    named.secret_name
-                ));
-            };
-            let marked = secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
-                .is_some_and(|v| v == "true");
-            if !marked {
-                return problem(format!(
-                    "spec.kafkaCredentials.secretName: Secret {ns}/{} is not marked for \
-                     Weir's use: label it {}=true",
-                    named.secret_name,
-                    weir_crds::connection::CREDENTIALS_LABEL
-                ));
-            }
-            let layout = match principal::provided_layout(&secret) {
-                Ok(l) => l,
-                Err(why) => {
-                    return problem(format!(
-                        "spec.kafkaCredentials.secretName: Secret {ns}/{}: {why}",
-                        named.secret_name
-                    ));
-                }
-            };
-            let principal_name = match (&layout, &named.principal) {
-                (_, Some(p)) => p.clone(),
-                (principal::ProvidedLayout::Sasl { username, .. }, None) => {
-                    format!("User:{username}")
-                }
-                (principal::ProvidedLayout::Tls { .. }, None) => {
-                    return problem(
-                        "spec.kafkaCredentials.principal: name the principal the brokers \
-                         see for this client certificate (such as User:CN=app), so that Weir \
-                         can check its ACLs"
-                            .into(),
-                    );
-                }
-            };
-            let desired = principal::desired_acls(&principal_name, &names, &worker_prefix, topics);
-            let mut live = ctx.kafka.acls(&principal_name).await?;
-            live.extend(ctx.kafka.acls("User:*").await?.into_iter().map(|mut a| {
-                a.principal = principal_name.clone();
-                a
-            }));
-            let missing = principal::missing(&live, &desired);
-            if !missing.is_empty() {
-                return Ok(Err(State::no(
-                    Reason::AclMissing,
-                    format!(
-                        "{principal_name} (Secret {ns}/{}) lacks ACLs the plan needs, which an \
-                         administrator must grant: {}",
-                        named.secret_name,
-                        missing.join("; ")
-                    ),
-                )));
-            }
-            let own =
-                ensure_named(&secrets, principal::credentials_secret(tf, identity, None)).await?;
-            Ok(Ok(principal::pod_credentials(
-                tf,
-                identity,
-                Some(&own),
-                Some((&secret, &layout)),
-            )))
-        }
-    }
-}
-
-/// Makes `principal`'s ACLs on Kafka exactly `desired`.
-async fn apply_acls(
-    ctx: &Context,
-    principal: &str,
-    desired: &std::collections::BTreeSet<crate::kafka_admin::acl::Acl>,
-) -> Result<()> {
-    let live = ctx.kafka.acls(principal).await?;
-    let diff = crate::kafka_admin::acl::AclDiff::between(&live, desired);
-    if !diff.is_empty() {
-        info!(
-            principal,
-            created = diff.create.len(),
-            deleted = diff.delete.len(),
-            "ACLs changed"
-        );
-        ctx.kafka.create_acls(diff.create).await?;
-        ctx.kafka.delete_acls(diff.delete).await?;
-    }
-    Ok(())
-}
-
 /// Stops a Transform's workers reading (a grant was revoked): its Deployment scaled to zero
 /// (the next apply restores it) and, with managed credentials, the READ ACLs on every topic
 /// outside its own gone. Its offsets and state stay.
@@ -735,7 +566,7 @@ async fn stop_reading(tf: &Transform, ctx: &Context) -> Result<()> {
         let names = build::names(tf, 0);
         let principal_name = principal::managed_principal(&names);
         let live = ctx.kafka.acls(&principal_name).await?;
-        apply_acls(
+        principal::apply_acls(
             ctx,
             &principal_name,
             &principal::without_inputs(&live, &names),
@@ -789,7 +620,7 @@ fn other_writer(tf: &Transform, ctx: &Context) -> Option<String> {
 }
 
 /// Applies `obj` by server-side apply unless `live` already carries its hash.
-async fn ensure<K>(api: &Api<K>, obj: K, live: Option<K>) -> Result<K>
+pub(crate) async fn ensure<K>(api: &Api<K>, obj: K, live: Option<K>) -> Result<K>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
@@ -811,7 +642,7 @@ where
 }
 
 /// [`ensure`] for an object looked up by its name.
-async fn ensure_named<K>(api: &Api<K>, obj: K) -> Result<K>
+pub(crate) async fn ensure_named<K>(api: &Api<K>, obj: K) -> Result<K>
 where
     K: Resource<Scope = NamespaceResourceScope>
         + Clone
@@ -864,7 +695,7 @@ async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
         // The workers' principal goes with the Transform: its ACLs, then its credential.
         let names = build::names(tf, 0);
         let principal_name = principal::managed_principal(&names);
-        apply_acls(ctx, &principal_name, &Default::default()).await?;
+        principal::apply_acls(ctx, &principal_name, &Default::default()).await?;
         if let Some(mechanism) = principal::scram(ctx.workers.identity.mechanism) {
             ctx.kafka
                 .delete_scram(&names.principal_user(), mechanism)

@@ -19,7 +19,14 @@ use weir_crds::Transform;
 use weir_crds::connection::SaslMechanism;
 use weir_crds::names::TransformNames;
 
-use crate::kafka_admin::acl::{Acl, Operation, Pattern, ResourceKind, ScramMechanism};
+use kube::ResourceExt;
+use kube::api::Api;
+use tracing::info;
+
+use super::status::{Reason, State};
+use crate::context::Context;
+use crate::kafka_admin::acl::{Acl, AclDiff, Operation, Pattern, ResourceKind, ScramMechanism};
+use crate::{Error, Result};
 
 /// How the operator gives each Transform's workers a Kafka identity (per installation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -416,6 +423,160 @@ pub fn credentials_secret(
         type_: Some("Opaque".into()),
         ..Default::default()
     }
+}
+
+/// Gives the workers their Kafka identity: in managed mode the SCRAM credential (kept in the
+/// Transform's Secret) and exactly the ACLs `topics` need; in provided mode the named
+/// Secret, checked to grant every ACL the plan needs. `Ok(Err(state))` is a problem the
+/// user must fix; nothing is deployed until then.
+pub async fn ensure(
+    tf: &Transform,
+    ctx: &Context,
+    epoch: i64,
+    topics: &PlanTopics,
+) -> Result<Result<PodCredentials, State>> {
+    use PrincipalMode;
+    let identity = &ctx.workers.identity;
+    let ns = tf.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let names = super::build::names(tf, epoch);
+    let worker_prefix = format!("{}-", super::build::worker_name(tf));
+    match identity.mode {
+        PrincipalMode::None => Ok(Ok(PodCredentials::default())),
+        PrincipalMode::Managed => {
+            let user = names.principal_user();
+            let principal_name = managed_principal(&names);
+            let mechanism = scram(identity.mechanism).ok_or_else(|| {
+                Error::Internal("managed credentials need a SCRAM mechanism".into())
+            })?;
+            let live = secrets.get_opt(&secret_name(tf)).await?;
+            let password = live
+                .as_ref()
+                .and_then(|s| s.data.as_ref()?.get("password"))
+                .map(|p| String::from_utf8_lossy(&p.0).into_owned())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(new_password);
+            // The credential is set on Kafka first, then recorded: a Secret's password
+            // that Kafka may not have yet (new, or changed by a person to rotate it) is set
+            // again; its hash in an annotation says which password Kafka has.
+            let applied = super::build::hash_of(&(&user, &password, identity.mechanism.as_kafka()));
+            let recorded = live
+                .as_ref()
+                .and_then(|s| s.metadata.annotations.as_ref()?.get(APPLIED_CREDENTIAL))
+                .cloned();
+            if recorded.as_deref() != Some(applied.as_str())
+                || !ctx.kafka.has_scram(&user, mechanism).await?
+            {
+                ctx.kafka.set_scram(&user, mechanism, &password).await?;
+                info!(user, "set the Transform's SCRAM credential");
+            }
+            let mut secret = credentials_secret(tf, identity, Some(&password));
+            secret
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(APPLIED_CREDENTIAL.into(), applied);
+            let secret = super::ensure(&secrets, secret, live).await?;
+            let desired = desired_acls(&principal_name, &names, &worker_prefix, topics);
+            apply_acls(ctx, &principal_name, &desired).await?;
+            Ok(Ok(pod_credentials(tf, identity, Some(&secret), None)))
+        }
+        PrincipalMode::Provided => {
+            let problem = |why: String| Ok(Err(State::no(Reason::CredentialsInvalid, why)));
+            let Some(named) = &tf.spec.kafka_credentials else {
+                return problem(
+                    "spec.kafkaCredentials: this installation runs each Transform with Kafka \
+                     credentials of its own: name a Secret of the namespace that holds them"
+                        .into(),
+                );
+            };
+            let Some(secret) = secrets.get_opt(&named.secret_name).await? else {
+                return problem(format!(
+                    "spec.kafkaCredentials.secretName: Secret {ns}/{} does not exist",
+                    named.secret_name
+                ));
+            };
+            let marked = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
+                .is_some_and(|v| v == "true");
+            if !marked {
+                return problem(format!(
+                    "spec.kafkaCredentials.secretName: Secret {ns}/{} is not marked for \
+                     Weir's use: label it {}=true",
+                    named.secret_name,
+                    weir_crds::connection::CREDENTIALS_LABEL
+                ));
+            }
+            let layout = match provided_layout(&secret) {
+                Ok(l) => l,
+                Err(why) => {
+                    return problem(format!(
+                        "spec.kafkaCredentials.secretName: Secret {ns}/{}: {why}",
+                        named.secret_name
+                    ));
+                }
+            };
+            let principal_name = match (&layout, &named.principal) {
+                (_, Some(p)) => p.clone(),
+                (ProvidedLayout::Sasl { username, .. }, None) => {
+                    format!("User:{username}")
+                }
+                (ProvidedLayout::Tls { .. }, None) => {
+                    return problem(
+                        "spec.kafkaCredentials.principal: name the principal the brokers \
+                         see for this client certificate (such as User:CN=app), so that Weir \
+                         can check its ACLs"
+                            .into(),
+                    );
+                }
+            };
+            let desired = desired_acls(&principal_name, &names, &worker_prefix, topics);
+            let mut live = ctx.kafka.acls(&principal_name).await?;
+            live.extend(ctx.kafka.acls("User:*").await?.into_iter().map(|mut a| {
+                a.principal = principal_name.clone();
+                a
+            }));
+            let missing = missing(&live, &desired);
+            if !missing.is_empty() {
+                return Ok(Err(State::no(
+                    Reason::AclMissing,
+                    format!(
+                        "{principal_name} (Secret {ns}/{}) lacks ACLs the plan needs, which an \
+                         administrator must grant: {}",
+                        named.secret_name,
+                        missing.join("; ")
+                    ),
+                )));
+            }
+            let own = super::ensure_named(&secrets, credentials_secret(tf, identity, None)).await?;
+            Ok(Ok(pod_credentials(
+                tf,
+                identity,
+                Some(&own),
+                Some((&secret, &layout)),
+            )))
+        }
+    }
+}
+
+/// Makes `principal`'s ACLs on Kafka exactly `desired`.
+pub async fn apply_acls(ctx: &Context, principal: &str, desired: &BTreeSet<Acl>) -> Result<()> {
+    let live = ctx.kafka.acls(principal).await?;
+    let diff = AclDiff::between(&live, desired);
+    if !diff.is_empty() {
+        info!(
+            principal,
+            created = diff.create.len(),
+            deleted = diff.delete.len(),
+            "ACLs changed"
+        );
+        ctx.kafka.create_acls(diff.create).await?;
+        ctx.kafka.delete_acls(diff.delete).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
