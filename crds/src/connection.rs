@@ -13,6 +13,14 @@ use serde::{Deserialize, Serialize};
 /// ServiceAccount token, another application's password) and have Weir send it to a server.
 pub const CREDENTIALS_LABEL: &str = "weir.dev/kafka-credentials";
 
+/// Whether an object's labels mark it for Weir's use as Kafka credentials
+/// ([`CREDENTIALS_LABEL`]`: "true"`).
+pub fn marked_for_weir(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(CREDENTIALS_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
 /// A Kafka cluster other than the operator's default, with credentials from Secrets in
 /// the resource's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]

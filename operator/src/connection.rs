@@ -169,13 +169,7 @@ async fn read(
             namespace: namespace.to_owned(),
             name: name.to_owned(),
         })?;
-    let marked = secret
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
-        .is_some_and(|v| v == "true");
-    if !marked {
+    if !weir_crds::connection::marked_for_weir(secret.metadata.labels.as_ref()) {
         return Err(ConnectionError::NotMarked {
             namespace: namespace.to_owned(),
             name: name.to_owned(),

@@ -1,6 +1,34 @@
 //! DataStream fixtures and conditions the suites share.
 
-use weir_crds::DataStream;
+use kube::api::{Api, Patch, PatchParams};
+use weir_crds::{DataStream, Transform};
+
+/// Server-side applies one YAML document, a DataStream or a Transform, in namespace `ns`
+/// (as `kubectl apply --server-side` would, field manager `weir-tests`). Panics with the
+/// apiserver's answer if it is refused.
+pub async fn apply(client: &kube::Client, ns: &str, yaml: &str) {
+    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML");
+    let name = value["metadata"]["name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let params = PatchParams::apply("weir-tests").force();
+    match value["kind"].as_str() {
+        Some("DataStream") => {
+            Api::<DataStream>::namespaced(client.clone(), ns)
+                .patch(&name, &params, &Patch::Apply(&value))
+                .await
+                .expect("apply DataStream");
+        }
+        Some("Transform") => {
+            Api::<Transform>::namespaced(client.clone(), ns)
+                .patch(&name, &params, &Patch::Apply(&value))
+                .await
+                .expect("apply Transform");
+        }
+        other => panic!("unexpected kind {other:?}"),
+    }
+}
 
 /// A DataStream named `name` with a small valid spec; `extra` is more spec YAML, indented
 /// by two spaces.

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use rdkafka::ClientConfig;
-use weir_crds::{DataStream, Transform};
+use weir_crds::Transform;
 use weir_operator::kafka_admin::KafkaAdmin;
 use weir_operator::kafka_admin::acl::{Acl, Operation, Pattern, ResourceKind, ScramMechanism};
+use weir_tests::fixtures::apply;
 use weir_tests::records::{self, Record};
 use weir_tests::{
     Images, LocalNode, Operator, OperatorOptions, Stack, await_condition, install_crds, wait_until,
@@ -32,21 +33,6 @@ fn ready_reason(status: &'static str, reason: &'static str) -> impl Fn(Option<&T
         tf.and_then(condition)
             .is_some_and(|c| c.status == status && (reason.is_empty() || c.reason == reason))
     }
-}
-
-async fn apply<K>(api: &Api<K>, yaml: &str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML");
-    let name = value["metadata"]["name"].as_str().expect("name").to_owned();
-    api.patch(
-        &name,
-        &PatchParams::apply("weir-tests").force(),
-        &Patch::Apply(&value),
-    )
-    .await
-    .expect("apply");
 }
 
 #[tokio::test]
@@ -71,9 +57,9 @@ async fn a_transform_with_its_own_principal_runs_once_kafka_grants_what_its_plan
     let kit = KafkaAdmin::new(config).expect("admin");
 
     with_temp_ns(client, move |client, ns| async move {
-        let streams = Api::<DataStream>::namespaced(client.clone(), &ns);
         apply(
-            &streams,
+            &client,
+            &ns,
             &format!(
                 r#"
 apiVersion: weir.dev/v1alpha1
@@ -105,7 +91,7 @@ spec:
         let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
 
         // No credentials named: nothing runs, and the Transform says what to do.
-        apply(&transforms, &transform("")).await;
+        apply(&client, &ns, &transform("")).await;
         let tf = await_condition(
             transforms.clone(),
             "copy",
@@ -149,7 +135,8 @@ spec:
             .await
             .expect("secret");
         apply(
-            &transforms,
+            &client,
+            &ns,
             &transform(&format!("  kafkaCredentials: {{ secretName: {user} }}\n")),
         )
         .await;

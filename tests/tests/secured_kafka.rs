@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 use weir_crds::{DataStream, Transform};
 use weir_operator::kafka_admin::KafkaAdmin;
 use weir_operator::kafka_admin::acl::{Acl, Operation, ResourceKind};
+use weir_tests::fixtures::apply;
 use weir_tests::kafka::SASL_USERNAME;
 use weir_tests::records::{self, Record};
 use weir_tests::{
@@ -70,30 +71,6 @@ fn kit_admin(stack: &Stack) -> KafkaAdmin {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", stack.bootstrap_servers());
     KafkaAdmin::new(config).expect("admin")
-}
-
-async fn apply(client: &kube::Client, ns: &str, yaml: &str) {
-    let value: serde_json::Value = serde_yaml::from_str(yaml).expect("valid YAML");
-    let name = value["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned();
-    let params = PatchParams::apply("weir-tests").force();
-    match value["kind"].as_str() {
-        Some("DataStream") => {
-            Api::<DataStream>::namespaced(client.clone(), ns)
-                .patch(&name, &params, &Patch::Apply(&value))
-                .await
-                .expect("apply DataStream");
-        }
-        Some("Transform") => {
-            Api::<Transform>::namespaced(client.clone(), ns)
-                .patch(&name, &params, &Patch::Apply(&value))
-                .await
-                .expect("apply Transform");
-        }
-        other => panic!("unexpected kind {other:?}"),
-    }
 }
 
 fn stream(ns: &str, name: &str, extra: &str) -> String {

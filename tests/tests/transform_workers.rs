@@ -55,28 +55,7 @@ async fn setup() -> (kube::Client, &'static Env, String) {
 
 /// Server-side applies a YAML document, with `NS` replaced by `ns`.
 async fn apply(client: &kube::Client, ns: &str, yaml: &str) {
-    let yaml = yaml.replace("NS", ns);
-    let value: serde_json::Value = serde_yaml::from_str(&yaml).expect("valid YAML");
-    let name = value["metadata"]["name"]
-        .as_str()
-        .expect("a name")
-        .to_owned();
-    let params = PatchParams::apply("weir-tests").force();
-    match value["kind"].as_str() {
-        Some("DataStream") => {
-            Api::<DataStream>::namespaced(client.clone(), ns)
-                .patch(&name, &params, &Patch::Apply(&value))
-                .await
-                .expect("apply DataStream");
-        }
-        Some("Transform") => {
-            Api::<Transform>::namespaced(client.clone(), ns)
-                .patch(&name, &params, &Patch::Apply(&value))
-                .await
-                .expect("apply Transform");
-        }
-        other => panic!("unexpected kind {other:?}"),
-    }
+    fixtures::apply(client, ns, &yaml.replace("NS", ns)).await;
 }
 
 fn condition<'a>(

@@ -496,13 +496,7 @@ pub async fn ensure(
                     named.secret_name
                 ));
             };
-            let marked = secret
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(weir_crds::connection::CREDENTIALS_LABEL))
-                .is_some_and(|v| v == "true");
-            if !marked {
+            if !weir_crds::connection::marked_for_weir(secret.metadata.labels.as_ref()) {
                 return problem(format!(
                     "spec.kafkaCredentials.secretName: Secret {ns}/{} is not marked for \
                      Weir's use: label it {}=true",

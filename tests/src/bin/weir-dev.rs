@@ -124,6 +124,9 @@ async fn up() -> anyhow::Result<()> {
          -X sasl.username={user} -X sasl.password={password} -X ssl.ca.location={ca} -L)\n  \
          Each Transform's workers authenticate as User:weir.<namespace>.<name> (password in \
          Secret <name>-worker-kafka) with only the ACLs their plan needs.\n  \
+         The same listener takes PLAIN and SCRAM-SHA-256 with that user, and OAUTHBEARER \
+         (sasl.oauthbearer.method=oidc, client id {user}, secret {password}, token endpoint \
+         {token}); mutual TLS on {ssl} with a certificate from the CA in {pki}.\n  \
          The test kit's own plaintext door (a super user, for local tools): {bootstrap}\n\n\
          Logs and data: {dir} (worker pods log to node/)\n\nPress Ctrl-C to stop.",
         kubeconfig = stack.control_plane.kubeconfig_path().display(),
@@ -133,6 +136,9 @@ async fn up() -> anyhow::Result<()> {
         user = weir_tests::kafka::SASL_USERNAME,
         password = weir_tests::kafka::SASL_PASSWORD,
         ca = stack.kafka.pki().ca_path().display(),
+        token = stack.kafka.token_issuer().token_endpoint(),
+        ssl = stack.kafka.ssl_bootstrap_servers(),
+        pki = stack.kafka.pki().ca_path().parent().unwrap_or(stack.dir()).display(),
         dir = stack.dir().display(),
     );
     shutdown_signal().await;
