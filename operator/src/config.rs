@@ -109,6 +109,12 @@ pub struct Config {
     #[arg(long, env = "WEIR_TRANSFORM_PRINCIPALS", value_enum)]
     pub transform_principals: Option<crate::transform::principal::PrincipalMode>,
 
+    /// How old a managed Transform password may get before the operator replaces it (set on
+    /// Kafka first, then in the Transform's Secret; the workers roll onto it). Unset (the
+    /// default): passwords change only when a person changes or deletes the Secret.
+    #[arg(long, env = "WEIR_TRANSFORM_CREDENTIAL_ROTATION", value_parser = humantime::parse_duration)]
+    pub transform_credential_rotation: Option<Duration>,
+
     /// The SCRAM mechanism of managed Transform credentials.
     #[arg(
         long,
@@ -177,6 +183,7 @@ impl Config {
             mechanism: self.transform_scram_mechanism,
             tls: auth.security_protocol.tls(),
             ca_pem,
+            rotate_after: self.transform_credential_rotation,
         })
     }
 }

@@ -51,6 +51,9 @@ pub struct WorkerIdentity {
     pub tls: bool,
     /// The CA the brokers' certificates chain to (the operator's own), given to workers.
     pub ca_pem: Option<String>,
+    /// How old a managed password may get before the operator replaces it (`None`: only
+    /// when a person changes or deletes the Secret).
+    pub rotate_after: Option<std::time::Duration>,
 }
 
 impl Default for WorkerIdentity {
@@ -60,6 +63,7 @@ impl Default for WorkerIdentity {
             mechanism: SaslMechanism::ScramSha512,
             tls: false,
             ca_pem: None,
+            rotate_after: None,
         }
     }
 }
@@ -72,6 +76,9 @@ pub const PROVIDED_DIR: &str = "/etc/weir-kafka-user";
 /// The annotation on the operator's Secret of a Transform holding a hash of the credential
 /// last set on Kafka: a password in the Secret that Kafka may not have yet is set again.
 pub const APPLIED_CREDENTIAL: &str = "weir.dev/applied-credential";
+/// The annotation on the operator's Secret of a Transform saying when its password was set
+/// (RFC 3339), for rotation by age.
+pub const CREDENTIAL_SET_AT: &str = "weir.dev/credential-set-at";
 /// The pod template annotation holding a hash of the credentials: a rotated credential
 /// rolls the workers.
 pub const CREDENTIALS_HASH: &str = "weir.dev/credentials";
@@ -179,6 +186,23 @@ pub fn missing(live: &BTreeSet<Acl>, desired: &BTreeSet<Acl>) -> Vec<String> {
         .filter(|want| !live.iter().any(|have| have.covers(want)))
         .map(ToString::to_string)
         .collect()
+}
+
+/// Whether a password set at `set_at` (RFC 3339, from [`CREDENTIAL_SET_AT`]) is due for
+/// rotation at `now` when passwords live at most `rotate_after`. Unknown ages are not due:
+/// they are recorded from now on.
+pub fn rotation_due(
+    set_at: Option<&str>,
+    now: std::time::SystemTime,
+    rotate_after: Option<std::time::Duration>,
+) -> bool {
+    let (Some(max), Some(at)) = (
+        rotate_after,
+        set_at.and_then(|t| humantime::parse_rfc3339(t).ok()),
+    ) else {
+        return false;
+    };
+    now.duration_since(at).is_ok_and(|age| age >= max)
 }
 
 /// A new random password: 32 characters from 190 bits of the system's randomness.
@@ -450,32 +474,44 @@ pub async fn ensure(
                 Error::Internal("managed credentials need a SCRAM mechanism".into())
             })?;
             let live = secrets.get_opt(&secret_name(tf)).await?;
+            let annotation = |key: &str| {
+                live.as_ref()
+                    .and_then(|s| s.metadata.annotations.as_ref()?.get(key))
+                    .cloned()
+            };
+            let now = std::time::SystemTime::now();
+            let set_at = annotation(CREDENTIAL_SET_AT);
+            let rotate = rotation_due(set_at.as_deref(), now, identity.rotate_after);
             let password = live
                 .as_ref()
                 .and_then(|s| s.data.as_ref()?.get("password"))
                 .map(|p| String::from_utf8_lossy(&p.0).into_owned())
-                .filter(|p| !p.is_empty())
+                .filter(|p| !p.is_empty() && !rotate)
                 .unwrap_or_else(new_password);
             // The credential is set on Kafka first, then recorded: a Secret's password
             // that Kafka may not have yet (new, or changed by a person to rotate it) is set
             // again; its hash in an annotation says which password Kafka has.
             let applied = super::build::hash_of(&(&user, &password, identity.mechanism.as_kafka()));
-            let recorded = live
-                .as_ref()
-                .and_then(|s| s.metadata.annotations.as_ref()?.get(APPLIED_CREDENTIAL))
-                .cloned();
-            if recorded.as_deref() != Some(applied.as_str())
-                || !ctx.kafka.has_scram(&user, mechanism).await?
-            {
+            let fresh = annotation(APPLIED_CREDENTIAL).as_deref() != Some(applied.as_str());
+            if fresh || !ctx.kafka.has_scram(&user, mechanism).await? {
                 ctx.kafka.set_scram(&user, mechanism, &password).await?;
-                info!(user, "set the Transform's SCRAM credential");
+                info!(
+                    user,
+                    rotated = rotate,
+                    "set the Transform's SCRAM credential"
+                );
             }
+            let set_at = match set_at {
+                Some(at) if !fresh => at,
+                _ => humantime::format_rfc3339_seconds(now).to_string(),
+            };
             let mut secret = credentials_secret(tf, identity, Some(&password));
-            secret
+            let annotations = secret
                 .metadata
                 .annotations
-                .get_or_insert_with(Default::default)
-                .insert(APPLIED_CREDENTIAL.into(), applied);
+                .get_or_insert_with(Default::default);
+            annotations.insert(APPLIED_CREDENTIAL.into(), applied);
+            annotations.insert(CREDENTIAL_SET_AT.into(), set_at);
             let secret = super::ensure(&secrets, secret, live).await?;
             let desired = desired_acls(&principal_name, &names, &worker_prefix, topics);
             apply_acls(ctx, &principal_name, &desired).await?;
@@ -692,6 +728,25 @@ mod tests {
             })
         );
         assert!(provided_layout(&secret(&[("token", "x")])).is_err());
+    }
+
+    #[test]
+    fn a_password_is_rotated_once_it_is_older_than_the_limit() {
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        let at =
+            |ago: std::time::Duration| humantime::format_rfc3339_seconds(now - ago).to_string();
+        assert!(rotation_due(Some(&at(day * 31)), now, Some(day * 30)));
+        assert!(!rotation_due(Some(&at(day * 29)), now, Some(day * 30)));
+        assert!(
+            !rotation_due(Some(&at(day * 365)), now, None),
+            "no limit, no rotation"
+        );
+        assert!(
+            !rotation_due(None, now, Some(day)),
+            "an unknown age is recorded, not rotated"
+        );
+        assert!(!rotation_due(Some("yesterday"), now, Some(day)));
     }
 
     #[test]

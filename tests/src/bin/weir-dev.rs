@@ -138,7 +138,13 @@ async fn up() -> anyhow::Result<()> {
         ca = stack.kafka.pki().ca_path().display(),
         token = stack.kafka.token_issuer().token_endpoint(),
         ssl = stack.kafka.ssl_bootstrap_servers(),
-        pki = stack.kafka.pki().ca_path().parent().unwrap_or(stack.dir()).display(),
+        pki = stack
+            .kafka
+            .pki()
+            .ca_path()
+            .parent()
+            .unwrap_or(stack.dir())
+            .display(),
         dir = stack.dir().display(),
     );
     shutdown_signal().await;
