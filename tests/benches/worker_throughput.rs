@@ -18,7 +18,9 @@
 //! rates instead; `WEIR_BENCH_WORKER_LOG` is the workers' `RUST_LOG`
 //! (`weir_worker=debug` logs each commit's phases); `WEIR_BENCH_WORKER_ENV`
 //! (`NAME=value,…`) sets worker flags; `WEIR_BENCH_RAW_RUNS` (default 3) is how many
-//! times the raw loop runs at the start.
+//! times the raw loop runs at the start; `WEIR_BENCH_SECURE=0` skips the SASL_SSL runs
+//! (passthrough and the window query, exactly once, each right after its plaintext run,
+//! as a principal of its own with a Transform's ACLs).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -179,6 +181,12 @@ async fn main() -> anyhow::Result<()> {
     let mut restore = None;
     // `WEIR_BENCH_QUERIES=passthrough,filter` runs only those queries (when profiling).
     let only = std::env::var("WEIR_BENCH_QUERIES").ok();
+    // Also run on SASL_SSL, beside their plaintext run (`WEIR_BENCH_SECURE=0` skips it).
+    let secure_queries: &[&str] = if std::env::var("WEIR_BENCH_SECURE").is_ok_and(|v| v == "0") {
+        &[]
+    } else {
+        &["passthrough", "tumbling window"]
+    };
     for (qi, (name, sql)) in QUERIES.iter().enumerate() {
         if only
             .as_ref()
@@ -216,6 +224,31 @@ async fn main() -> anyhow::Result<()> {
                 peak as f64 / 1024.0
             ));
             println!("{}", rows.last().unwrap());
+            // The same worker on SASL_SSL (SCRAM-SHA-512) as a principal of its own with
+            // the ACLs a Transform gets, on the same broker, right after: TLS, SASL and
+            // the authorizer against plaintext.
+            if delivery == "exactlyOnce" && secure_queries.contains(name) {
+                let ns = format!("q{qi}s");
+                let env = secure_env(&kafka, dir.path(), &ns).await?;
+                let (_, mut w) =
+                    start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery, &env).await?;
+                let started = Instant::now();
+                let cpu0 = cpu_seconds(&w);
+                wait_committed(&bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
+                let secs = started.elapsed().as_secs_f64();
+                let cpu = cpu_seconds(&w) - cpu0;
+                let peak = rss_kib(&w, "VmHWM");
+                w.stop();
+                let secure = n as f64 / secs;
+                rows.push(format!(
+                    "| {name} | exactlyOnce over SASL_SSL | {secure:.0} | {:.0} | {:.2}× | {rate:.0} (plaintext, just before) | {:.2}× | {:.1} MiB |",
+                    n as f64 / cpu.max(1e-3),
+                    secure / raw_rate,
+                    secure / rate,
+                    peak as f64 / 1024.0
+                ));
+                println!("{}", rows.last().unwrap());
+            }
             if qi == QUERIES.len() - 1 {
                 // Restore: a new worker reads this task's state back.
                 let bytes = dir_bytes(&kafka_log_dir(dir.path(), &format!("{ns}.t.changelog-0")));
@@ -430,6 +463,53 @@ async fn start(
     let mut w = Worker::start(dir.path(), bootstrap, &files, ns, &env)?;
     w.wait_ready(Duration::from_secs(120)).await?;
     Ok((files, w))
+}
+
+/// Worker settings for the broker's SASL_SSL listener as a principal of its own
+/// (`weir.<ns>.t`, SCRAM-SHA-512), holding the ACLs the operator gives a Transform that reads
+/// the bench's inputs: what a secured Transform's worker pays for TLS, SASL and the
+/// authorizer.
+async fn secure_env(
+    kafka: &Kafka,
+    dir: &Path,
+    ns: &str,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    use weir_operator::kafka_admin::acl::ScramMechanism;
+    use weir_operator::transform::principal::{PlanTopics, desired_acls, managed_principal};
+    let mut config = rdkafka::ClientConfig::new();
+    config.set("bootstrap.servers", kafka.bootstrap_servers());
+    let admin = weir_operator::kafka_admin::KafkaAdmin::new(config)?;
+    let names = weir_crds::names::TransformNames::new(ns, "t", 0);
+    let user = names.principal_user();
+    let password = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    admin
+        .set_scram(&user, ScramMechanism::Sha512, &password)
+        .await?;
+    let topics = PlanTopics {
+        inputs: vec!["bench.bids".into(), "bench.auctions".into()],
+        output: format!("{ns}.out"),
+        internal: [names.dead_letters(), names.changelog(), names.repartition()].into(),
+    };
+    // The bench names each worker after its namespace: its transactional id is
+    // `weir.<ns>.t.<ns>`.
+    let acls = desired_acls(&managed_principal(&names), &names, ns, &topics);
+    admin.create_acls(acls.into_iter().collect()).await?;
+    let file = dir.join(format!("{ns}.password"));
+    std::fs::write(&file, &password)?;
+    Ok(vec![
+        (
+            "WEIR_KAFKA_BOOTSTRAP_SERVERS",
+            kafka.sasl_ssl_bootstrap_servers(),
+        ),
+        ("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+        ("WEIR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+        ("WEIR_KAFKA_SASL_USERNAME", user),
+        ("WEIR_KAFKA_SASL_PASSWORD_FILE", file.display().to_string()),
+        (
+            "WEIR_KAFKA_TLS_CA_FILE",
+            kafka.pki().ca_path().display().to_string(),
+        ),
+    ])
 }
 
 /// [`raw_loop`] off the async runtime.
