@@ -205,13 +205,7 @@ async fn main() -> anyhow::Result<()> {
             let ns = format!("q{qi}{}", &delivery[..1]);
             let (files, mut w) =
                 start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery, &[]).await?;
-            let started = Instant::now();
-            let cpu0 = cpu_seconds(&w);
-            wait_committed(&bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
-            let secs = started.elapsed().as_secs_f64();
-            let cpu = cpu_seconds(&w) - cpu0;
-            let peak = rss_kib(&w, "VmHWM");
-            w.stop();
+            let (secs, cpu, peak) = run_to_end(&mut w, &bootstrap, &ns, n).await?;
             let rate = n as f64 / secs;
             if *name == "passthrough" && delivery == "exactlyOnce" {
                 eos_passthrough = rate;
@@ -232,13 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 let env = secure_env(&kafka, dir.path(), &ns).await?;
                 let (_, mut w) =
                     start(&dir, &bootstrap, &ns, "bench.bids", sql, delivery, &env).await?;
-                let started = Instant::now();
-                let cpu0 = cpu_seconds(&w);
-                wait_committed(&bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
-                let secs = started.elapsed().as_secs_f64();
-                let cpu = cpu_seconds(&w) - cpu0;
-                let peak = rss_kib(&w, "VmHWM");
-                w.stop();
+                let (secs, cpu, peak) = run_to_end(&mut w, &bootstrap, &ns, n).await?;
                 let secure = n as f64 / secs;
                 rows.push(format!(
                     "| {name} | exactlyOnce over SASL_SSL | {secure:.0} | {:.0} | {:.2}× | {rate:.0} (plaintext, just before) | {:.2}× | {:.1} MiB |",
@@ -463,6 +451,24 @@ async fn start(
     let mut w = Worker::start(dir.path(), bootstrap, &files, ns, &env)?;
     w.wait_ready(Duration::from_secs(120)).await?;
     Ok((files, w))
+}
+
+/// Times a started worker until its group has committed all `n` input records, then stops
+/// it: seconds, CPU seconds and peak RSS (KiB).
+async fn run_to_end(
+    w: &mut Worker,
+    bootstrap: &str,
+    ns: &str,
+    n: usize,
+) -> anyhow::Result<(f64, f64, u64)> {
+    let started = Instant::now();
+    let cpu0 = cpu_seconds(w);
+    wait_committed(bootstrap, &format!("weir.{ns}.t"), "bench.bids", n as i64).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(w) - cpu0;
+    let peak = rss_kib(w, "VmHWM");
+    w.stop();
+    Ok((secs, cpu, peak))
 }
 
 /// Worker settings for the broker's SASL_SSL listener as a principal of its own
