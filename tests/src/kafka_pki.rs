@@ -134,10 +134,30 @@ impl KafkaPki {
         self.sign(params)
     }
 
+    /// Like [`KafkaPki::client_cert`], but valid only in January 2020: expired.
+    pub fn expired_client_cert(&self, cn: &str) -> Result<CertifiedKey> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 2, 1);
+        self.sign(params)
+    }
+
     /// Like [`KafkaPki::client_cert`], written to `<dir>/<cn>.crt` and `<dir>/<cn>.key`;
     /// returns both paths.
     pub fn client_cert_files(&self, cn: &str, dir: &Path) -> Result<(PathBuf, PathBuf)> {
         let c = self.client_cert(cn)?;
+        Self::write_pair(c, cn, dir)
+    }
+
+    /// [`KafkaPki::expired_client_cert`] written as [`KafkaPki::client_cert_files`] does.
+    pub fn expired_client_cert_files(&self, cn: &str, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        let c = self.expired_client_cert(cn)?;
+        Self::write_pair(c, &format!("{cn}-expired"), dir)
+    }
+
+    fn write_pair(c: CertifiedKey, cn: &str, dir: &Path) -> Result<(PathBuf, PathBuf)> {
         let (cert, key) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
         for (path, text) in [(&cert, &c.cert_pem), (&key, &c.key_pem)] {
             std::fs::write(path, text)

@@ -230,20 +230,26 @@ async fn every_mechanism_connects_and_bad_credentials_are_refused() {
         .pki()
         .client_cert_files(SASL_USERNAME, dir.path())
         .expect("client cert");
-    let mtls = [
-        ("bootstrap.servers", kafka.ssl_bootstrap_servers()),
-        ("security.protocol", "SSL".to_owned()),
-        (
-            "ssl.ca.location",
-            kafka.pki().ca_path().display().to_string(),
-        ),
-        ("ssl.certificate.location", cert.display().to_string()),
-        ("ssl.key.location", key.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    let mut good = vec![("mTLS".to_owned(), mtls)];
+    let mtls = |cert: &std::path::Path, key: &std::path::Path| {
+        [
+            ("bootstrap.servers", kafka.ssl_bootstrap_servers()),
+            ("security.protocol", "SSL".to_owned()),
+            (
+                "ssl.ca.location",
+                kafka.pki().ca_path().display().to_string(),
+            ),
+            ("ssl.certificate.location", cert.display().to_string()),
+            ("ssl.key.location", key.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect::<std::collections::BTreeMap<String, String>>()
+    };
+    let (expired_cert, expired_key) = kafka
+        .pki()
+        .expired_client_cert_files(SASL_USERNAME, dir.path())
+        .expect("expired client cert");
+    let mut good = vec![("mTLS".to_owned(), mtls(&cert, &key))];
     for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
         good.push((
             mechanism.to_owned(),
@@ -307,6 +313,12 @@ async fn every_mechanism_connects_and_bad_credentials_are_refused() {
                 &[("bootstrap.servers", kafka.wrong_name_bootstrap_servers())],
             ),
             "certificate verify failed",
+        ),
+        (
+            "an expired client certificate",
+            mtls(&expired_cert, &expired_key),
+            // The broker's TLS stack answers an expired client certificate with alert 46.
+            "alert certificate unknown",
         ),
         (
             "a token endpoint that refuses",
@@ -466,6 +478,63 @@ async fn a_transform_runs_with_its_own_principal_and_exactly_the_acls_its_plan_n
             .unwrap();
             assert!(committed.is_err(), "another Transform's group was usable");
 
+            // A weir-worker started by hand with the Transform's credentials, its output
+            // document pointed at the other team's topic: Kafka refuses the writes.
+            let hand = tempfile::tempdir().expect("tmp");
+            let password_file = hand.path().join("password");
+            std::fs::write(&password_file, creds.get("sasl.password").unwrap()).unwrap();
+            let mut files = Vec::new();
+            for (name, text) in [
+                ("input.yaml", stream(&a, "src", "")),
+                (
+                    "output.yaml",
+                    stream(&a, "copied", &format!("  topic: {b}.orders\n")),
+                ),
+                ("transform.yaml", copy(&a, "copy", "src", "copied")),
+            ] {
+                let path = hand.path().join(name);
+                std::fs::write(&path, text).unwrap();
+                files.push(path);
+            }
+            records::produce(
+                &stack.bootstrap_servers(),
+                &format!("{a}.src"),
+                &orders(100, 105),
+            )
+            .await
+            .expect("produce");
+            let mut worker = weir_tests::worker::Worker::start(
+                hand.path(),
+                &stack.kafka.sasl_ssl_bootstrap_servers(),
+                &files,
+                "copy-worker-by-hand",
+                &[
+                    ("WEIR_KAFKA_SECURITY_PROTOCOL", "SASL_SSL".into()),
+                    ("WEIR_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512".into()),
+                    ("WEIR_KAFKA_SASL_USERNAME", format!("weir.{a}.copy")),
+                    (
+                        "WEIR_KAFKA_SASL_PASSWORD_FILE",
+                        password_file.display().to_string(),
+                    ),
+                    (
+                        "WEIR_KAFKA_TLS_CA_FILE",
+                        stack.kafka.pki().ca_path().display().to_string(),
+                    ),
+                ],
+            )
+            .expect("worker");
+            let exited = worker.wait_exit(Duration::from_secs(30)).await;
+            let log = worker.log_tail(40);
+            worker.stop();
+            assert!(
+                order_ids(stack, &format!("{b}.orders")).await.is_empty(),
+                "a worker by hand wrote into {b}.orders (exit {exited:?}):\n{log}"
+            );
+            assert!(
+                log.to_ascii_lowercase().contains("authoriz"),
+                "the worker says Kafka refused it (exit {exited:?}):\n{log}"
+            );
+
             // Deleting the Transform deletes its principal's ACLs (and its credential).
             transforms
                 .delete("copy", &Default::default())
@@ -505,12 +574,16 @@ async fn a_stream_naming_another_teams_topic_never_carries_a_row_there() {
             .await;
             apply(&client, &a, &copy(&a, "forge", "src", "alias")).await;
             let transforms = Api::<Transform>::namespaced(client.clone(), &a);
-            let tf = await_condition(transforms, "forge", reason("OutputConflict"), WAIT).await;
-            let message = &condition(&tf, "Ready").unwrap().message;
-            assert!(
-                message.contains(&format!("DataStream {a}/alias is not Ready")),
-                "{message}"
-            );
+            // Until the alias has a status of its own the Transform says it waits for it;
+            // once the alias is refused, the Transform names that.
+            let not_ready = format!("DataStream {a}/alias is not Ready");
+            let refused = move |tf: Option<&Transform>| {
+                reason("OutputConflict")(tf)
+                    && tf
+                        .and_then(|t| condition(t, "Ready"))
+                        .is_some_and(|c| c.message.contains(&not_ready))
+            };
+            await_condition(transforms, "forge", refused, WAIT).await;
             records::produce(
                 &stack.bootstrap_servers(),
                 &format!("{a}.src"),
@@ -772,6 +845,154 @@ async fn a_named_connection_the_broker_refuses_says_why_without_the_secret() {
         let message = weir_tests::fixtures::ready_condition(&ds).expect("Ready").2;
         assert!(message.contains("Authentication failed"), "{message}");
         assert!(!message.contains("not-the-password"), "{message}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_transform_on_a_named_connection_runs_as_its_principal_and_never_mixes_clusters() {
+    use weir_operator::kafka_admin::acl::{Pattern, ScramMechanism};
+    let (client, _env, stack) = setup().await;
+    with_temp_ns(client, move |client, ns| async move {
+        // The team's own user on the cluster, with what an administrator grants a team:
+        // everything under its prefixes. Weir's operator never uses it.
+        let kit = kit_admin(stack);
+        let user = format!("{ns}-app");
+        let password = "team-connection-password-0123456789";
+        kit.set_scram(&user, ScramMechanism::Sha512, password)
+            .await
+            .expect("scram user");
+        let grant = |kind, name: String| Acl {
+            principal: format!("User:{user}"),
+            kind,
+            name,
+            pattern: Pattern::Prefixed,
+            operation: Operation::All,
+        };
+        kit.create_acls(vec![
+            grant(ResourceKind::Topic, format!("{ns}.")),
+            grant(ResourceKind::Group, format!("weir.{ns}.")),
+            grant(ResourceKind::TransactionalId, format!("weir.{ns}.")),
+        ])
+        .await
+        .expect("acls");
+        let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+        for (name, data) in [
+            (
+                "team-app",
+                vec![("username", user.as_str()), ("password", password)],
+            ),
+            ("kafka-ca", vec![("ca.crt", stack.kafka.pki().ca_pem())]),
+        ] {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.to_owned());
+            s.metadata.labels =
+                Some([("weir.dev/kafka-credentials".to_owned(), "true".to_owned())].into());
+            s.string_data = Some(
+                data.into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            );
+            secrets
+                .create(&Default::default(), &s)
+                .await
+                .expect("secret");
+        }
+        let conn = format!(
+            "  kafka:\n    name: team\n    bootstrapServers: \"{}\"\n    \
+             sasl: {{ mechanism: SCRAM-SHA-512, secretName: team-app }}\n    \
+             tls: {{ caSecretName: kafka-ca }}\n",
+            stack.kafka.sasl_ssl_bootstrap_servers()
+        );
+        apply(&client, &ns, &stream(&ns, "src", &conn)).await;
+        apply(&client, &ns, &stream(&ns, "local", "")).await;
+        let streams = Api::<DataStream>::namespaced(client.clone(), &ns);
+        for name in ["src", "local"] {
+            await_condition(
+                streams.clone(),
+                name,
+                weir_tests::fixtures::is_ready(),
+                WAIT,
+            )
+            .await;
+        }
+
+        // On the connection: its output is made there and every row comes out once.
+        apply(
+            &client,
+            &ns,
+            &format!("{}{conn}", copy(&ns, "copy", "src", "out")),
+        )
+        .await;
+        let transforms = Api::<Transform>::namespaced(client.clone(), &ns);
+        await_condition(transforms.clone(), "copy", ready, WAIT).await;
+        let out = streams.get("out").await.expect("output DataStream");
+        assert_eq!(
+            out.spec.kafka.as_ref().map(|k| k.name.as_str()),
+            Some("team")
+        );
+        records::produce(
+            &stack.bootstrap_servers(),
+            &format!("{ns}.src"),
+            &orders(0, 20),
+        )
+        .await
+        .expect("produce");
+        wait_for_orders(stack, &format!("{ns}.out"), 20).await;
+
+        // The workers ran as the connection's user: its servers, its Secret as files, no
+        // secret in their environment, and no principal or ACL of Weir's making.
+        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
+            .list(&ListParams::default().labels("weir.dev/transform=copy"))
+            .await
+            .expect("pods");
+        let pod = pods.items.first().expect("a worker pod");
+        let container = &pod.spec.as_ref().expect("spec").containers[0];
+        let env: Vec<(String, String)> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert!(
+            env.contains(&(
+                "WEIR_KAFKA_BOOTSTRAP_SERVERS".into(),
+                stack.kafka.sasl_ssl_bootstrap_servers()
+            )),
+            "{env:?}"
+        );
+        assert!(env.iter().all(|(_, v)| !v.contains(password)), "{env:?}");
+        assert!(
+            kit.acls(&format!("User:weir.{ns}.copy"))
+                .await
+                .expect("acls")
+                .is_empty()
+        );
+
+        // One Transform never mixes clusters, either way round.
+        apply(&client, &ns, &copy(&ns, "plain", "src", "out2")).await;
+        let tf = await_condition(transforms.clone(), "plain", reason("InvalidSpec"), WAIT).await;
+        let message = &condition(&tf, "Ready").unwrap().message;
+        assert!(
+            message.contains(&format!(
+                "DataStream {ns}/src lives on named Kafka connection \"team\""
+            )),
+            "{message}"
+        );
+        apply(
+            &client,
+            &ns,
+            &format!("{}{conn}", copy(&ns, "mixed", "local", "out3")),
+        )
+        .await;
+        let tf = await_condition(transforms, "mixed", reason("InvalidSpec"), WAIT).await;
+        let message = &condition(&tf, "Ready").unwrap().message;
+        assert!(
+            message.contains(&format!(
+                "DataStream {ns}/local lives on the operator's Kafka cluster"
+            )),
+            "{message}"
+        );
     })
     .await;
 }

@@ -45,6 +45,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use weir_crds::transform::{DeliveryGuarantee, OnFailure};
@@ -707,11 +708,21 @@ fn check_topics_once(
         let md = probe
             .fetch_metadata(Some(topic), Duration::from_secs(30))
             .with_context(|| format!("reading the metadata of topic {topic}"))?;
-        Ok(md
-            .topics()
-            .first()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| t.partitions().len()))
+        let Some(t) = md.topics().first() else {
+            return Ok(None);
+        };
+        match t.error() {
+            // Kafka hides a topic the principal may not describe; waiting would not help.
+            Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) => bail!(
+                "Transform {}: Kafka does not authorize this worker's principal to use topic \
+                 {topic} (TOPIC_AUTHORIZATION_FAILED): a Transform reads and writes only the \
+                 topics its ACLs grant",
+                job.id
+            ),
+            Some(_) => Ok(None),
+            None if t.partitions().is_empty() => Ok(None),
+            None => Ok(Some(t.partitions().len())),
+        }
     };
     let mut missing = Vec::new();
     let mut counts = Vec::new();
