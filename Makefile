@@ -65,6 +65,7 @@ bench: tools ## Run the benchmarks (record results, command and baseline in BENC
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p weir-tests --bench data_streams_ready
 	$(CARGO) bench -p weir-tests --bench transforms_ready
+	$(CARGO) bench -p weir-tests --bench principals_ready
 	$(CARGO) bench -p weir-tests --bench worker_throughput
 	$(CARGO) bench -p weir-engine --bench nexmark
 

@@ -130,6 +130,17 @@ pub struct TransformSpec {
     /// SCRAM cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_credentials: Option<TransformCredentials>,
+
+    /// The named Kafka connection the Transform runs on, as a DataStream's `spec.kafka`
+    /// (its Secrets in the Transform's namespace). Every input must live on that cluster
+    /// (DataStreams with a `spec.kafka` of their own reaching the same cluster); the
+    /// output DataStream is created there; the workers connect with this connection's
+    /// credentials, mounted as files, and run as its principal (Weir manages no principal
+    /// or ACLs on a named connection, and `kafkaCredentials` does not apply). Without it the
+    /// Transform runs on the operator's cluster, and an input on a named connection is
+    /// refused: one Transform never mixes clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<crate::connection::KafkaConnection>,
 }
 
 /// A Transform's own Kafka credentials, from a Secret of its namespace.

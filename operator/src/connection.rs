@@ -157,7 +157,8 @@ pub fn fingerprint(settings: &BTreeMap<String, String>) -> u64 {
     h.finish()
 }
 
-async fn read(
+/// Reads a Secret a connection names, refusing one not marked for Weir's use.
+pub async fn read(
     secrets: &Api<Secret>,
     namespace: &str,
     name: &str,

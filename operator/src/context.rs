@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use tracing::warn;
+use weir_crds::connection::KafkaConnection;
 use weir_crds::{DataStream, Transform};
 
 use crate::backoff::Backoff;
@@ -157,12 +159,24 @@ impl Context {
 
     /// The Kafka cluster a DataStream lives on: its named connection, or the default.
     pub async fn kafka_for(&self, ds: &DataStream) -> Result<KafkaAdmin, ConnectionProblem> {
-        let user = ds.metadata.uid.clone().unwrap_or_default();
-        let Some(conn) = &ds.spec.kafka else {
+        self.kafka_for_connection(&ds.metadata, ds.spec.kafka.as_ref())
+            .await
+    }
+
+    /// The Kafka cluster of `conn` (a named connection of the object with `meta`, its
+    /// Secrets in that object's namespace), or the default one; the object is recorded as
+    /// the connection's user, so that the client stays open while someone uses it.
+    pub async fn kafka_for_connection(
+        &self,
+        meta: &ObjectMeta,
+        conn: Option<&KafkaConnection>,
+    ) -> Result<KafkaAdmin, ConnectionProblem> {
+        let user = meta.uid.clone().unwrap_or_default();
+        let Some(conn) = conn else {
             self.with_connections(|c| c.use_connection(&user, None));
             return Ok(self.kafka.clone());
         };
-        let namespace = ds.metadata.namespace.clone().unwrap_or_default();
+        let namespace = meta.namespace.clone().unwrap_or_default();
         let settings = crate::connection::settings(&self.client, &namespace, conn)
             .await
             .map_err(|e| ConnectionProblem(e.to_string()))?;
@@ -182,16 +196,16 @@ impl Context {
         Ok(topics)
     }
 
-    /// The admin client this DataStream used last, while it is still open (for deleting its
-    /// topic after its Secret is gone).
-    pub fn cached_connection(&self, ds: &DataStream) -> Option<KafkaAdmin> {
-        let user = ds.metadata.uid.as_deref().unwrap_or_default();
+    /// The admin client the object with `meta` used last, while it is still open (for
+    /// deleting its topics after its Secret is gone).
+    pub fn cached_connection(&self, meta: &ObjectMeta) -> Option<KafkaAdmin> {
+        let user = meta.uid.as_deref().unwrap_or_default();
         self.with_connections(|c| c.clients.get(c.users.get(user)?).cloned())
     }
 
-    /// Forgets a deleted DataStream's connection, closing it if no other DataStream uses it.
-    pub fn forget_connection(&self, ds: &DataStream) {
-        let user = ds.metadata.uid.clone().unwrap_or_default();
+    /// Forgets a deleted object's connection, closing it if no one else uses it.
+    pub fn forget_connection(&self, meta: &ObjectMeta) {
+        let user = meta.uid.clone().unwrap_or_default();
         self.with_connections(|c| c.use_connection(&user, None));
     }
 

@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::DataStream;
 use weir_operator::kafka_admin::{DesiredTopic, KafkaAdmin};
-use weir_tests::fixtures::{data_stream, is_ready};
+use weir_tests::fixtures::data_stream;
 use weir_tests::{Operator, OperatorOptions, Stack, install_crds};
 
 const COUNT: usize = 2_000;
@@ -77,7 +77,6 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let all = Api::<DataStream>::all(client.clone());
     let namespace_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     for n in 0..namespaces {
         let mut ns = k8s_openapi::api::core::v1::Namespace::default();
@@ -107,8 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let mut peak_kib = 0;
     loop {
         peak_kib = peak_kib.max(operator.peak_rss_kib());
-        let list = all.list(&ListParams::default()).await?;
-        let ready = list.items.iter().filter(|d| is_ready()(Some(d))).count();
+        let (ready, _) = common::ready_counts(&client).await?;
         if ready == count {
             break;
         }

@@ -14,11 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use rdkafka::ClientConfig;
 use weir_crds::{DataStream, Transform};
 use weir_operator::kafka_admin::{DesiredTopic, KafkaAdmin};
-use weir_tests::fixtures::{data_stream, is_ready};
+use weir_tests::fixtures::data_stream;
 use weir_tests::records::{self, Record};
 use weir_tests::worker::Worker;
 use weir_tests::{Images, LocalNode, Operator, OperatorOptions, Stack, install_crds};
@@ -158,27 +158,7 @@ async fn main() -> anyhow::Result<()> {
     let mut peak_kib = 0;
     loop {
         peak_kib = peak_kib.max(operator.peak_rss_kib());
-        let ds_ready = streams
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|d| is_ready()(Some(d)))
-            .count();
-        let tf_ready = transforms
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|t| {
-                t.status.as_ref().is_some_and(|s| {
-                    s.observed_generation == t.metadata.generation
-                        && s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
+        let (ds_ready, tf_ready) = common::ready_counts(&client).await?;
         if ds_ready == STREAMS + TRANSFORMS && tf_ready == TRANSFORMS {
             break;
         }

@@ -535,7 +535,7 @@ fn other_owner(ds: &DataStream, topic: &str, ctx: &Context) -> Option<String> {
 async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let Some(claim) = status::claim(ds) else {
         // We never created or adopted a topic: nothing to do.
-        ctx.forget_connection(ds);
+        ctx.forget_connection(&ds.metadata);
         return Ok(Action::await_change());
     };
     let topic = claim.topic.to_owned();
@@ -594,7 +594,7 @@ async fn cleanup(ds: &DataStream, ctx: &Context) -> Result<Action> {
             }
         }
     }
-    ctx.forget_connection(ds);
+    ctx.forget_connection(&ds.metadata);
     Ok(Action::await_change())
 }
 
@@ -632,7 +632,7 @@ async fn delete_claimed(
     // the Event says so, rather than holding the namespace in Terminating.
     let topics = match ctx.kafka_for(ds).await {
         Ok(t) => t,
-        Err(problem) => match ctx.cached_connection(ds) {
+        Err(problem) => match ctx.cached_connection(&ds.metadata) {
             Some(t) => t,
             None => {
                 return Ok(Err(format!(

@@ -65,6 +65,31 @@ pub struct ValidatedDataStream {
     pub accept_retention_decrease: bool,
 }
 
+/// Checks a named connection (`spec.kafka` of a DataStream or a Transform) against the
+/// operator's policy: its servers are among those allowed, and SASL goes over TLS unless
+/// the resource accepts plaintext in so many words.
+pub fn check_connection(
+    conn: &weir_crds::connection::KafkaConnection,
+    policy: &Policy,
+) -> Result<(), SpecError> {
+    crate::connection::bootstrap_allowed(
+        &conn.bootstrap_servers,
+        &policy.allowed_bootstrap_servers,
+    )
+    .map_err(|m| SpecError::new("spec.kafka.bootstrapServers", m))?;
+    if let Some(sasl) = &conn.sasl
+        && conn.tls.is_none()
+        && !sasl.allow_plaintext
+    {
+        return Err(SpecError::new(
+            "spec.kafka.sasl",
+            "SASL without spec.kafka.tls sends the credentials and every record unencrypted: \
+             add tls, or set allowPlaintext: true to accept that",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the spec and computes the desired topic.
 pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream, SpecError> {
     let spec = &ds.spec;
@@ -173,21 +198,7 @@ pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream,
     }
 
     if let Some(conn) = &spec.kafka {
-        crate::connection::bootstrap_allowed(
-            &conn.bootstrap_servers,
-            &policy.allowed_bootstrap_servers,
-        )
-        .map_err(|m| SpecError::new("spec.kafka.bootstrapServers", m))?;
-        if let Some(sasl) = &conn.sasl
-            && conn.tls.is_none()
-            && !sasl.allow_plaintext
-        {
-            return Err(SpecError::new(
-                "spec.kafka.sasl",
-                "SASL without spec.kafka.tls sends the credentials and every record \
-                 unencrypted: add tls, or set allowPlaintext: true to accept that",
-            ));
-        }
+        check_connection(conn, policy)?;
     }
 
     let name = ds.topic_name();

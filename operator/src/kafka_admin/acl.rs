@@ -44,6 +44,8 @@ pub enum Operation {
     Write,
     /// Read metadata.
     Describe,
+    /// Every operation (as an administrator may grant a team on its prefix).
+    All,
 }
 
 impl fmt::Display for Operation {
@@ -52,6 +54,7 @@ impl fmt::Display for Operation {
             Self::Read => "READ",
             Self::Write => "WRITE",
             Self::Describe => "DESCRIBE",
+            Self::All => "ALL",
         })
     }
 }
@@ -87,10 +90,11 @@ impl fmt::Display for Acl {
 
 impl Acl {
     /// Whether this ACL (one the broker holds) allows what `wanted` asks: the same
-    /// principal, kind and operation (`READ` and `WRITE` also allow `DESCRIBE`, as Kafka
-    /// implies), and a name that matches literally or by prefix.
+    /// principal, kind and operation (`ALL` allows each; `READ` and `WRITE` also allow
+    /// `DESCRIBE`, as Kafka implies), and a name that matches literally or by prefix.
     pub fn covers(&self, wanted: &Acl) -> bool {
         let operation = self.operation == wanted.operation
+            || self.operation == Operation::All
             || (wanted.operation == Operation::Describe
                 && matches!(self.operation, Operation::Read | Operation::Write));
         let name = match (self.pattern, wanted.pattern) {
@@ -159,6 +163,7 @@ mod tests {
         let read = acl("a.in", Pattern::Literal, Operation::Read);
         assert!(!acl("a.in", Pattern::Literal, Operation::Write).covers(&read));
         assert!(acl("*", Pattern::Literal, Operation::Read).covers(&read));
+        assert!(acl("a.", Pattern::Prefixed, Operation::All).covers(&read));
     }
 
     #[test]

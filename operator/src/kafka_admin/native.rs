@@ -348,6 +348,7 @@ fn operation_type(op: Option<Operation>) -> rd::rd_kafka_AclOperation_t {
         Some(Operation::Read) => RD_KAFKA_ACL_OPERATION_READ,
         Some(Operation::Write) => RD_KAFKA_ACL_OPERATION_WRITE,
         Some(Operation::Describe) => RD_KAFKA_ACL_OPERATION_DESCRIBE,
+        Some(Operation::All) => RD_KAFKA_ACL_OPERATION_ALL,
         None => RD_KAFKA_ACL_OPERATION_ANY,
     }
 }
@@ -450,6 +451,7 @@ unsafe fn read_binding(b: *const rd::rd_kafka_AclBinding_t) -> Option<Acl> {
             RD_KAFKA_ACL_OPERATION_READ => Operation::Read,
             RD_KAFKA_ACL_OPERATION_WRITE => Operation::Write,
             RD_KAFKA_ACL_OPERATION_DESCRIBE => Operation::Describe,
+            RD_KAFKA_ACL_OPERATION_ALL => Operation::All,
             _ => return None,
         };
         let pattern = match rd::rd_kafka_AclBinding_resource_pattern_type(b) {

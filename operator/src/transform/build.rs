@@ -577,7 +577,13 @@ pub fn deployment(
             [
                 env_field("POD_NAME", "metadata.name"),
                 env_field("POD_IP", "status.podIP"),
-                env("WEIR_KAFKA_BOOTSTRAP_SERVERS", &settings.bootstrap_servers),
+                env(
+                    "WEIR_KAFKA_BOOTSTRAP_SERVERS",
+                    credentials
+                        .bootstrap_servers
+                        .as_deref()
+                        .unwrap_or(&settings.bootstrap_servers),
+                ),
                 env("WEIR_HTTP_ADDR", format!("$(POD_IP):{WORKER_HTTP_PORT}")),
             ]
             .into_iter()

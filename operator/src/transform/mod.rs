@@ -15,6 +15,7 @@
 //!   when Kafka lacks them.
 
 pub mod build;
+pub mod cluster;
 pub mod health;
 pub mod principal;
 pub mod status;
@@ -300,17 +301,38 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
                 .find(|d| id_of(&d.metadata) == i.id())
         })
         .collect();
-    if let Some(d) = inputs.iter().find(|d| d.spec.kafka.is_some()) {
-        report.problem = Some(State::no(
-            Reason::InvalidSpec,
-            format!(
-                "DataStream {} lives on a named Kafka connection (spec.kafka); workers run only \
-                 on the operator's own Kafka cluster so far",
-                id_of(&d.metadata)
-            ),
-        ));
+    // The one cluster the Transform reads and writes: its spec.kafka, or the operator's.
+    if let Some(conn) = &tf.spec.kafka {
+        let refused = if tf.spec.kafka_credentials.is_some() {
+            Some(
+                "spec.kafkaCredentials: a Transform on a named connection (spec.kafka) runs as \
+                 that connection's principal; give its credentials in spec.kafka"
+                    .to_owned(),
+            )
+        } else {
+            crate::data_stream::validated::check_connection(conn, &ctx.policy)
+                .err()
+                .map(|e| format!("{}: {}", e.field, e.message))
+        };
+        if let Some(why) = refused {
+            report.problem = Some(State::no(Reason::InvalidSpec, why));
+            return Ok(Action::await_change());
+        }
+    }
+    if let Err(why) = cluster::one_cluster(tf, &inputs) {
+        report.problem = Some(State::no(Reason::InvalidSpec, why));
         return Ok(Action::await_change());
     }
+    let kafka = match ctx
+        .kafka_for_connection(&tf.metadata, tf.spec.kafka.as_ref())
+        .await
+    {
+        Ok(k) => k,
+        Err(problem) => {
+            report.problem = Some(State::no(Reason::CredentialsInvalid, problem.0));
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    };
 
     // The output DataStream.
     if let Some(other) = other_writer(tf, ctx) {
@@ -325,7 +347,10 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         return Ok(Action::requeue(ctx.resync));
     }
     let built = match build::output_data_stream(tf, &compiled, &inputs) {
-        Ok(b) => b,
+        Ok(mut b) => {
+            b.spec.kafka = tf.spec.kafka.clone();
+            b
+        }
         Err(e) => {
             report.compiled = State::no(Reason::CompileFailed, format!("spec.sql: {}", e.0));
             return Ok(Action::await_change());
@@ -349,6 +374,10 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         }
         live => ensure(&data_streams, built, live).await?,
     };
+    if let Err(why) = cluster::one_cluster(tf, &[&output]) {
+        report.problem = Some(State::no(Reason::OutputConflict, why));
+        return Ok(Action::await_change());
+    }
 
     // Internal topics, once the inputs' topics exist.
     let partitioning = match partitioning::plan(&compiled) {
@@ -383,7 +412,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     }
     // Isolation on the data path: only Ready DataStreams of their namespace's topics, on
     // this cluster, and the workers get the topics their status records.
-    let cluster = ctx.kafka.cluster_id().await.ok();
+    let cluster = kafka.cluster_id().await.ok();
     let grants = &ctx.policy.topic_grants;
     let mut input_topics = Vec::new();
     for d in &inputs {
@@ -422,7 +451,7 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     let desired = internal.desired(tasks, ctx.policy.replication_factor);
     report.facts.internal_topics = desired.iter().map(|t| t.name.clone()).collect();
     for topic in &desired {
-        if let Err(e) = ensure_topic(ctx, tf, topic).await {
+        if let Err(e) = ensure_topic(ctx, &kafka, tf, topic).await {
             report.problem = Some(State::no(Reason::KafkaUnavailable, e.to_string()));
             return Err(Error::KafkaUnavailable(e.to_string()));
         }
@@ -434,12 +463,21 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
         output: output_topic,
         internal: desired.iter().map(|t| t.name.clone()).collect(),
     };
-    let credentials = match principal::ensure(tf, ctx, epoch, &plan_topics).await? {
-        Ok(c) => c,
-        Err(problem) => {
-            report.problem = Some(problem);
-            return Ok(Action::requeue(ctx.resync));
-        }
+    let credentials = match &tf.spec.kafka {
+        Some(conn) => match cluster::pod_credentials(&ctx.client, &ns, conn).await? {
+            Ok(c) => c,
+            Err(why) => {
+                report.problem = Some(State::no(Reason::CredentialsInvalid, why));
+                return Ok(Action::requeue(Duration::from_secs(30)));
+            }
+        },
+        None => match principal::ensure(tf, ctx, epoch, &plan_topics).await? {
+            Ok(c) => c,
+            Err(problem) => {
+                report.problem = Some(problem);
+                return Ok(Action::requeue(ctx.resync));
+            }
+        },
     };
 
     // The workload.
@@ -483,8 +521,8 @@ async fn converge(tf: &Transform, ctx: &Context, report: &mut Report) -> Result<
     if epoch > 0 && report.available.status == "True" {
         // The new epoch runs: the state of the old ones is of no use any more.
         for topic in InternalTopics::retired(tf, epoch) {
-            if let Ok(Some(_)) = ctx.kafka.describe(&topic).await
-                && ctx.kafka.delete(&topic).await.is_ok()
+            if let Ok(Some(_)) = kafka.describe(&topic).await
+                && kafka.delete(&topic).await.is_ok()
             {
                 info!(topic, "deleted the state topic of a retired epoch");
             }
@@ -562,7 +600,7 @@ async fn stop_reading(tf: &Transform, ctx: &Context) -> Result<()> {
             "stopped the workers: an input is no longer granted"
         );
     }
-    if ctx.workers.identity.mode == principal::PrincipalMode::Managed {
+    if ctx.workers.identity.mode == principal::PrincipalMode::Managed && tf.spec.kafka.is_none() {
         let names = build::names(tf, 0);
         let principal_name = principal::managed_principal(&names);
         let live = ctx.kafka.acls(&principal_name).await?;
@@ -659,12 +697,13 @@ where
 /// Creates an internal topic Kafka lacks, or raises its partitions to the task count.
 async fn ensure_topic(
     ctx: &Context,
+    kafka: &crate::kafka_admin::KafkaAdmin,
     tf: &Transform,
     topic: &crate::kafka_admin::DesiredTopic,
 ) -> Result<(), crate::kafka_admin::TopicError> {
-    match ctx.kafka.describe(&topic.name).await? {
+    match kafka.describe(&topic.name).await? {
         None => {
-            if ctx.kafka.create(topic).await? {
+            if kafka.create(topic).await? {
                 ctx.publish(
                     tf,
                     EventType::Normal,
@@ -678,7 +717,7 @@ async fn ensure_topic(
             }
         }
         Some(state) if state.partitions < topic.partitions => {
-            ctx.kafka
+            kafka
                 .raise_partitions(&topic.name, topic.partitions)
                 .await?;
         }
@@ -691,7 +730,7 @@ async fn ensure_topic(
 /// topics are deleted when `spec.output.deletionPolicy` is `Delete`, and kept otherwise.
 async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
     ctx.worker_health.forget(&id_of(&tf.metadata));
-    if ctx.workers.identity.mode == principal::PrincipalMode::Managed {
+    if ctx.workers.identity.mode == principal::PrincipalMode::Managed && tf.spec.kafka.is_none() {
         // The workers' principal goes with the Transform: its ACLs, then its credential.
         let names = build::names(tf, 0);
         let principal_name = principal::managed_principal(&names);
@@ -707,19 +746,38 @@ async fn cleanup(tf: &Transform, ctx: &Context) -> Result<Action> {
         );
     }
     if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
+        ctx.forget_connection(&tf.metadata);
         return Ok(Action::await_change());
     }
+    // A named connection whose Secrets are gone (its namespace being deleted) is served
+    // from the client the Transform used; without one its internal topics are left.
+    let kafka = match ctx
+        .kafka_for_connection(&tf.metadata, tf.spec.kafka.as_ref())
+        .await
+    {
+        Ok(k) => Some(k),
+        Err(problem) => ctx.cached_connection(&tf.metadata).or_else(|| {
+            warn!(
+                problem = problem.0,
+                "the Transform's Kafka connection cannot be used: its internal topics stay"
+            );
+            None
+        }),
+    };
     let epoch = tf.status.as_ref().map_or(0, |s| s.state_epoch);
-    for topic in InternalTopics::all(tf, epoch) {
-        match ctx.kafka.describe(&topic).await {
-            Ok(None) => {}
-            Ok(Some(_)) => {
-                ctx.kafka.delete(&topic).await?;
-                info!(topic, "deleted internal topic");
+    if let Some(kafka) = &kafka {
+        for topic in InternalTopics::all(tf, epoch) {
+            match kafka.describe(&topic).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    kafka.delete(&topic).await?;
+                    info!(topic, "deleted internal topic");
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
     }
+    ctx.forget_connection(&tf.metadata);
     Ok(Action::await_change())
 }
 

@@ -238,41 +238,55 @@ pub enum ProvidedLayout {
     },
 }
 
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+}
+
+/// The certificate and key keys of a TLS client Secret (a Strimzi KafkaUser's `user.crt`
+/// and `user.key`, or a `kubernetes.io/tls` Secret's), if it holds them.
+pub fn tls_layout(secret: &Secret) -> Option<(&'static str, &'static str)> {
+    [("user.crt", "user.key"), ("tls.crt", "tls.key")]
+        .into_iter()
+        .find(|(cert, key)| {
+            secret_text(secret, cert).is_some() && secret_text(secret, key).is_some()
+        })
+}
+
+/// The SASL layout of a password Secret (`password` with `username`, or with a
+/// `sasl.jaas.config` line naming the user, as Strimzi writes it), if it is one.
+pub fn sasl_layout(secret: &Secret) -> Option<ProvidedLayout> {
+    secret_text(secret, "password")?;
+    if let Some(u) = secret_text(secret, "username") {
+        return Some(ProvidedLayout::Sasl {
+            username: u.trim_end().to_owned(),
+            username_key: true,
+        });
+    }
+    match secret_text(secret, "sasl.jaas.config")
+        .map(|j| weir_crds::connection::jaas_credentials(&j))
+    {
+        Some((Some(u), _)) => Some(ProvidedLayout::Sasl {
+            username: u,
+            username_key: false,
+        }),
+        _ => None,
+    }
+}
+
 /// What a provided Secret holds, or why it cannot be used.
 pub fn provided_layout(secret: &Secret) -> Result<ProvidedLayout, String> {
-    let get = |k: &str| {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-    };
-    for (cert, key) in [("user.crt", "user.key"), ("tls.crt", "tls.key")] {
-        if get(cert).is_some() && get(key).is_some() {
-            return Ok(ProvidedLayout::Tls { cert, key });
-        }
+    if let Some((cert, key)) = tls_layout(secret) {
+        return Ok(ProvidedLayout::Tls { cert, key });
     }
-    if get("password").is_some() {
-        if let Some(u) = get("username") {
-            return Ok(ProvidedLayout::Sasl {
-                username: u.trim_end().to_owned(),
-                username_key: true,
-            });
-        }
-        if let Some((Some(u), _)) =
-            get("sasl.jaas.config").map(|j| weir_crds::connection::jaas_credentials(&j))
-        {
-            return Ok(ProvidedLayout::Sasl {
-                username: u,
-                username_key: false,
-            });
-        }
-    }
-    Err(
+    sasl_layout(secret).ok_or_else(|| {
         "it holds neither `password` with `username` or `sasl.jaas.config` (SCRAM), nor \
          `user.crt` and `user.key` or `tls.crt` and `tls.key` (TLS)"
-            .into(),
-    )
+            .into()
+    })
 }
 
 /// What the workers' pods get for their Kafka identity: environment (names and paths,
@@ -287,9 +301,12 @@ pub struct PodCredentials {
     pub mounts: Vec<VolumeMount>,
     /// A hash of the credentials' content, for the pod template (rotation rolls).
     pub hash: Option<String>,
+    /// The bootstrap servers, where they are not the operator's default for workers (a
+    /// named connection's).
+    pub bootstrap_servers: Option<String>,
 }
 
-fn env(name: &str, value: impl Into<String>) -> EnvVar {
+pub(super) fn env(name: &str, value: impl Into<String>) -> EnvVar {
     EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -297,7 +314,7 @@ fn env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn secret_volume(volume: &str, secret: &str, dir: &str) -> (Volume, VolumeMount) {
+pub(super) fn secret_volume(volume: &str, secret: &str, dir: &str) -> (Volume, VolumeMount) {
     (
         Volume {
             name: volume.into(),
@@ -316,6 +333,56 @@ fn secret_volume(volume: &str, secret: &str, dir: &str) -> (Volume, VolumeMount)
             ..Default::default()
         },
     )
+}
+
+/// [`secret_volume`] with only `keys` of the Secret mounted (each as a file of its name).
+pub(super) fn secret_volume_items(
+    volume: &str,
+    secret: &str,
+    dir: &str,
+    keys: &[&str],
+) -> (Volume, VolumeMount) {
+    let (mut v, m) = secret_volume(volume, secret, dir);
+    if let Some(s) = v.secret.as_mut() {
+        s.items = Some(
+            keys.iter()
+                .map(|k| KeyToPath {
+                    key: (*k).into(),
+                    path: (*k).into(),
+                    ..Default::default()
+                })
+                .collect(),
+        );
+    }
+    (v, m)
+}
+
+/// The worker's settings for a SASL password Secret mounted at `dir` (its user name in a
+/// `username` key, or else in a `sasl.jaas.config` line), and the keys to mount.
+pub(super) fn sasl_files(
+    dir: &str,
+    protocol: &str,
+    mechanism: SaslMechanism,
+    username_key: bool,
+) -> (Vec<EnvVar>, Vec<&'static str>) {
+    let mut out = vec![
+        env("WEIR_KAFKA_SECURITY_PROTOCOL", protocol),
+        env("WEIR_KAFKA_SASL_MECHANISM", mechanism.as_kafka()),
+        env("WEIR_KAFKA_SASL_PASSWORD_FILE", format!("{dir}/password")),
+    ];
+    if username_key {
+        out.push(env(
+            "WEIR_KAFKA_SASL_USERNAME_FILE",
+            format!("{dir}/username"),
+        ));
+        (out, vec!["username", "password"])
+    } else {
+        out.push(env(
+            "WEIR_KAFKA_SASL_JAAS_CONFIG_FILE",
+            format!("{dir}/sasl.jaas.config"),
+        ));
+        (out, vec!["sasl.jaas.config", "password"])
+    }
 }
 
 /// The worker pods' Kafka identity: `own` is the operator's Secret for the Transform
@@ -362,7 +429,6 @@ pub fn pod_credentials(
         }
         (PrincipalMode::Provided, Some((secret, layout))) => {
             let name = secret.metadata.name.clone().unwrap_or_default();
-            let (mut v, m) = secret_volume("kafka-user", &name, PROVIDED_DIR);
             let keys: Vec<&str> = match layout {
                 ProvidedLayout::Sasl { username_key, .. } => {
                     let mechanism = tf
@@ -371,27 +437,10 @@ pub fn pod_credentials(
                         .as_ref()
                         .and_then(|c| c.mechanism)
                         .unwrap_or(SaslMechanism::ScramSha512);
-                    out.env.extend([
-                        env("WEIR_KAFKA_SECURITY_PROTOCOL", sasl_protocol),
-                        env("WEIR_KAFKA_SASL_MECHANISM", mechanism.as_kafka()),
-                        env(
-                            "WEIR_KAFKA_SASL_PASSWORD_FILE",
-                            format!("{PROVIDED_DIR}/password"),
-                        ),
-                    ]);
-                    if *username_key {
-                        out.env.push(env(
-                            "WEIR_KAFKA_SASL_USERNAME_FILE",
-                            format!("{PROVIDED_DIR}/username"),
-                        ));
-                        vec!["username", "password"]
-                    } else {
-                        out.env.push(env(
-                            "WEIR_KAFKA_SASL_JAAS_CONFIG_FILE",
-                            format!("{PROVIDED_DIR}/sasl.jaas.config"),
-                        ));
-                        vec!["sasl.jaas.config", "password"]
-                    }
+                    let (vars, keys) =
+                        sasl_files(PROVIDED_DIR, sasl_protocol, mechanism, *username_key);
+                    out.env.extend(vars);
+                    keys
                 }
                 ProvidedLayout::Tls { cert, key } => {
                     out.env.extend([
@@ -406,17 +455,7 @@ pub fn pod_credentials(
                 }
             };
             // Only the keys the worker reads are mounted.
-            if let Some(s) = v.secret.as_mut() {
-                s.items = Some(
-                    keys.iter()
-                        .map(|k| KeyToPath {
-                            key: (*k).into(),
-                            path: (*k).into(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                );
-            }
+            let (v, m) = secret_volume_items("kafka-user", &name, PROVIDED_DIR, &keys);
             out.volumes.push(v);
             out.mounts.push(m);
             hashed.insert(name, secret.data.clone());

@@ -18,3 +18,32 @@ where
         })
         .await;
 }
+
+/// How many DataStreams and how many Transforms (all namespaces) are Ready at their
+/// current generation.
+pub async fn ready_counts(client: &kube::Client) -> kube::Result<(usize, usize)> {
+    use kube::api::{Api, ListParams};
+    use weir_crds::{DataStream, Transform};
+    let streams = Api::<DataStream>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|d| weir_tests::fixtures::is_ready()(Some(d)))
+        .count();
+    let transforms = Api::<Transform>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|t| {
+            t.status.as_ref().is_some_and(|s| {
+                s.observed_generation == t.metadata.generation
+                    && s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count();
+    Ok((streams, transforms))
+}
