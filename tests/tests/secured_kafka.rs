@@ -6,7 +6,7 @@
 //! The kit's plaintext listener (a super user) is used here only for what a test itself
 //! produces and checks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -177,6 +177,28 @@ async fn wait_for_orders(stack: &Stack, topic: &str, n: usize) {
 }
 
 /// The librdkafka settings of a Transform's managed principal, read from its Secret.
+/// Produces orders `from..to` to `topic` on the kit's plaintext listener.
+async fn produce_orders(stack: &Stack, topic: &str, from: usize, to: usize) {
+    records::produce(&stack.bootstrap_servers(), topic, &orders(from, to))
+        .await
+        .expect("produce");
+}
+
+/// The environment of the first worker pod of Transform `transform`, by variable name.
+async fn worker_env(client: &kube::Client, ns: &str, transform: &str) -> BTreeMap<String, String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("weir.dev/transform={transform}")))
+        .await
+        .expect("pods");
+    let pod = pods.items.first().expect("a worker pod");
+    pod.spec.as_ref().expect("spec").containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
 async fn transform_settings(
     client: &kube::Client,
     stack: &Stack,
@@ -357,40 +379,17 @@ async fn a_transform_runs_with_its_own_principal_and_exactly_the_acls_its_plan_n
             apply(&client, &a, &copy(&a, "copy", "src", "copied")).await;
             let transforms = Api::<Transform>::namespaced(client.clone(), &a);
             await_condition(transforms.clone(), "copy", ready, WAIT).await;
-            records::produce(
-                &stack.bootstrap_servers(),
-                &format!("{a}.src"),
-                &orders(0, 20),
-            )
-            .await
-            .expect("produce");
+            produce_orders(stack, &format!("{a}.src"), 0, 20).await;
             wait_for_orders(stack, &format!("{a}.copied"), 20).await;
 
             // The workers run as the Transform's principal, never the operator's.
-            let pods = Api::<Pod>::namespaced(client.clone(), &a)
-                .list(&ListParams::default().labels("weir.dev/transform=copy"))
-                .await
-                .expect("pods");
-            let env = pods.items[0].spec.as_ref().unwrap().containers[0]
-                .env
-                .clone()
-                .unwrap();
-            let value = |n: &str| {
-                env.iter()
-                    .find(|e| e.name == n)
-                    .and_then(|e| e.value.clone())
-            };
-            assert_eq!(
-                value("WEIR_KAFKA_SASL_USERNAME"),
-                Some(format!("weir.{a}.copy"))
-            );
-            assert_eq!(
-                value("WEIR_KAFKA_SECURITY_PROTOCOL").as_deref(),
-                Some("SASL_SSL")
-            );
+            let env = worker_env(&client, &a, "copy").await;
+            assert_eq!(env["WEIR_KAFKA_SASL_USERNAME"], format!("weir.{a}.copy"));
+            assert_eq!(env["WEIR_KAFKA_SECURITY_PROTOCOL"], "SASL_SSL");
             assert!(
-                env.iter()
-                    .all(|e| !e.name.contains("PASSWORD") || e.name.ends_with("_FILE"))
+                env.keys()
+                    .all(|n| !n.contains("PASSWORD") || n.ends_with("_FILE")),
+                "{env:?}"
             );
 
             // Exactly the ACLs the plan needs.
@@ -496,13 +495,7 @@ async fn a_transform_runs_with_its_own_principal_and_exactly_the_acls_its_plan_n
                 std::fs::write(&path, text).unwrap();
                 files.push(path);
             }
-            records::produce(
-                &stack.bootstrap_servers(),
-                &format!("{a}.src"),
-                &orders(100, 105),
-            )
-            .await
-            .expect("produce");
+            produce_orders(stack, &format!("{a}.src"), 100, 105).await;
             let mut worker = weir_tests::worker::Worker::start(
                 hand.path(),
                 &stack.kafka.sasl_ssl_bootstrap_servers(),
@@ -584,13 +577,7 @@ async fn a_stream_naming_another_teams_topic_never_carries_a_row_there() {
                         .is_some_and(|c| c.message.contains(&not_ready))
             };
             await_condition(transforms, "forge", refused, WAIT).await;
-            records::produce(
-                &stack.bootstrap_servers(),
-                &format!("{a}.src"),
-                &orders(0, 10),
-            )
-            .await
-            .expect("produce");
+            produce_orders(stack, &format!("{a}.src"), 0, 10).await;
             tokio::time::sleep(Duration::from_secs(5)).await;
             assert!(
                 order_ids(stack, &format!("{b}.orders")).await.is_empty(),
@@ -628,9 +615,7 @@ async fn a_revoked_grant_stops_the_reader_and_a_restored_one_resumes_exactly() {
             await_condition(transforms.clone(), "pay-copy", ready, WAIT).await;
             let input = format!("{b}.pay");
             let output = format!("{a}.pay-copy");
-            records::produce(&stack.bootstrap_servers(), &input, &orders(0, 10))
-                .await
-                .unwrap();
+            produce_orders(stack, &input, 0, 10).await;
             wait_for_orders(stack, &output, 10).await;
 
             // Revoked: not Ready, no workers, no READ ACL on the topic.
@@ -683,9 +668,7 @@ async fn a_revoked_grant_stops_the_reader_and_a_restored_one_resumes_exactly() {
                 WAIT,
             )
             .await;
-            records::produce(&stack.bootstrap_servers(), &input, &orders(10, 20))
-                .await
-                .unwrap();
+            produce_orders(stack, &input, 10, 20).await;
             tokio::time::sleep(Duration::from_secs(4)).await;
             assert_eq!(
                 order_ids(stack, &output).await.len(),
@@ -712,9 +695,7 @@ async fn exactly_once_holds_on_sasl_ssl_through_a_sigkill_and_a_credential_rotat
         let transforms = Api::<Transform>::namespaced(client.clone(), &a);
         await_condition(transforms.clone(), "rotating", ready, WAIT).await;
         let (input, output) = (format!("{a}.src"), format!("{a}.rotated"));
-        records::produce(&stack.bootstrap_servers(), &input, &orders(0, 100))
-            .await
-            .unwrap();
+        produce_orders(stack, &input, 0, 100).await;
 
         // SIGKILL the worker mid-stream.
         let pods = Api::<Pod>::namespaced(client.clone(), &a);
@@ -724,9 +705,7 @@ async fn exactly_once_holds_on_sasl_ssl_through_a_sigkill_and_a_credential_rotat
             .expect("pods");
         let victim = list.items[0].metadata.name.clone().unwrap();
         assert_eq!(env.node.signal(&a, &victim, Signal::SIGKILL), 1);
-        records::produce(&stack.bootstrap_servers(), &input, &orders(100, 200))
-            .await
-            .unwrap();
+        produce_orders(stack, &input, 100, 200).await;
         wait_for_orders(stack, &output, 200).await;
 
         // Rotate the credential: a new password in the Secret is set on Kafka and rolls
@@ -743,9 +722,7 @@ async fn exactly_once_holds_on_sasl_ssl_through_a_sigkill_and_a_credential_rotat
             )
             .await
             .expect("rotate");
-        records::produce(&stack.bootstrap_servers(), &input, &orders(200, 300))
-            .await
-            .unwrap();
+        produce_orders(stack, &input, 200, 300).await;
         wait_until(
             "the workers to roll onto the new credential",
             WAIT,
@@ -768,9 +745,7 @@ async fn exactly_once_holds_on_sasl_ssl_through_a_sigkill_and_a_credential_rotat
         )
         .await
         .expect("rolled");
-        records::produce(&stack.bootstrap_servers(), &input, &orders(300, 400))
-            .await
-            .unwrap();
+        produce_orders(stack, &input, 300, 400).await;
         wait_for_orders(stack, &output, 400).await;
         // The old password no longer works.
         let stale: BaseConsumer = old
@@ -931,37 +906,18 @@ async fn a_transform_on_a_named_connection_runs_as_its_principal_and_never_mixes
             out.spec.kafka.as_ref().map(|k| k.name.as_str()),
             Some("team")
         );
-        records::produce(
-            &stack.bootstrap_servers(),
-            &format!("{ns}.src"),
-            &orders(0, 20),
-        )
-        .await
-        .expect("produce");
+        produce_orders(stack, &format!("{ns}.src"), 0, 20).await;
         wait_for_orders(stack, &format!("{ns}.out"), 20).await;
 
         // The workers ran as the connection's user: its servers, its Secret as files, no
         // secret in their environment, and no principal or ACL of Weir's making.
-        let pods = Api::<Pod>::namespaced(client.clone(), &ns)
-            .list(&ListParams::default().labels("weir.dev/transform=copy"))
-            .await
-            .expect("pods");
-        let pod = pods.items.first().expect("a worker pod");
-        let container = &pod.spec.as_ref().expect("spec").containers[0];
-        let env: Vec<(String, String)> = container
-            .env
-            .iter()
-            .flatten()
-            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
-            .collect();
-        assert!(
-            env.contains(&(
-                "WEIR_KAFKA_BOOTSTRAP_SERVERS".into(),
-                stack.kafka.sasl_ssl_bootstrap_servers()
-            )),
+        let env = worker_env(&client, &ns, "copy").await;
+        assert_eq!(
+            env["WEIR_KAFKA_BOOTSTRAP_SERVERS"],
+            stack.kafka.sasl_ssl_bootstrap_servers(),
             "{env:?}"
         );
-        assert!(env.iter().all(|(_, v)| !v.contains(password)), "{env:?}");
+        assert!(env.values().all(|v| !v.contains(password)), "{env:?}");
         assert!(
             kit.acls(&format!("User:weir.{ns}.copy"))
                 .await

@@ -249,6 +249,14 @@ spec:
 
     const TEAM: &str = "{ name: team, bootstrapServers: \"k.example:9093\" }";
 
+    fn env_of(creds: &PodCredentials) -> BTreeMap<&str, &str> {
+        creds
+            .env
+            .iter()
+            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
+            .collect()
+    }
+
     #[test]
     fn one_transform_reads_and_writes_one_cluster() {
         let on_team = ds("src", Some(TEAM));
@@ -294,11 +302,7 @@ tls: { caSecretName: ca }
         .into();
         let creds = connection_credentials(&c, &secrets).expect("credentials");
         assert_eq!(creds.bootstrap_servers.as_deref(), Some("k.example:9093"));
-        let vars: BTreeMap<&str, &str> = creds
-            .env
-            .iter()
-            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
-            .collect();
+        let vars = env_of(&creds);
         assert_eq!(vars["WEIR_KAFKA_SECURITY_PROTOCOL"], "SASL_SSL");
         assert_eq!(vars["WEIR_KAFKA_SASL_MECHANISM"], "SCRAM-SHA-512");
         assert_eq!(
@@ -352,11 +356,7 @@ tls: { clientSecretName: user }
         ]
         .into();
         let creds = connection_credentials(&c, &secrets).expect("credentials");
-        let vars: BTreeMap<&str, &str> = creds
-            .env
-            .iter()
-            .map(|e| (e.name.as_str(), e.value.as_deref().unwrap_or_default()))
-            .collect();
+        let vars = env_of(&creds);
         assert_eq!(vars["WEIR_KAFKA_OAUTH_CLIENT_ID"], "weir");
         assert_eq!(vars["WEIR_KAFKA_OAUTH_SCOPE"], "kafka");
         assert_eq!(
