@@ -212,7 +212,8 @@ pub fn bootstrap_allowed(bootstrap_servers: &str, allowed: &[String]) -> Result<
     Ok(())
 }
 
-fn optional_key(secret: &Secret, key: &str) -> Option<String> {
+/// The text of `key` in `secret`, if it holds it.
+pub(crate) fn optional_key(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()

@@ -238,35 +238,28 @@ pub enum ProvidedLayout {
     },
 }
 
-fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-}
-
 /// The certificate and key keys of a TLS client Secret (a Strimzi KafkaUser's `user.crt`
 /// and `user.key`, or a `kubernetes.io/tls` Secret's), if it holds them.
 pub fn tls_layout(secret: &Secret) -> Option<(&'static str, &'static str)> {
     [("user.crt", "user.key"), ("tls.crt", "tls.key")]
         .into_iter()
         .find(|(cert, key)| {
-            secret_text(secret, cert).is_some() && secret_text(secret, key).is_some()
+            crate::connection::optional_key(secret, cert).is_some()
+                && crate::connection::optional_key(secret, key).is_some()
         })
 }
 
 /// The SASL layout of a password Secret (`password` with `username`, or with a
 /// `sasl.jaas.config` line naming the user, as Strimzi writes it), if it is one.
 pub fn sasl_layout(secret: &Secret) -> Option<ProvidedLayout> {
-    secret_text(secret, "password")?;
-    if let Some(u) = secret_text(secret, "username") {
+    crate::connection::optional_key(secret, "password")?;
+    if let Some(u) = crate::connection::optional_key(secret, "username") {
         return Some(ProvidedLayout::Sasl {
             username: u.trim_end().to_owned(),
             username_key: true,
         });
     }
-    match secret_text(secret, "sasl.jaas.config")
+    match crate::connection::optional_key(secret, "sasl.jaas.config")
         .map(|j| weir_crds::connection::jaas_credentials(&j))
     {
         Some((Some(u), _)) => Some(ProvidedLayout::Sasl {
