@@ -306,6 +306,7 @@ pub struct Expectation {
     Default,
     PartialEq,
     Eq,
+    Hash,
     schemars::JsonSchema,
     strum::IntoStaticStr,
 )]

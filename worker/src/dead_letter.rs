@@ -7,7 +7,7 @@
 use crate::codec::Rejection;
 
 /// Where in the worker a record failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, strum::IntoStaticStr)]
 #[strum(serialize_all = "lowercase")]
 pub enum Stage {
     /// Decoding the key or value.

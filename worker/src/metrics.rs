@@ -1,11 +1,16 @@
 //! The worker's Prometheus metrics, served on `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use weir_crds::transform::OnFailure;
+
+use crate::dead_letter::Stage;
 
 /// Labels of a topic partition.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -23,22 +28,77 @@ pub struct TopicLabels {
     pub topic: String,
 }
 
+/// A label value that is one of a fixed set of names.
+macro_rules! label_value {
+    ($($t:ty),*) => {$(
+        impl EncodeLabelValue for $t {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, (*self).into())
+            }
+        }
+    )*};
+}
+
+/// What a task does.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub enum Role {
+    /// Routes partition `p` of every input to the repartition topic (stateless).
+    Route,
+    /// Runs the engine on partition `p` of every input, or of the repartition topic.
+    Run,
+}
+
+/// Whether a task runs yet.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub enum TaskState {
+    /// Reading its state back from the changelog; its partitions are paused.
+    Restoring,
+    /// Processing records.
+    Running,
+}
+
+/// What a rebalance did to this worker.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "lowercase")]
+pub enum RebalanceKind {
+    /// Partitions were assigned.
+    Assign,
+    /// Partitions were revoked (after a commit).
+    Revoke,
+    /// Partitions were lost: another worker may own them already.
+    Lost,
+}
+
+/// What happened to a record set aside: `spec.errorPolicy` or an expectation's `onFailure`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct Policy(pub OnFailure);
+
+impl From<Policy> for &'static str {
+    fn from(p: Policy) -> Self {
+        p.0.into()
+    }
+}
+
+label_value!(Role, TaskState, RebalanceKind, Policy, Stage);
+
 /// Labels of a dead letter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeadLetterLabels {
     /// Where it failed: decode, engine, expectation.
-    pub stage: String,
+    pub stage: Stage,
     /// The error class.
-    pub class: String,
-    /// What happened to it: deadLetter or drop.
-    pub policy: String,
+    pub class: &'static str,
+    /// What happened to it: deadLetter, drop or fail.
+    pub policy: Policy,
 }
 
 /// Labels of a reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     /// Why.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// Labels of a task (one input partition number).
@@ -60,16 +120,16 @@ pub struct ExpectationLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskStateLabels {
     /// route or run (what the task does).
-    pub role: String,
+    pub role: Role,
     /// restoring or running.
-    pub state: String,
+    pub state: TaskState,
 }
 
 /// Labels of a rebalance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RebalanceLabels {
     /// assign, revoke or lost.
-    pub kind: String,
+    pub kind: RebalanceKind,
 }
 
 /// Everything the worker counts.
@@ -227,7 +287,102 @@ impl Default for Metrics {
     }
 }
 
+/// What the pipeline counts, by what it means: each call names its labels' values by type,
+/// so that a label can only take one of the values the metric documents.
 impl Metrics {
+    /// Counts a rebalance.
+    pub fn rebalance(&self, kind: RebalanceKind) {
+        self.rebalances
+            .get_or_create(&RebalanceLabels { kind })
+            .inc();
+    }
+
+    /// Counts a record set aside.
+    pub fn dead_letter(&self, stage: Stage, class: &'static str, policy: OnFailure) {
+        self.dead_letters
+            .get_or_create(&DeadLetterLabels {
+                stage,
+                class,
+                policy: Policy(policy),
+            })
+            .inc();
+    }
+
+    /// Counts an output row that broke `expectation`.
+    pub fn expectation_failed(&self, expectation: &str) {
+        self.expectation_failures
+            .get_or_create(&ExpectationLabels {
+                expectation: expectation.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an aborted transaction (or, at least once, a cycle given up).
+    pub fn abort(&self, reason: &'static str) {
+        self.aborts.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a commit that took `took`, from its start to the broker's answer.
+    pub fn commit(&self, took: Duration) {
+        self.commits.inc();
+        self.commit_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Counts `records` read from a partition, of `bytes` keys and values.
+    pub fn read(&self, topic: &str, partition: i32, records: u64, bytes: u64) {
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition,
+        };
+        self.records_in.get_or_create(&labels).inc_by(records);
+        self.bytes_in.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// Counts `records` written to a topic, of `bytes` keys and values.
+    pub fn written(&self, topic: &str, records: u64, bytes: u64) {
+        let labels = TopicLabels {
+            topic: topic.to_owned(),
+        };
+        self.records_out.get_or_create(&labels).inc_by(records);
+        self.bytes_out.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// Sets an input partition's watermark, in nanoseconds since the epoch.
+    pub fn watermark(&self, topic: &str, partition: i32, nanos: i64) {
+        self.watermark_seconds
+            .get_or_create(&PartitionLabels {
+                topic: topic.to_owned(),
+                partition,
+            })
+            .set(nanos as f64 / 1e9);
+    }
+
+    /// Sets a task's state size.
+    pub fn state_size(&self, task: i32, bytes: usize) {
+        self.state_bytes
+            .get_or_create(&TaskLabels { task })
+            .set(bytes as i64);
+    }
+
+    /// Forgets a task that left this worker.
+    pub fn task_gone(&self, task: i32) {
+        self.state_bytes.remove(&TaskLabels { task });
+    }
+
+    /// Counts bytes a task wrote to its changelog partition.
+    pub fn changelog_written(&self, task: i32, bytes: usize) {
+        self.changelog_bytes
+            .get_or_create(&TaskLabels { task })
+            .inc_by(bytes as u64);
+    }
+
+    /// Sets how many tasks of `role` are in `state`.
+    pub fn tasks_in(&self, role: Role, state: TaskState, n: usize) {
+        self.tasks
+            .get_or_create(&TaskStateLabels { role, state })
+            .set(n as i64);
+    }
+
     /// The metrics in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
