@@ -1,4 +1,5 @@
-//! Per-object retry delays after failures.
+//! Per-object retry delays after failures, keyed by kind, namespace and name: a Transform
+//! and the DataStream it writes usually share a name, and each has delays of its own.
 
 use std::time::Duration;
 
@@ -11,7 +12,9 @@ pub struct Backoff {
 impl Backoff {
     fn key(obj: &k8s_openapi::api::core::v1::ObjectReference) -> String {
         format!(
-            "{}/{}",
+            "{}/{}/{}/{}",
+            obj.api_version.as_deref().unwrap_or_default(),
+            obj.kind.as_deref().unwrap_or_default(),
             obj.namespace.as_deref().unwrap_or_default(),
             obj.name.as_deref().unwrap_or_default()
         )
@@ -48,5 +51,33 @@ mod tests {
         assert_eq!(*delays.last().unwrap_or(&0), 256);
         b.reset(&obj);
         assert_eq!(b.next(&obj).as_secs(), 1);
+    }
+
+    #[test]
+    fn a_transform_and_a_data_stream_of_one_name_back_off_apart() {
+        use kube::Resource;
+        use weir_crds::data_stream::DataStream;
+        use weir_crds::transform::Transform;
+        // What `object_ref` gives for each kind, for shop/orders.
+        fn of<K: Resource<DynamicType = ()>>() -> k8s_openapi::api::core::v1::ObjectReference {
+            k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some(K::api_version(&()).into_owned()),
+                kind: Some(K::kind(&()).into_owned()),
+                namespace: Some("shop".into()),
+                name: Some("orders".into()),
+                ..Default::default()
+            }
+        }
+        let (ds, tf) = (of::<DataStream>(), of::<Transform>());
+        let b = Backoff::default();
+        for _ in 0..3 {
+            b.next(&ds);
+        }
+        // The Transform's first failure waits a second, not the DataStream's eight.
+        assert_eq!(b.next(&tf).as_secs(), 1);
+        assert_eq!(b.next(&ds).as_secs(), 8);
+        // The Transform's success does not reset the DataStream's delays.
+        b.reset(&tf);
+        assert_eq!(b.next(&ds).as_secs(), 16);
     }
 }
