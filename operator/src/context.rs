@@ -16,7 +16,6 @@ use crate::backoff::Backoff;
 use crate::kafka_admin::KafkaAdmin;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::transform::build::WorkerSettings;
 
 /// What an Event reports: its `reason` and `action`, stable for alerting and filtering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
@@ -88,12 +87,8 @@ pub struct Context {
     pub data_streams: Store<DataStream>,
     /// Every Transform, as the Transform controller's watch sees them.
     pub transforms: Store<Transform>,
-    /// What the workers the operator deploys run and connect to.
-    pub workers: WorkerSettings,
     /// How often a Ready DataStream is checked against Kafka for drift.
     pub resync: Duration,
-    /// What the workers' metrics showed recently, per Transform.
-    pub worker_health: crate::transform::health::Histories,
     /// Per-object retry delays after transient errors.
     pub backoff: Backoff,
     /// Admin clients for named connections, and which DataStream uses which.
@@ -126,14 +121,12 @@ impl Connections {
 
 impl Context {
     /// Builds a context; `instance` identifies this operator replica in Events.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: kube::Client,
         kafka: KafkaAdmin,
         policy: Policy,
         metrics: Arc<Metrics>,
         (data_streams, transforms): (Store<DataStream>, Store<Transform>),
-        workers: WorkerSettings,
         resync: Duration,
         instance: String,
     ) -> Self {
@@ -149,10 +142,8 @@ impl Context {
             metrics,
             data_streams,
             transforms,
-            workers,
             resync,
             backoff: Backoff::default(),
-            worker_health: Default::default(),
             connections: Default::default(),
         }
     }

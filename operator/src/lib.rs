@@ -7,8 +7,9 @@
 //! resource's spec. One replica leads at a time through a Lease; the reconcile stays safe
 //! if two overlap.
 //!
-//! The parts: [`config`] (flags and env), [`run`] (preflight, leader election, controllers,
-//! HTTP endpoints, graceful shutdown), [`watch`] (watches no one object can stop),
+//! The parts: [`config`] (flags and env), [`run`] (preflight, controllers,
+//! HTTP endpoints, graceful shutdown), [`leader`] (leader election and fencing),
+//! [`watch`] (watches no one object can stop),
 //! [`kafka_admin`] (the Kafka admin client), [`policy`] (what the operator's configuration
 //! decides for every DataStream), [`backoff`], [`metrics`] and [`http`].
 
@@ -19,6 +20,7 @@ pub mod context;
 pub mod data_stream;
 pub mod http;
 pub mod kafka_admin;
+pub mod leader;
 pub mod lineage;
 pub mod metrics;
 pub mod policy;

@@ -1,43 +1,27 @@
-//! The operator process: preflight, leader election, controllers, HTTP, shutdown.
+//! The operator process: preflight, leader election ([`crate::leader`]), the controllers
+//! (each builds its own watches), HTTP, shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
 use rdkafka::ClientConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use weir_crds::{DataStream, Transform};
 
 use crate::config::Config;
 use crate::context::Context;
 use crate::data_stream;
 use crate::http::{self, Health};
 use crate::kafka_admin::{KafkaAdmin, TopicError};
+use crate::leader::Candidate;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::watch::{self, WatchHealth};
-
 use crate::transform::{self, build::WorkerSettings};
-
-/// How long a stopping leader waits to release its Lease.
-const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the Lease lasts after its last renewal; another replica may take over then.
-const LEASE_DURATION: Duration = Duration::from_secs(15);
-/// How long before the Lease expires the leader renews it.
-const LEASE_GRACE: Duration = Duration::from_secs(5);
-/// How long before the Lease would expire an unrenewed leader stops (its safety margin for
-/// noticing late and for clock differences).
-const FENCE_MARGIN: Duration = Duration::from_secs(3);
+use crate::watch::WatchHealth;
 
 /// Why the operator could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -120,182 +104,37 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // Cancelled once the controllers have stopped: from then on nothing reconciles, and
     // the leader may release its Lease without being fenced for it.
     let controllers_done = CancellationToken::new();
-    let leadership = if config.leader_election {
-        info!(identity, lease = %config.lease_name, namespace = %config.lease_namespace, "waiting for the leader lease");
+    let leader = if config.leader_election {
         ready.store(true, Ordering::Relaxed);
-        let manager =
-            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &config.lease_name)
-                .with_namespace(&config.lease_namespace)
-                .with_identity(&identity)
-                .with_field_manager(format!("{}-lease", crate::FIELD_MANAGER))
-                .with_duration(LEASE_DURATION.as_secs())
-                .with_grace(LEASE_GRACE.as_secs())
-                .build()
-                .await
-                .map_err(|e| RunError::LeaderElection(e.to_string()))?;
-        let (mut leader, task) = manager.watch().await;
-        loop {
-            if *leader.borrow_and_update() {
-                break;
-            }
-            tokio::select! {
-                changed = leader.changed() => {
-                    if changed.is_err() {
-                        return Err(RunError::LeaderElection("the lease manager stopped".into()));
-                    }
-                }
-                _ = shutdown.cancelled() => {
-                    drop(leader);
-                    let _ = task.await;
-                    return Ok(());
-                }
-            }
+        let candidate = Candidate {
+            client: client.clone(),
+            namespace: config.lease_namespace.clone(),
+            name: config.lease_name.clone(),
+            identity: identity.clone(),
+        };
+        match candidate
+            .acquire(&shutdown)
+            .await
+            .map_err(RunError::LeaderElection)?
+        {
+            Some(leader) => Some(leader),
+            None => return Ok(()),
         }
-        info!(identity, "became the leader");
-        let fencing = fence(
-            client.clone(),
-            config.lease_namespace.clone(),
-            config.lease_name.clone(),
-            identity.clone(),
-        );
-        let done = controllers_done.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = fencing => {}
-                _ = done.cancelled() => {}
-            }
-        });
-        Some((leader, task))
     } else {
         None
     };
 
-    // The operator's own resources are watched so that one undecodable object cannot stop
-    // the watch (see `watch`); the Deployments and pods it deploys are ordinary watches.
-    let any = || watcher::Config::default().any_semantic();
+    // Each controller builds its own watches; the operator's own resources are watched so
+    // that one undecodable object cannot stop the watch (see `watch`).
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(config.concurrency);
-    let (data_stream_store, writer) = reflector::store::<DataStream>();
-    let data_streams = watch::events(client.clone(), "DataStream", any(), watches.clone())
-        .reflect(writer)
-        .applied_objects();
-    // A DataStream's status shows which Transforms read and write it: their changes wake it.
-    let credentials_of = data_stream_store.clone();
-    let controller = Controller::for_stream(data_streams, data_stream_store)
-        .with_config(controller_config.clone())
-        .watches_stream(
-            watch::events::<Transform>(
-                client.clone(),
-                "Transform (for DataStreams)",
-                any(),
-                watches.clone(),
-            )
-            .touched_objects(),
-            |tf| {
-                let status = tf.status.clone().unwrap_or_default();
-                let own = format!(
-                    "{}/{}",
-                    tf.namespace().unwrap_or_default(),
-                    tf.spec.output.name
-                );
-                status
-                    .inputs
-                    .into_iter()
-                    .chain(status.output)
-                    .chain(std::iter::once(own))
-                    .filter_map(|id| {
-                        let (ns, name) = id.split_once('/')?;
-                        Some(ObjectRef::<DataStream>::new(name).within(ns))
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
-    // With `watch_credential_secrets`, a change to a Secret marked for Weir wakes the
-    // DataStreams of its namespace that name it.
-    let controller = if config.watch_credential_secrets {
-        let marked = watcher::Config::default()
-            .labels(&format!(
-                "{}=true",
-                weir_crds::connection::CREDENTIALS_LABEL
-            ))
-            .any_semantic();
-        controller.watches_stream(
-            watcher(Api::<Secret>::all(client.clone()), marked)
-                .default_backoff()
-                .touched_objects()
-                .inspect(|event| {
-                    if let Err(e) = event {
-                        warn!(
-                            error = %e,
-                            "watching credential Secrets failed (does the operator have list \
-                             and watch on Secrets? the chart grants them with \
-                             watchCredentialSecrets: true)"
-                        );
-                    }
-                }),
-            move |secret: Secret| {
-                let namespace = secret.namespace().unwrap_or_default();
-                let name = secret.name_any();
-                credentials_of
-                    .state()
-                    .into_iter()
-                    .filter(|ds| {
-                        ds.namespace().as_deref() == Some(namespace.as_str())
-                            && ds
-                                .spec
-                                .kafka
-                                .as_ref()
-                                .is_some_and(|k| k.secret_names().any(|n| n == name))
-                    })
-                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
-    } else {
-        controller
-    };
-    // The Transform controller watches what it deploys (by the operator's label) and the
-    // DataStreams its Transforms read and write.
-    let managed = watcher::Config::default()
-        .labels(&format!(
-            "app.kubernetes.io/managed-by={}",
-            crate::FIELD_MANAGER
-        ))
-        .any_semantic();
-    let (transform_store, writer) = reflector::store::<Transform>();
-    let transform_events = watch::events(client.clone(), "Transform", any(), watches.clone())
-        .reflect(writer)
-        .applied_objects();
-    let transforms = Controller::for_stream(transform_events, transform_store.clone())
-        .with_config(controller_config);
-    let lookup = transform_store.clone();
-    let transforms = transforms
-        .owns(Api::<Deployment>::all(client.clone()), managed)
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default()
-                .labels(transform::build::TRANSFORM_LABEL)
-                .any_semantic(),
-            |pod| {
-                let name = pod.labels().get(transform::build::TRANSFORM_LABEL)?.clone();
-                Some(ObjectRef::<Transform>::new(&name).within(&pod.namespace()?))
-            },
-        )
-        .watches_stream(
-            watch::events::<DataStream>(
-                client.clone(),
-                "DataStream (for Transforms)",
-                any(),
-                watches.clone(),
-            )
-            .touched_objects(),
-            move |ds| {
-                transform::transforms_for(&ds, &lookup.state())
-                    .into_iter()
-                    .map(|t| ObjectRef::from_obj(t.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        );
+    let data_streams = data_stream::watches::controller(
+        &client,
+        controller_config.clone(),
+        &watches,
+        config.watch_credential_secrets,
+    );
+    let transforms = transform::watches::controller(&client, controller_config, &watches);
     let ctx = Arc::new(Context::new(
         client.clone(),
         topics,
@@ -306,80 +145,49 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             allowed_bootstrap_servers: config.allowed_bootstrap_servers.clone(),
         },
         metrics.clone(),
-        (controller.store(), transform_store),
-        WorkerSettings {
-            image: config.worker_image.clone(),
-            bootstrap_servers: config
-                .worker_kafka_bootstrap_servers
-                .clone()
-                .unwrap_or_else(|| config.kafka_bootstrap_servers.clone()),
-            sample_interval: config.worker_sample_interval,
-            identity: config.worker_identity().map_err(|e| {
-                RunError::Kafka(TopicError::Rejected(format!(
-                    "--kafka-tls-ca-file (WEIR_KAFKA_TLS_CA_FILE): {e}"
-                )))
-            })?,
-        },
+        (data_streams.store(), transforms.store()),
         config.resync_interval,
         identity.clone(),
     ));
+    let workers = WorkerSettings {
+        image: config.worker_image.clone(),
+        bootstrap_servers: config
+            .worker_kafka_bootstrap_servers
+            .clone()
+            .unwrap_or_else(|| config.kafka_bootstrap_servers.clone()),
+        sample_interval: config.worker_sample_interval,
+        identity: config.worker_identity().map_err(|e| {
+            RunError::Kafka(TopicError::Rejected(format!(
+                "--kafka-tls-ca-file (WEIR_KAFKA_TLS_CA_FILE): {e}"
+            )))
+        })?,
+    };
+    let transform_ctx = Arc::new(transform::Ctx::new(ctx.clone(), workers));
     ready.store(true, Ordering::Relaxed);
     info!("reconciling DataStreams and Transforms");
 
     let stop = shutdown.clone();
-    let (lost_tx, mut lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut lease = None;
-    if let Some((mut leader, task)) = leadership {
-        let stop = shutdown.clone();
-        // Watches for lost leadership until shutdown; then drops the last receiver, which
-        // tells the lease task to release the Lease.
-        let monitor = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    changed = leader.changed() => {
-                        if changed.is_err() || !*leader.borrow_and_update() {
-                            let _ = lost_tx.send(());
-                            stop.cancel();
-                            return;
-                        }
-                    }
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-        lease = Some((monitor, task));
-    }
+    let held = leader.map(|l| l.hold(shutdown.clone(), controllers_done.clone()));
 
     let stop_transforms = stop.clone();
-    let data_streams = controller
+    let data_streams = data_streams
         .graceful_shutdown_on(async move { stop.cancelled().await })
-        .run(
-            data_stream::reconcile,
-            data_stream::error_policy,
-            ctx.clone(),
-        )
+        .run(data_stream::reconcile, data_stream::error_policy, ctx)
         .for_each(log_controller_event);
     let transforms = transforms
         .graceful_shutdown_on(async move { stop_transforms.cancelled().await })
-        .run(transform::reconcile, transform::error_policy, ctx)
+        .run(transform::reconcile, transform::error_policy, transform_ctx)
         .for_each(log_controller_event);
     futures::join!(data_streams, transforms);
     controllers_done.cancel();
 
     shutdown.cancel();
     let _ = server.await;
-    if let Some((monitor, task)) = lease {
-        // Release the Lease, so that a successor takes over at once instead of waiting
-        // out its duration; never wait long for it.
-        let _ = monitor.await;
-        match tokio::time::timeout(LEASE_RELEASE_TIMEOUT, task).await {
-            Ok(Ok(Ok(_))) => info!("released the leader lease"),
-            Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
-            Ok(Err(e)) => warn!(error = %e, "the lease task failed"),
-            Err(_) => warn!("could not release the leader lease in time; it expires on its own"),
-        }
-    }
-    if lost_rx.try_recv().is_ok() {
+    // Release the Lease, so that a successor takes over at once instead of waiting out
+    // its duration.
+    if let Some(held) = held
+        && held.release().await
+    {
         error!("lost the leader lease");
         return Err(RunError::LostLeadership);
     }
@@ -440,41 +248,6 @@ async fn exit_after(stopping: CancellationToken, timeout: Duration) {
         );
         std::process::exit(1);
     });
-}
-
-/// Fencing: the leader reads its Lease every second and ends the process at once, before
-/// the Lease can expire and another replica take over, if the Lease shows no renewal by
-/// this replica in time (the apiserver unreachable, renewals failing) or names another
-/// holder. Exiting, rather than stopping the controllers, is what guarantees that no
-/// reconcile in flight goes on writing to Kafka or the apiserver after leadership ends.
-async fn fence(client: kube::Client, namespace: String, name: String, identity: String) {
-    let leases: Api<Lease> = Api::namespaced(client, &namespace);
-    let mut valid_until = SystemTime::now() + LEASE_DURATION - FENCE_MARGIN;
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let read = tokio::time::timeout(Duration::from_secs(2), leases.get(&name)).await;
-        if let Ok(Ok(lease)) = read {
-            let spec = lease.spec.unwrap_or_default();
-            if spec.holder_identity.as_deref() != Some(identity.as_str()) {
-                error!(holder = ?spec.holder_identity, "the leader lease names another holder; exiting");
-                std::process::exit(1);
-            }
-            if let Some(renewed) = spec.renew_time {
-                let renewed = SystemTime::from(renewed.0);
-                let duration = spec
-                    .lease_duration_seconds
-                    .and_then(|s| u64::try_from(s).ok())
-                    .map_or(LEASE_DURATION, Duration::from_secs);
-                valid_until = renewed + duration.saturating_sub(FENCE_MARGIN);
-            }
-        }
-        if SystemTime::now() > valid_until {
-            error!(
-                "could not renew the leader lease in time; exiting before another replica may                  take over"
-            );
-            std::process::exit(1);
-        }
-    }
 }
 
 fn hostname_or_random() -> String {

@@ -22,6 +22,8 @@ use crate::{Error, Result};
 
 /// How long the control plane gets to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often starting components are looked at.
+const POLL: Duration = Duration::from_millis(250);
 
 /// A running etcd + kube-apiserver + kube-controller-manager; stopped and deleted when dropped.
 #[derive(Debug)]
@@ -157,26 +159,30 @@ impl ControlPlane {
         use k8s_openapi::api::core::v1::ServiceAccount;
         let client = self.client().await?;
         let accounts = kube::Api::<ServiceAccount>::namespaced(client, "default");
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(p) = self.controller_manager.as_mut() {
-                p.ensure_running("starting up")?;
+        let manager = &mut self.controller_manager;
+        let ran = crate::poll_until("a controller", READY_TIMEOUT, POLL, || {
+            let alive = manager
+                .as_mut()
+                .map_or(Ok(()), |p| p.ensure_running("starting up"));
+            let accounts = accounts.clone();
+            async move {
+                alive?;
+                Ok(match accounts.get_opt("default").await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err("no default ServiceAccount".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                })
             }
-            if matches!(accounts.get_opt("default").await, Ok(Some(_))) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Start {
-                    service: "kube-controller-manager".into(),
-                    reason: format!("no controller ran within {READY_TIMEOUT:?}"),
-                    log_tail: crate::process::tail(
-                        &self.dir.join("kube-controller-manager.log"),
-                        30,
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
+        ran.map_err(|e| match e {
+            Error::Timeout(_) => Error::Start {
+                service: "kube-controller-manager".into(),
+                reason: format!("no controller ran within {READY_TIMEOUT:?}"),
+                log_tail: crate::process::tail(&self.dir.join("kube-controller-manager.log"), 30),
+            },
+            other => other,
+        })
     }
 
     /// The apiserver's URL.
@@ -237,37 +243,35 @@ impl ControlPlane {
     }
 
     async fn wait_ready(&mut self) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        let mut client = None;
-        loop {
-            for p in [self.etcd.as_mut(), self.apiserver.as_mut()]
+        let client = self.client().await?;
+        let (etcd, apiserver) = (&mut self.etcd, &mut self.apiserver);
+        let ready = crate::poll_until("the apiserver's /readyz", READY_TIMEOUT, POLL, || {
+            let alive = [etcd.as_mut(), apiserver.as_mut()]
                 .into_iter()
                 .flatten()
-            {
-                p.ensure_running("starting up")?;
-            }
-            if client.is_none() {
-                client = self.client().await.ok();
-            }
-            if let Some(c) = &client {
+                .try_for_each(|p| p.ensure_running("starting up"));
+            let client = client.clone();
+            async move {
+                alive?;
                 let req = http::Request::get("/readyz")
                     .body(Vec::new())
                     .map_err(|e| Error::Kube(e.to_string()))?;
-                if let Ok(body) = c.request_text(req).await
-                    && body.trim() == "ok"
-                {
-                    return Ok(());
-                }
+                Ok(match client.request_text(req).await {
+                    Ok(body) if body.trim() == "ok" => Ok(()),
+                    Ok(body) => Err(body),
+                    Err(e) => Err(e.to_string()),
+                })
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Start {
-                    service: "kube-apiserver".into(),
-                    reason: format!("not ready after {READY_TIMEOUT:?}"),
-                    log_tail: crate::process::tail(&self.dir.join("kube-apiserver.log"), 30),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await;
+        ready.map_err(|e| match e {
+            Error::Timeout(_) => Error::Start {
+                service: "kube-apiserver".into(),
+                reason: format!("not ready after {READY_TIMEOUT:?}"),
+                log_tail: crate::process::tail(&self.dir.join("kube-apiserver.log"), 30),
+            },
+            other => other,
+        })
     }
 }
 

@@ -242,31 +242,42 @@ impl Kafka {
             .create()
             .map_err(|e| Error::Kafka(format!("creating a metadata client: {e}")))?;
         let consumer = std::sync::Arc::new(consumer);
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(p) = self.process.as_mut() {
-                p.ensure_running("starting up")?;
-            }
-            let c = consumer.clone();
-            let ready = tokio::task::spawn_blocking(move || {
-                c.fetch_metadata(None, Duration::from_secs(2))
-                    .map(|m| !m.brokers().is_empty())
-                    .unwrap_or(false)
-            })
-            .await
-            .unwrap_or(false);
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Start {
-                    service: "kafka".into(),
-                    reason: format!("not ready after {READY_TIMEOUT:?}"),
-                    log_tail: crate::process::tail(&self.log(), 30),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let process = &mut self.process;
+        let ready = crate::poll_until(
+            "the broker's metadata",
+            READY_TIMEOUT,
+            Duration::from_millis(250),
+            || {
+                let alive = process
+                    .as_mut()
+                    .map_or(Ok(()), |p| p.ensure_running("starting up"));
+                let c = consumer.clone();
+                async move {
+                    alive?;
+                    let brokers = tokio::task::spawn_blocking(move || {
+                        c.fetch_metadata(None, Duration::from_secs(2))
+                            .map(|m| m.brokers().len())
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(|e| Error::Kafka(e.to_string()))?;
+                    Ok(match brokers {
+                        Ok(0) => Err("no broker".to_owned()),
+                        Ok(_) => Ok(()),
+                        Err(e) => Err(e),
+                    })
+                }
+            },
+        )
+        .await;
+        ready.map_err(|e| match e {
+            Error::Timeout(_) => Error::Start {
+                service: "kafka".into(),
+                reason: format!("not ready after {READY_TIMEOUT:?}"),
+                log_tail: crate::process::tail(&self.log(), 30),
+            },
+            other => other,
+        })
     }
 
     fn jwks_url(&self) -> String {

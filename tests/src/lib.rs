@@ -45,7 +45,7 @@ pub use kafka::Kafka;
 pub use local_node::{Images, LocalNode};
 pub use namespace::{await_condition, await_deletion, with_temp_ns};
 pub use operator::{Operator, OperatorOptions, install_crds};
-pub use wait::wait_until;
+pub use wait::{poll_until, wait_until};
 
 /// Errors from starting or talking to the local stack.
 #[derive(Debug, thiserror::Error)]

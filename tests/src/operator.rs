@@ -143,23 +143,14 @@ impl Operator {
             &env,
             &log,
         )?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            process.ensure_running("starting up")?;
-            if http_get(http_port, "/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-            {
-                return Ok(Self { process, http_port });
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout(format!(
-                    "waiting for the operator's /readyz; log:\n{}",
-                    process.log_tail(30)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_http_ready(
+            &mut process,
+            http_port,
+            "the operator",
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(Self { process, http_port })
     }
 
     /// The operator's `/metrics` text.
@@ -235,6 +226,40 @@ impl Operator {
     pub fn crash(&mut self) {
         self.process.crash();
     }
+}
+
+/// Waits until `process` (called `what` in errors) answers 200 on `/readyz` at `port`;
+/// fails at once if it exits, and with its log's end when `timeout` runs out.
+pub(crate) async fn wait_http_ready(
+    process: &mut Supervised,
+    port: u16,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let ready = crate::poll_until(
+        format!("{what}'s /readyz"),
+        timeout,
+        Duration::from_millis(100),
+        || {
+            let alive = process.ensure_running("starting up");
+            async move {
+                alive?;
+                Ok(match http_get(port, "/readyz").await {
+                    Some((200, _)) => Ok(()),
+                    Some((code, body)) => Err(format!("{code} {body}")),
+                    None => Err("no answer".to_owned()),
+                })
+            }
+        },
+    )
+    .await;
+    ready.map_err(|e| match e {
+        Error::Timeout(seen) => Error::Timeout(format!(
+            "waiting for {seen}; log:\n{}",
+            process.log_tail(30)
+        )),
+        other => other,
+    })
 }
 
 /// An HTTP GET on 127.0.0.1: `(status, body)`, or `None` if nothing answered within 5 s.

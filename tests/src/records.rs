@@ -98,37 +98,38 @@ pub async fn create_topic_with(
 /// Waits until the broker's metadata shows `topic` with `partitions` led partitions: a
 /// topic just created may not be visible yet to the next client that asks.
 pub async fn wait_for_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let probe: rdkafka::consumer::BaseConsumer = client_config(&bootstrap)
-            .create()
-            .map_err(|e| Error::Kafka(format!("creating a metadata client: {e}")))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = probe
-                .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                .ok()
-                .and_then(|md| {
-                    md.topics().first().map(|t| {
-                        t.error().is_none()
-                            && t.partitions().len() == partitions as usize
-                            && t.partitions().iter().all(|p| p.leader() >= 0)
-                    })
+    let probe: rdkafka::consumer::BaseConsumer = client_config(bootstrap)
+        .create()
+        .map_err(|e| Error::Kafka(format!("creating a metadata client: {e}")))?;
+    let probe = std::sync::Arc::new(probe);
+    let want = usize::try_from(partitions).unwrap_or_default();
+    crate::wait_until(
+        format!("topic {topic} with {partitions} led partitions in the metadata"),
+        Duration::from_secs(30),
+        || {
+            let (probe, topic) = (probe.clone(), topic.to_owned());
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    let md = probe
+                        .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                        .map_err(|e| e.to_string())?;
+                    let t = md.topics().first().ok_or("no such topic")?;
+                    let led = t.partitions().iter().filter(|p| p.leader() >= 0).count();
+                    match t.error() {
+                        None if t.partitions().len() == want && led == want => Ok(()),
+                        None => Err(format!(
+                            "{} partitions, {led} with a leader",
+                            t.partitions().len()
+                        )),
+                        Some(e) => Err(format!("{e:?}")),
+                    }
                 })
-                .unwrap_or(false);
-            if ready {
-                return Ok(());
+                .await
+                .map_err(|e| e.to_string())?
             }
-            if std::time::Instant::now() > deadline {
-                return Err(Error::Kafka(format!(
-                    "topic {topic} was created but never appeared in the metadata"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
+        },
+    )
     .await
-    .map_err(|e| Error::Kafka(format!("waiting for topic: {e}")))?
 }
 
 /// Produces `records` to `topic` in order and waits for every acknowledgement.
@@ -238,21 +239,32 @@ pub fn open_transactions(bootstrap: &str, topic: &str, partitions: i32) -> Resul
 }
 
 /// Reads all of `topic` (`read_committed`): reads for `window` at a time, until two
-/// reads in a row see the same number of records.
+/// reads in a row see the same number of records (for at most five minutes).
 pub async fn consume_all(bootstrap: &str, topic: &str, window: Duration) -> Result<Vec<Record>> {
-    let mut last = None;
-    loop {
-        let got = consume(
-            bootstrap,
-            topic,
-            usize::MAX,
-            Isolation::ReadCommitted,
-            window,
-        )
-        .await?;
-        if last == Some(got.len()) {
-            return Ok(got);
-        }
-        last = Some(got.len());
-    }
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+    crate::poll_until(
+        format!("reads of {topic} to see the same records twice"),
+        Duration::from_secs(300),
+        Duration::ZERO,
+        || {
+            let last = last.clone();
+            async move {
+                let got = consume(
+                    bootstrap,
+                    topic,
+                    usize::MAX,
+                    Isolation::ReadCommitted,
+                    window,
+                )
+                .await?;
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if *last == Some(got.len()) {
+                    return Ok(Ok(got));
+                }
+                *last = Some(got.len());
+                Ok(Err(format!("{} records", got.len())))
+            }
+        },
+    )
+    .await
 }

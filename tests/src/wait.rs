@@ -20,16 +20,36 @@ where
     E: Display,
     Fut: Future<Output = std::result::Result<T, E>>,
 {
+    poll_until(what, timeout, POLL, || {
+        let look = probe();
+        async move { Ok(look.await) }
+    })
+    .await
+}
+
+/// [`wait_until`] for a probe that can also fail for good (a process that exited while
+/// starting): its `Err` ends the wait at once, `Ok(Err(seen))` looks again after `every`,
+/// and a timeout is [`Error::Timeout`].
+pub async fn poll_until<T, E, Fut>(
+    what: impl Display,
+    timeout: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    E: Display,
+    Fut: Future<Output = Result<std::result::Result<T, E>>>,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match probe().await {
+        match probe().await? {
             Ok(value) => return Ok(value),
             Err(seen) if tokio::time::Instant::now() >= deadline => {
                 return Err(Error::Timeout(format!(
                     "{what} (waited {timeout:?}); last seen: {seen}"
                 )));
             }
-            Err(_) => tokio::time::sleep(POLL).await,
+            Err(_) => tokio::time::sleep(every).await,
         }
     }
 }
@@ -62,5 +82,16 @@ mod tests {
         assert!(
             timed_out.to_string().contains("never") && timed_out.to_string().contains("still no")
         );
+    }
+
+    #[tokio::test]
+    async fn a_failure_ends_the_wait_at_once() {
+        let started = tokio::time::Instant::now();
+        let got = poll_until("a process", Duration::from_secs(30), POLL, || async {
+            Err::<std::result::Result<(), String>, _>(Error::Timeout("it exited".into()))
+        })
+        .await;
+        assert!(matches!(got, Err(Error::Timeout(m)) if m == "it exited"));
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use crate::operator::{http_get, workspace_binary};
 use crate::process::Supervised;
 use crate::tools::free_port;
-use crate::{Error, Result};
+use crate::Result;
 
 /// A running `weir-worker run`.
 #[derive(Debug)]
@@ -61,24 +61,8 @@ impl Worker {
 
     /// Waits until `/readyz` answers 200: every assigned task restored and consuming.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            self.process.ensure_running("starting up")?;
-            if http_get(self.http_port, "/readyz")
-                .await
-                .is_some_and(|(code, _)| code == 200)
-            {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(Error::Timeout(format!(
-                    "waiting for worker {}'s /readyz; log:\n{}",
-                    self.name,
-                    self.process.log_tail(30)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("worker {}", self.name);
+        crate::operator::wait_http_ready(&mut self.process, self.http_port, &what, timeout).await
     }
 
     /// The sum of the `/metrics` sample lines starting with `prefix` (0 if unreachable).

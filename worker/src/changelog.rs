@@ -23,7 +23,7 @@ pub const META_KEY: [u8; 1] = [0x01];
 pub struct TaskMeta {
     /// The plan that wrote the state.
     pub fingerprint: String,
-    /// What that plan's state means ([`weir_engine::sql::CompiledTransform::state_fingerprint`]):
+    /// What that plan's state means ([`weir_sql::CompiledTransform::state_fingerprint`]):
     /// a plan with the same one can go on from this state. Empty in state written before
     /// Weir recorded it, where only the same plan can.
     #[serde(default, skip_serializing_if = "String::is_empty")]

@@ -17,7 +17,7 @@ use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use weir_engine::ChangeBatch;
-use weir_engine::sql::{StreamInput, StreamKind};
+use weir_sql::{StreamInput, StreamKind};
 
 /// Why a record was set aside.
 #[derive(Clone, Debug, PartialEq, Eq)]

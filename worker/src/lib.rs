@@ -12,7 +12,8 @@
 //! the pages of code only start-up used, such as the SQL compiler's ([`startup`]).
 //!
 //! The crate also holds the `weir` developer CLI ([`cli`]), which runs the same compiler
-//! and engine on a laptop.
+//! (`weir-sql`) and engine on a laptop. Both read Weir's resources from YAML with
+//! [`resources`].
 
 pub mod changelog;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod dead_letter;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod resources;
 pub mod route;
 pub mod startup;
 pub mod transform;

@@ -19,8 +19,8 @@ use arrow::array::AsArray;
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
-use weir_engine::sql::CompiledTransform;
-use weir_engine::sql::partitioning::Partitioning;
+use weir_sql::CompiledTransform;
+use weir_sql::partitioning::Partitioning;
 
 use crate::watermark::Mark;
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use weir_crds::transform::{DeliveryGuarantee, Expectation, OnFailure};
 use weir_crds::{DataStream, Transform, compile};
-use weir_engine::sql::CompiledTransform;
-use weir_engine::sql::partitioning::{self, Partitioning};
+use weir_sql::CompiledTransform;
+use weir_sql::partitioning::{self, Partitioning};
 
-use crate::cli::{self, Resources};
+use crate::resources::{self, Resources};
 
 /// Everything the worker needs to know about the Transform it runs.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ impl Job {
     /// Loads the Transform `which` (`namespace/name`, or the only one) from `files` and
     /// compiles it against the DataStreams in the same files.
     pub fn load(files: &[impl AsRef<Path>], which: Option<&str>) -> anyhow::Result<Self> {
-        let res = cli::load(files)?;
+        let res = resources::load(files)?;
         let tf = pick(&res, which)?;
         Self::from_resources(&res, tf)
     }

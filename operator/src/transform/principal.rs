@@ -23,8 +23,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use tracing::info;
 
+use super::Ctx;
 use super::status::{Reason, State};
-use crate::context::Context;
 use crate::kafka_admin::acl::{Acl, AclDiff, Operation, Pattern, ResourceKind, ScramMechanism};
 use crate::{Error, Result};
 
@@ -487,7 +487,7 @@ pub fn credentials_secret(
 /// user must fix; nothing is deployed until then.
 pub async fn ensure(
     tf: &Transform,
-    ctx: &Context,
+    ctx: &Ctx,
     epoch: i64,
     topics: &PlanTopics,
 ) -> Result<Result<PodCredentials, State>> {
@@ -625,7 +625,7 @@ pub async fn ensure(
 }
 
 /// Makes `principal`'s ACLs on Kafka exactly `desired`.
-pub async fn apply_acls(ctx: &Context, principal: &str, desired: &BTreeSet<Acl>) -> Result<()> {
+pub async fn apply_acls(ctx: &Ctx, principal: &str, desired: &BTreeSet<Acl>) -> Result<()> {
     let live = ctx.kafka.acls(principal).await?;
     let diff = AclDiff::between(&live, desired);
     if !diff.is_empty() {

@@ -8,7 +8,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use weir_crds::{Transform, TransformStatus};
 
-use crate::context::{Context, Happened};
+use super::Ctx;
+use crate::context::Happened;
 use crate::{FIELD_MANAGER, Result};
 
 /// How many restarts make a worker that is waiting to restart again crash-looping.
@@ -72,6 +73,37 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// When to look again after a reconcile stopped for this reason.
+    pub fn retry(self) -> Retry {
+        match self {
+            // The user's mistake: only a change of the Transform can mend it.
+            Self::InvalidSpec | Self::UpgradeBlocked | Self::TestsFailed => Retry::OnChange,
+            // Something outside Weir is not ready yet and will be soon.
+            Self::InputsNotReady => Retry::Soon,
+            // A Secret may be mended at any moment, and not every change of one wakes us.
+            Self::CredentialsInvalid => Retry::Later,
+            Self::KafkaUnavailable => Retry::AsError,
+            // Another object's change wakes the Transform by watch; the resync is the
+            // backstop.
+            _ => Retry::OnResync,
+        }
+    }
+}
+
+/// When to look again after a reconcile stopped short of Ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// On the next change of the Transform.
+    OnChange,
+    /// After the resync interval.
+    OnResync,
+    /// In a few seconds.
+    Soon,
+    /// In half a minute.
+    Later,
+    /// As an error, with the controller's growing backoff.
+    AsError,
 }
 
 /// One condition's value.
@@ -271,12 +303,7 @@ impl Report {
 
 /// Writes the status if it differs from the stored one; publishes a Warning Event when
 /// Ready turns false for a new reason.
-pub async fn write(
-    api: &Api<Transform>,
-    tf: &Transform,
-    ctx: &Context,
-    report: Report,
-) -> Result<()> {
+pub async fn write(api: &Api<Transform>, tf: &Transform, ctx: &Ctx, report: Report) -> Result<()> {
     let previous = tf.status.as_ref();
     let ready = report.ready();
     let status = report.into_status(previous);

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 use nix::sys::signal::Signal;
 use weir_crds::Transform;
 use weir_tests::records::{self, Record};
-use weir_tests::{Images, LocalNode, Operator, OperatorOptions, Stack, install_crds};
+use weir_tests::{Images, LocalNode, Operator, OperatorOptions, Stack, install_crds, wait_until};
 
 /// Run Weir's local stack: a real Kafka broker and Kubernetes control plane on loopback,
 /// with weir-operator and a local node that runs worker pods as processes.
@@ -233,25 +233,42 @@ async fn wait_for_rows(
     bootstrap: &str,
     want: &BTreeMap<(String, String), i64>,
 ) -> anyhow::Result<BTreeMap<(String, String), i64>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let rows = output(bootstrap).await?;
-        if want.iter().all(|(k, v)| rows.get(k) == Some(v)) || Instant::now() > deadline {
-            return Ok(rows);
+    let seen = wait_until("the expected rows", Duration::from_secs(120), || async {
+        let rows = output(bootstrap).await.map_err(|e| e.to_string())?;
+        if want.iter().all(|(k, v)| rows.get(k) == Some(v)) {
+            Ok(rows)
+        } else {
+            Err(format!("{} rows", rows.len()))
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    })
+    .await;
+    // Past the time, the rows as they are, for the caller to show what differs.
+    match seen {
+        Ok(rows) => Ok(rows),
+        Err(_) => output(bootstrap).await,
     }
 }
 
 /// Waits (up to two minutes) until `topic` holds at least `n` committed records.
 async fn wait_for(bootstrap: &str, topic: &str, n: usize) -> anyhow::Result<Vec<Record>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let got = records::consume_all(bootstrap, topic, Duration::from_secs(1)).await?;
-        if got.len() >= n || Instant::now() > deadline {
-            return Ok(got);
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = wait_until(
+        format!("{n} records in {topic}"),
+        Duration::from_secs(120),
+        || async {
+            let got = records::consume_all(bootstrap, topic, Duration::from_secs(1))
+                .await
+                .map_err(|e| e.to_string())?;
+            if got.len() >= n {
+                Ok(got)
+            } else {
+                Err(format!("{} records", got.len()))
+            }
+        },
+    )
+    .await;
+    match seen {
+        Ok(got) => Ok(got),
+        Err(_) => Ok(records::consume_all(bootstrap, topic, Duration::from_secs(1)).await?),
     }
 }
 
@@ -327,22 +344,27 @@ async fn run_demo(weir: &Weir) -> anyhow::Result<()> {
         ("web", "orders-with-customers"),
     ] {
         let transforms = Api::<Transform>::namespaced(client.clone(), ns);
-        loop {
-            let tf = transforms.get(name).await?;
-            let ready = tf
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-                .cloned();
-            if ready.as_ref().is_some_and(|c| c.status == "True") {
-                break;
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(240),
-                "Transform {ns}/{name} did not become Ready: {ready:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let budget = Duration::from_secs(240).saturating_sub(started.elapsed());
+        wait_until(
+            format!("Transform {ns}/{name} to become Ready"),
+            budget,
+            || {
+                let transforms = transforms.clone();
+                async move {
+                    let tf = transforms.get(name).await.map_err(|e| e.to_string())?;
+                    let ready = tf
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+                        .cloned();
+                    match ready {
+                        Some(c) if c.status == "True" => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            },
+        )
+        .await?;
     }
     println!("   ready in {:.1}s", started.elapsed().as_secs_f64());
     print!(

@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use weir_engine::Engine;
-use weir_engine::sql::CompiledTransform;
+use weir_sql::CompiledTransform;
 
 use super::layout::Layout;
 use crate::changelog::{self, TaskMeta};
