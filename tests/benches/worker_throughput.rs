@@ -20,8 +20,10 @@
 //! (`NAME=value,…`) sets worker flags; `WEIR_BENCH_RAW_RUNS` (default 3) is how many
 //! times the raw loop runs at the start; `WEIR_BENCH_SECURE=0` skips the SASL_SSL runs
 //! (passthrough and the window query, exactly once, each right after its plaintext run,
-//! as a principal of its own with a Transform's ACLs).
+//! as a principal of its own with a Transform's ACLs, then the raw loop over the same
+//! SASL_SSL listener, to tell what the stack's TLS costs from what the worker adds).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -234,6 +236,23 @@ async fn main() -> anyhow::Result<()> {
                     secure / raw_rate,
                     secure / rate,
                     peak as f64 / 1024.0
+                ));
+                println!("{}", rows.last().unwrap());
+                // What TLS and SASL cost the stack itself: the raw loop over the same
+                // listener (SCRAM-SHA-512), right after.
+                let raw_secure = n as f64
+                    / raw_run_with(
+                        &bootstrap,
+                        n,
+                        kafka.operator_sasl_ssl_settings("SCRAM-SHA-512"),
+                    )
+                    .await?
+                    .as_secs_f64();
+                rows.push(format!(
+                    "| raw loop | over SASL_SSL, just after | {raw_secure:.0} | | {:.2}× | {adjacent:.0} (plaintext raw loop before) | {:.2}× | worker over SASL_SSL: {:.2}× of this |",
+                    raw_secure / raw_rate,
+                    raw_secure / adjacent,
+                    secure / raw_secure
                 ));
                 println!("{}", rows.last().unwrap());
             }
@@ -520,17 +539,36 @@ async fn secure_env(
 
 /// [`raw_loop`] off the async runtime.
 async fn raw_run(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
-    let bootstrap = bootstrap.to_owned();
-    tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n)).await?
+    raw_run_with(bootstrap, n, BTreeMap::new()).await
 }
 
-fn raw_loop(bootstrap: &str, n: usize) -> anyhow::Result<Duration> {
-    let consumer: BaseConsumer = records::client_config(bootstrap)
+/// [`raw_run`] with more client settings (another listener and its security).
+async fn raw_run_with(
+    bootstrap: &str,
+    n: usize,
+    settings: BTreeMap<String, String>,
+) -> anyhow::Result<Duration> {
+    let bootstrap = bootstrap.to_owned();
+    tokio::task::spawn_blocking(move || raw_loop(&bootstrap, n, &settings)).await?
+}
+
+fn raw_loop(
+    bootstrap: &str,
+    n: usize,
+    settings: &BTreeMap<String, String>,
+) -> anyhow::Result<Duration> {
+    let config = |mut c: rdkafka::ClientConfig| {
+        for (k, v) in settings {
+            c.set(k, v);
+        }
+        c
+    };
+    let consumer: BaseConsumer = config(records::client_config(bootstrap))
         .set("group.id", "bench.raw")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()?;
-    let producer: ThreadedProducer<_> = records::client_config(bootstrap)
+    let producer: ThreadedProducer<_> = config(records::client_config(bootstrap))
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()?;

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
+use crate::Result;
 use crate::operator::{http_get, workspace_binary};
 use crate::process::Supervised;
 use crate::tools::free_port;
-use crate::Result;
 
 /// A running `weir-worker run`.
 #[derive(Debug)]

@@ -93,13 +93,27 @@ async fn raising_partitions_grows_the_topic() {
             .expect("patch");
         let ds = await_condition(api.clone(), "clicks", is_ready(), WAIT).await;
         assert_eq!(ds.status.as_ref().and_then(|s| s.partitions), Some(5));
-        let state = topics
-            .describe(&format!("{ns}.clicks"))
-            .await
-            .expect("describe")
-            .expect("exists");
-        assert_eq!(state.partitions, 5);
-        assert_eq!(state.configs["retention.ms"], "43200000");
+        // The broker applies a committed config change to what it describes a moment
+        // after the change returns (KRaft's metadata log): look until it shows.
+        let topic = format!("{ns}.clicks");
+        wait_until("the broker to describe the new retention", WAIT, || async {
+            let state = topics
+                .describe(&topic)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no topic")?;
+            let retention = state.configs.get("retention.ms").cloned();
+            if state.partitions == 5 && retention.as_deref() == Some("43200000") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} partitions, retention.ms {retention:?}",
+                    state.partitions
+                ))
+            }
+        })
+        .await
+        .expect("partitions and retention as the spec says");
     })
     .await;
 }
@@ -671,11 +685,29 @@ async fn a_claim_names_the_topic_by_id_and_only_that_topic_is_ever_deleted() {
         // The claim now names another topic id, as after the topic was deleted and created
         // again outside Weir (or a status edited by hand): Weir stops managing the topic
         // and its Delete policy leaves it.
+        // A reconcile already in flight (woken by the operator's own Ready write) may
+        // write its claim over the edit: edit again until the operator has seen it.
         let patch = serde_json::json!({ "status": { "topicId": "AAAAAAAAAAAAAAAAAAAAAA" } });
-        api.patch_status("owned", &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("edit the claim");
-        let ds = await_condition(api.clone(), "owned", has_reason("TopicNotManaged"), WAIT).await;
+        let ds = wait_until("the operator to see the edited claim", WAIT, || {
+            let api = api.clone();
+            let patch = patch.clone();
+            async move {
+                let ds = api.get("owned").await.map_err(|e| e.to_string())?;
+                if has_reason("TopicNotManaged")(Some(&ds)) {
+                    return Ok(ds);
+                }
+                if ds.status.as_ref().and_then(|s| s.topic_id.as_deref())
+                    != Some("AAAAAAAAAAAAAAAAAAAAAA")
+                {
+                    api.patch_status("owned", &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                Err(format!("{:?}", ready_condition(&ds)))
+            }
+        })
+        .await
+        .expect("TopicNotManaged");
         let (_, _, message) = ready_condition(&ds).expect("condition");
         assert!(message.contains("created again outside Weir"), "{message}");
         api.delete("owned", &DeleteParams::default())

@@ -106,7 +106,7 @@ pub fn explain(files: &[impl AsRef<Path>]) -> anyhow::Result<String> {
                 )
             }
             Ok(Partitioning::Repartition(keys)) => {
-                let topic = format!("{ns}.{name}.repartition");
+                let topic = weir_crds::names::TransformNames::new(&ns, &name, 0).repartition();
                 let _ = writeln!(out, "stages:");
                 for (input, cols) in c.inputs.iter().zip(&keys) {
                     let _ = writeln!(

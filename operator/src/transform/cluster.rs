@@ -14,7 +14,8 @@ use weir_crds::compile::id_of;
 use weir_crds::connection::{KafkaConnection, SaslMechanism};
 use weir_crds::{DataStream, Transform};
 
-use super::principal::{PodCredentials, ProvidedLayout, env, sasl_files, secret_volume_items};
+use super::principal::credentials::{env, sasl_files, secret_volume_items};
+use super::principal::{PodCredentials, ProvidedLayout};
 
 /// Where a named connection's SASL Secret is mounted in the worker pods.
 pub const SASL_DIR: &str = "/etc/weir-kafka-sasl";
