@@ -24,6 +24,7 @@
 
 pub mod apply;
 pub mod build;
+mod cleanup;
 pub mod cluster;
 pub mod health;
 pub mod principal;
@@ -46,7 +47,6 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 use weir_crds::compile::id_of;
-use weir_crds::data_stream::DeletionPolicy;
 use weir_crds::{DataStream, Transform};
 use weir_sql::partitioning::{self, Partitioning};
 
@@ -55,6 +55,7 @@ use crate::kafka_admin::KafkaAdmin;
 use crate::{Error, Result};
 use apply::{ensure, ensure_named, ensure_topic, other_writer, owned_by};
 use build::InternalTopics;
+use cleanup::cleanup;
 use resolve::Resolved;
 use status::{Reason, Report, Retry, State};
 
@@ -590,61 +591,6 @@ async fn observe(
         }
     }
     Ok(())
-}
-
-/// On deletion: the owned objects go with the Transform (owner references); the internal
-/// topics are deleted when `spec.output.deletionPolicy` is `Delete`, and kept otherwise.
-async fn cleanup(tf: &Transform, ctx: &Ctx) -> Result<Action> {
-    ctx.worker_health.forget(&id_of(&tf.metadata));
-    if ctx.workers.identity.mode == principal::PrincipalMode::Managed && tf.spec.kafka.is_none() {
-        // The workers' principal goes with the Transform: its ACLs, then its credential.
-        let names = build::names(tf, 0);
-        let principal_name = principal::managed_principal(&names);
-        principal::apply_acls(ctx, &principal_name, &Default::default()).await?;
-        if let Some(mechanism) = principal::scram(ctx.workers.identity.mechanism) {
-            ctx.kafka
-                .delete_scram(&names.principal_user(), mechanism)
-                .await?;
-        }
-        info!(
-            principal = principal_name,
-            "deleted the Transform's Kafka principal"
-        );
-    }
-    if tf.spec.output.deletion_policy != DeletionPolicy::Delete {
-        ctx.forget_connection(&tf.metadata);
-        return Ok(Action::await_change());
-    }
-    // A named connection whose Secrets are gone (its namespace being deleted) is served
-    // from the client the Transform used; without one its internal topics are left.
-    let kafka = match ctx
-        .kafka_for_connection(&tf.metadata, tf.spec.kafka.as_ref())
-        .await
-    {
-        Ok(k) => Some(k),
-        Err(problem) => ctx.cached_connection(&tf.metadata).or_else(|| {
-            warn!(
-                problem = problem.0,
-                "the Transform's Kafka connection cannot be used: its internal topics stay"
-            );
-            None
-        }),
-    };
-    let epoch = tf.status.as_ref().map_or(0, |s| s.state_epoch);
-    if let Some(kafka) = &kafka {
-        for topic in InternalTopics::all(tf, epoch) {
-            match kafka.describe(&topic).await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    kafka.delete(&topic).await?;
-                    info!(topic, "deleted internal topic");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    ctx.forget_connection(&tf.metadata);
-    Ok(Action::await_change())
 }
 
 #[cfg(test)]
