@@ -1,7 +1,7 @@
 //! The Transform controller: turns a Transform into checked, tested, running workers.
 //!
 //! A reconcile reads top to bottom, each step a function that returns what the next needs
-//! or why it [`Stop`]ped, and ends in [`settle`], the one place that writes the status and
+//! or why it stopped (`Stop`), and ends in `settle`, the one place that writes the status and
 //! picks when to look again (by the stopping condition's [`Reason::retry`]):
 //! - **resolve** ([`resolve`]): the DataStreams the Transform may read (those of its
 //!   namespace, and those of other namespaces whose `spec.access.readers` names it; a SQL

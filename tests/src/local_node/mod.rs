@@ -11,7 +11,7 @@
 //! Secret, emptyDir and projected (ServiceAccount token, ConfigMap, downward API) volumes
 //! are mounted at their `mountPath` in a mount namespace of the container's own
 //! (`unshare --mount`, which needs root). Each pod gets its own loopback address
-//! (127.k.x.y, the second octet claimed per node, see [`addresses`]) as its IP. Readiness and liveness HTTP probes run on their period; a
+//! (127.k.x.y, the second octet claimed per node, see `addresses`) as its IP. Readiness and liveness HTTP probes run on their period; a
 //! container that exits is restarted by `restartPolicy` with a growing back-off; a pod
 //! being deleted gets SIGTERM, then SIGKILL after its grace period, and is then removed.
 //! Each container logs to `<dir>/<namespace>_<pod>_<container>.log`.
@@ -19,10 +19,10 @@
 //! What it does not do: resource limits, user ids (processes run as the test user),
 //! network isolation, image pulls, exec/attach/port-forward.
 //!
-//! The parts: this module registers the node and watches its pods; [`pod`] runs one pod
-//! (its containers' restarts, probes and status); [`environment`] builds a container's
-//! environment as a kubelet does; [`container`] mounts its volumes and starts its process;
-//! [`addresses`] gives out the pods' IPs.
+//! The parts: this module registers the node and watches its pods; `pod` runs one pod
+//! (its containers' restarts, probes and status); `environment` builds a container's
+//! environment as a kubelet does; `container` mounts its volumes and starts its process;
+//! `addresses` gives out the pods' IPs.
 
 mod addresses;
 mod container;

@@ -8,9 +8,10 @@
 //! its batch.
 //!
 //! A record with no value (a tombstone) deletes its key from a table input: the key is
-//! decoded by the table's key fields alone. On an event stream a tombstone is rejected.//!
-//! [`decode`] reads records into change batches; [`encode`] writes change batches as
-//! records.
+//! decoded by the table's key fields alone. On an event stream a tombstone is rejected.
+//!
+//! `decode` reads records into change batches ([`Decoder`]); `encode` writes change
+//! batches as records ([`Encoder`]).
 
 mod decode;
 mod encode;
