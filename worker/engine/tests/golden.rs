@@ -258,6 +258,20 @@ fn actual(case: &Case) -> Vec<String> {
             return vec!["error".into(), m];
         }
     };
+    // Every fingerprint is a pure function of the plan: a second compile in this process
+    // (fresh hash seeds, the shared session's counters moved on) gets the same ones, or
+    // a running Transform's workers would be rolled, and its upgrades judged, at random.
+    let again = compile(&case.sql, &case.streams, &case.options).expect("compiles again");
+    assert_eq!(
+        again.fingerprint, compiled.fingerprint,
+        "{}: plan fingerprint",
+        case.name
+    );
+    assert_eq!(
+        again.state_fingerprint, compiled.state_fingerprint,
+        "{}: state fingerprint",
+        case.name
+    );
     // Group records per stream, keeping their order.
     let mut given: Vec<(String, Vec<Record>)> = Vec::new();
     for (s, r) in &case.given {

@@ -251,6 +251,25 @@ mod tests {
     }
 
     #[test]
+    fn a_global_aggregate_gets_an_output_kafka_can_create() {
+        // One row with the empty group key: keyed by the whole row, so its table can be
+        // compacted (a compacted DataStream needs a key) and its topic created.
+        let ds = views();
+        let tf = transform("SELECT COUNT(*) AS n, MAX(ts) AS last FROM page_views");
+        let c = compiled(&tf, &ds);
+        let out = output_data_stream(&tf, &c, &[&ds]).expect("builds");
+        assert_eq!(out.spec.cleanup_policy, CleanupPolicy::Compact);
+        assert_eq!(out.spec.key, vec!["n", "last"]);
+        let policy = crate::policy::Policy {
+            replication_factor: 1,
+            topic_grants: Vec::new(),
+            config_allow_list: Vec::new(),
+            allowed_bootstrap_servers: Vec::new(),
+        };
+        crate::data_stream::validated::validate(&out, &policy).expect("a valid DataStream");
+    }
+
+    #[test]
     fn a_declared_output_must_match_the_sql() {
         let ds = views();
         let tf = transform("SELECT user_id, url FROM page_views WHERE url <> ''");

@@ -12,6 +12,7 @@
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
 
+use datafusion::common::alias::AliasGenerator;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{FunctionRegistry, SessionState};
 use datafusion::sql::planner::{ParserOptions, SqlToRel};
@@ -27,7 +28,10 @@ use crate::{
 };
 
 mod aggregate;
+mod aggregate_names;
+mod comparison;
 mod join;
+mod like_escape;
 mod lineage;
 mod lower;
 mod refusals;
@@ -90,6 +94,8 @@ pub fn compile(
     refusals::check(sql, state, &statement)?;
     let spans = SqlSpans::of(&statement);
     windows::rewrite_statement(&mut statement)?;
+    like_escape::rewrite_statement(&mut statement)?;
+    aggregate_names::rewrite_statement(&mut statement);
 
     let catalog = Catalog {
         state,
@@ -128,9 +134,14 @@ pub fn compile(
             None => err,
         }
     })?;
-    let optimized = state
+    // The optimizer's generated names (`__common_expr_1`) count from 1 in every compile:
+    // the shared session's generator would count across compiles, and the names reach
+    // the plan's rendering, which the state fingerprint hashes.
+    let mut optimizer_state = state.clone();
+    optimizer_state.execution_props_mut().alias_generator = Arc::new(AliasGenerator::new());
+    let optimized = optimizer_state
         .optimize(&plan)
-        .map_err(|e| CompileError::from_datafusion(sql, e))?;
+        .map_err(|e| comparison::locate(&plan, CompileError::from_datafusion(sql, e)))?;
 
     let used = catalog.used.borrow().clone();
     let inputs: Vec<StreamInput> = used.iter().map(|i| streams[*i].clone()).collect();
@@ -153,9 +164,12 @@ pub fn compile(
     let output_kind = root.props.kind;
     let output_key = match output_kind {
         StreamKind::AppendOnly => Vec::new(),
+        // A changelog without a key of its own (a global aggregate's one row has the empty
+        // key) is keyed by the whole row: an update retracts the old row (a tombstone on
+        // its key) and writes the new one, and the output is a table Kafka can compact.
         StreamKind::Changelog => match &root.props.key {
-            Some(k) => k.iter().map(|i| names[*i].clone()).collect(),
-            None => names.clone(),
+            Some(k) if !k.is_empty() => k.iter().map(|i| names[*i].clone()).collect(),
+            _ => names.clone(),
         },
     };
     let output_event_time = root

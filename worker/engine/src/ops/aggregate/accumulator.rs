@@ -1,6 +1,7 @@
 //! The aggregate functions: their kinds, running state (accumulators), updates under
 //! retraction, merges (sessions) and output values.
 
+use super::exact_sum::ExactSum;
 use super::*;
 use arrow::array::AsArray;
 use arrow::datatypes::{Decimal128Type, Float64Type, Int64Type};
@@ -33,11 +34,25 @@ pub(super) struct Spec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) enum Acc {
     Count(i64),
-    SumI { sum: i128, n: i64 },
-    SumF { sum: f64, n: i64 },
+    SumI {
+        sum: i128,
+        n: i64,
+    },
+    /// A floating-point sum as a running total: state written before sums were exact,
+    /// read back and turned into [`Acc::SumX`] at its next update.
+    SumF {
+        sum: f64,
+        n: i64,
+    },
     Ordered(BTreeMap<Vec<u8>, i64>),
     Best(Option<Vec<u8>>),
     Distinct(HashMap<Vec<u8>, i64>),
+    /// A floating-point sum kept exactly, so retractions leave the sum of what is left.
+    /// (Last, so that state written before it still reads.)
+    SumX {
+        sum: ExactSum,
+        n: i64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -53,7 +68,7 @@ impl Group {
         self.rows == 0
             && self.accs.iter().all(|a| match a {
                 Acc::Count(n) => *n == 0,
-                Acc::SumI { n, .. } | Acc::SumF { n, .. } => *n == 0,
+                Acc::SumI { n, .. } | Acc::SumF { n, .. } | Acc::SumX { n, .. } => *n == 0,
                 Acc::Ordered(m) => m.is_empty(),
                 Acc::Distinct(m) => m.is_empty(),
                 Acc::Best(_) => true,
@@ -103,6 +118,9 @@ pub(super) fn value(acc: &Acc, kind: Kind) -> Val {
         (Acc::SumF { n: 0, .. }, _) => Val::F(None),
         (Acc::SumF { sum, n }, Kind::AvgFloat) => Val::F(Some(sum / *n as f64)),
         (Acc::SumF { sum, .. }, _) => Val::F(Some(*sum)),
+        (Acc::SumX { n: 0, .. }, _) => Val::F(None),
+        (Acc::SumX { sum, n }, Kind::AvgFloat) => Val::F(Some(sum.value() / *n as f64)),
+        (Acc::SumX { sum, .. }, _) => Val::F(Some(sum.value())),
         (Acc::Ordered(m), Kind::Min) => Val::B(m.keys().next().cloned()),
         (Acc::Ordered(m), _) => Val::B(m.keys().next_back().cloned()),
         (Acc::Best(b), _) => Val::B(b.clone()),
@@ -153,6 +171,12 @@ pub(super) fn prepare(spec: &Spec, data: &arrow::record_batch::RecordBatch) -> R
 pub(super) fn update(acc: &mut Acc, kind: Kind, p: &Prepared, i: usize, w: i64) -> Result<()> {
     let valid =
         |nulls: &Option<arrow::buffer::NullBuffer>| nulls.as_ref().is_none_or(|n| n.is_valid(i));
+    if let Acc::SumF { sum, n } = acc {
+        *acc = Acc::SumX {
+            sum: ExactSum::of(*sum),
+            n: *n,
+        };
+    }
     match (acc, p) {
         (Acc::Count(n), Prepared::None) => *n += w,
         (Acc::Count(n), Prepared::Nulls(nulls)) => {
@@ -181,9 +205,9 @@ pub(super) fn update(acc: &mut Acc, kind: Kind, p: &Prepared, i: usize, w: i64) 
                 *n += w;
             }
         }
-        (Acc::SumF { sum, n }, Prepared::Float(a)) => {
+        (Acc::SumX { sum, n }, Prepared::Float(a)) => {
             if a.is_valid(i) {
-                *sum += a.value(i) * w as f64;
+                sum.add(a.value(i), w);
                 *n += w;
             }
         }
@@ -253,9 +277,14 @@ pub(super) fn merge(into: &mut Acc, from: Acc, kind: Kind) {
             *sum += s2;
             *n += n2;
         }
-        (Acc::SumF { sum, n }, Acc::SumF { sum: s2, n: n2 }) => {
-            *sum += s2;
-            *n += n2;
+        (
+            into @ (Acc::SumF { .. } | Acc::SumX { .. }),
+            from @ (Acc::SumF { .. } | Acc::SumX { .. }),
+        ) => {
+            if let (Some((mut sum, n)), Some((s2, n2))) = (exact_of(into), exact_of(&from)) {
+                sum.merge(&s2);
+                *into = Acc::SumX { sum, n: n + n2 };
+            }
         }
         (Acc::Ordered(a), Acc::Ordered(b)) => {
             for (k, c) in b {
@@ -288,6 +317,15 @@ pub(super) fn merge(into: &mut Acc, from: Acc, kind: Kind) {
     }
 }
 
+/// A floating-point sum's exact sum and count.
+fn exact_of(a: &Acc) -> Option<(ExactSum, i64)> {
+    match a {
+        Acc::SumF { sum, n } => Some((ExactSum::of(*sum), *n)),
+        Acc::SumX { sum, n } => Some((sum.clone(), *n)),
+        _ => None,
+    }
+}
+
 pub(super) fn new_group_for(specs: &[Spec], append_input: bool) -> Group {
     Group {
         rows: 0,
@@ -299,7 +337,10 @@ pub(super) fn new_group_for(specs: &[Spec], append_input: bool) -> Group {
                 Kind::SumInt | Kind::AvgInt | Kind::SumDec { .. } | Kind::AvgDec { .. } => {
                     Acc::SumI { sum: 0, n: 0 }
                 }
-                Kind::SumFloat | Kind::AvgFloat => Acc::SumF { sum: 0.0, n: 0 },
+                Kind::SumFloat | Kind::AvgFloat => Acc::SumX {
+                    sum: ExactSum::default(),
+                    n: 0,
+                },
                 Kind::Min | Kind::Max if append_input => Acc::Best(None),
                 Kind::Min | Kind::Max => Acc::Ordered(BTreeMap::new()),
             })

@@ -32,6 +32,7 @@ use crate::exprs::Eval;
 use crate::{ChangeBatch, EngineError, Result, Watermark};
 
 mod accumulator;
+mod exact_sum;
 mod output;
 mod session;
 mod window;
