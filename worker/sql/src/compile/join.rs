@@ -36,6 +36,7 @@ impl Lowerer<'_> {
             mode = m;
         } else if left.props.kind == StreamKind::AppendOnly
             && right.props.kind == StreamKind::Changelog
+            && reads_a_table(&right)
             && let Some(key) = &right.props.key
         {
             let on_right: Vec<Option<usize>> =
@@ -98,6 +99,19 @@ impl Lowerer<'_> {
             schema: j.schema.clone(),
             props,
         })
+    }
+}
+
+/// Whether `node` is a table read as it is (its rows filtered or projected, nothing
+/// computed over them): the side a lookup may read as of each event. A changelog the
+/// query computes itself (an aggregate, a join) changes as the same input flows, and an
+/// event looked up against it would keep a stale answer; it is joined as a regular join,
+/// which emits corrections.
+fn reads_a_table(node: &Node) -> bool {
+    match &node.op {
+        Op::Source { .. } => true,
+        Op::Project { input, .. } | Op::Filter { input, .. } => reads_a_table(input),
+        Op::Aggregate(_) | Op::Join(_) | Op::Union { .. } => false,
     }
 }
 
