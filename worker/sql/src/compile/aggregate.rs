@@ -47,7 +47,20 @@ impl Lowerer<'_> {
         for e in &a.aggr_expr {
             aggs.push(self.agg_call(unalias(e))?);
         }
-        let lateness = self.options.allowed_lateness_ms.saturating_mul(1_000_000);
+        // A window closes when the watermark passes its end plus the allowed lateness plus
+        // how far its time column may lag the watermark: an interval join emits a pair
+        // when its later side arrives, with the earlier side's time, up to the join's
+        // bound behind the watermark. Holding the window back by that lag (as Flink holds
+        // back a join's output watermark) keeps those pairs from being dropped as late.
+        let time_lag = window
+            .as_ref()
+            .and_then(|w| time_term(&input, &w.time))
+            .map_or(0, |(t, _)| t.lag.max(0));
+        let lateness = self
+            .options
+            .allowed_lateness_ms
+            .saturating_mul(1_000_000)
+            .saturating_add(time_lag);
         let n_group = a.group_expr.len();
         let mut props = Props::append();
         props.key = Some((0..n_group).collect());
