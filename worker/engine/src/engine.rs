@@ -277,6 +277,39 @@ impl Engine {
         Ok((behind.true_count() > 0).then_some(behind))
     }
 
+    /// The rows of an input batch behind the watermark that the rows before them in the
+    /// same batch imply, each with that watermark (nanoseconds): where a batch must be
+    /// cut, the watermark moved and windows closed, so that lateness is judged record by
+    /// record, as `weir test` judges it, however the records were batched. Empty when
+    /// the batch is in order within the input's out-of-orderness (the usual case), the
+    /// input has no event time, or no operator can find a record late.
+    pub fn behind_earlier_rows(
+        &self,
+        input: usize,
+        batch: &RecordBatch,
+    ) -> Result<Vec<(usize, i64)>> {
+        let Some(Some((col, ooo))) = self.event_time.get(input) else {
+            return Ok(Vec::new());
+        };
+        if !self.drops_late {
+            return Ok(Vec::new());
+        }
+        let times = time_nanos(batch.column(*col))?;
+        let mut newest: Option<i64> = None;
+        let mut cuts = Vec::new();
+        for (i, t) in times.iter().enumerate() {
+            let Some(t) = t else { continue };
+            if let Some(n) = newest {
+                let watermark = n.saturating_sub(*ooo);
+                if t < watermark {
+                    cuts.push((i, watermark));
+                }
+            }
+            newest = Some(newest.map_or(t, |n| n.max(t)));
+        }
+        Ok(cuts)
+    }
+
     /// Moves input `input`'s watermark forward to `watermark` (nanoseconds); it never
     /// moves back. Returns the output's changes this completes.
     pub fn advance_watermark(&mut self, input: usize, watermark: i64) -> Result<Vec<ChangeBatch>> {

@@ -136,6 +136,26 @@ impl Step<'_> {
         }
     }
 
+    /// This task's partition of `input` said watermark `wm` (nanoseconds) in the middle
+    /// of a batch: moves the engine on; returns the output that completes.
+    fn watermark_moved(
+        &self,
+        id: TaskId,
+        task: &mut Task,
+        input: usize,
+        wm: i64,
+    ) -> Result<Vec<ChangeBatch>, Failure> {
+        task.progress.update(
+            input,
+            id.partition,
+            Mark {
+                watermark: Watermark::at(wm),
+                idle: false,
+            },
+        );
+        self.advance(id, task)
+    }
+
     /// Moves a running task's engine to the watermarks its progress allows; returns the
     /// output that completes.
     fn advance(&self, id: TaskId, task: &mut Task) -> Result<Vec<ChangeBatch>, Failure> {
@@ -313,8 +333,25 @@ impl Step<'_> {
                 } else {
                     task.engine.watermark_of(input, &batch.data).ok().flatten()
                 };
+                // Rows behind the watermark the rows before them imply: the watermark
+                // moves (and windows close) just before each, as record by record.
+                let cuts = if repartitioned {
+                    Vec::new()
+                } else {
+                    task.engine
+                        .behind_earlier_rows(input, &batch.data)
+                        .map_err(|e| anyhow!("reading event times: {e}"))?
+                };
+                let cut_at = |row: usize| {
+                    cuts.binary_search_by_key(&row, |(r, _)| *r)
+                        .ok()
+                        .map(|i| cuts[i].1)
+                };
                 if careful {
                     for (r, row) in rows.iter().enumerate() {
+                        if let Some(wm) = cut_at(r) {
+                            sends.extend(self.watermark_moved(id, task, input, wm)?);
+                        }
                         let one = batch.slice(r, 1);
                         let snapshot = task.engine.snapshot().map_err(|e| anyhow!("{e}"))?;
                         let late_before = task.engine.late_records();
@@ -346,7 +383,13 @@ impl Step<'_> {
                         .engine
                         .behind_watermark(input, &batch.data)
                         .map_err(|e| anyhow!("reading event times: {e}"))?;
-                    for (offset, len) in pieces(behind.as_ref(), batch.len()) {
+                    let single = isolate(behind, &cuts, batch.len());
+                    for (offset, len) in pieces(single.as_ref(), batch.len()) {
+                        if len == 1
+                            && let Some(wm) = cut_at(offset)
+                        {
+                            sends.extend(self.watermark_moved(id, task, input, wm)?);
+                        }
                         let late_before = task.engine.late_records();
                         match task.engine.push(input, batch.slice(offset, len)) {
                             Ok(out) => sends.extend(out),
@@ -358,7 +401,7 @@ impl Step<'_> {
                                 });
                             }
                         }
-                        if behind.is_some() && len == 1 && task.engine.late_records() > late_before
+                        if single.is_some() && len == 1 && task.engine.late_records() > late_before
                         {
                             rejects.push((start + rows[offset], Stage::Engine, late()));
                         }
@@ -430,6 +473,26 @@ fn runs(
 
 /// Splits `len` rows into pieces to push: each row where `single` is true alone, the
 /// rows between in runs.
+/// The rows to push one at a time: those behind the watermark (`behind`) and those
+/// behind the rows before them (`cuts`).
+fn isolate(
+    behind: Option<arrow::array::BooleanArray>,
+    cuts: &[(usize, i64)],
+    len: usize,
+) -> Option<arrow::array::BooleanArray> {
+    if cuts.is_empty() {
+        return behind;
+    }
+    let mut single: Vec<bool> = match &behind {
+        Some(b) => (0..len).map(|i| b.value(i)).collect(),
+        None => vec![false; len],
+    };
+    for (r, _) in cuts {
+        single[*r] = true;
+    }
+    Some(single.into())
+}
+
 fn pieces(single: Option<&arrow::array::BooleanArray>, len: usize) -> Vec<(usize, usize)> {
     let Some(single) = single else {
         return vec![(0, len)];
@@ -505,6 +568,23 @@ mod tests {
             vec![(0, 1), (1, 1), (2, 1), (3, 2), (5, 1)]
         );
         assert_eq!(super::pieces(None, 4), vec![(0, 4)]);
+    }
+
+    #[test]
+    fn rows_behind_earlier_rows_of_their_batch_are_pushed_alone_too() {
+        let behind: arrow::array::BooleanArray =
+            [true, false, false, false].into_iter().map(Some).collect();
+        let single = super::isolate(Some(behind), &[(2, 70)], 4).expect("rows to isolate");
+        assert_eq!(
+            super::pieces(Some(&single), 4),
+            vec![(0, 1), (1, 1), (2, 1), (3, 1)]
+        );
+        let single = super::isolate(None, &[(2, 70)], 4).expect("rows to isolate");
+        assert_eq!(
+            super::pieces(Some(&single), 4),
+            vec![(0, 2), (2, 1), (3, 1)]
+        );
+        assert!(super::isolate(None, &[], 4).is_none());
     }
 
     fn polled(input: Option<usize>, control: bool) -> Polled {
