@@ -355,6 +355,11 @@ async fn a_filter_at_parallelism_3_writes_every_good_record_once_and_dead_letter
             "json_syntax",
         ),
         (
+            "comma",
+            r#"{"user_id":"u1" "n":4,"ts":0}"#.to_owned(),
+            "json_syntax",
+        ),
+        (
             "type",
             r#"{"user_id":"u1","n":"three","ts":0}"#.to_owned(),
             "type_mismatch",

@@ -47,6 +47,15 @@ pub struct Decoder {
     integers: Vec<String>,
 }
 
+/// Whether `bytes` is one JSON value, strictly: arrow-json's decoder reads structure
+/// leniently (it skips a missing comma between fields), so Weir checks the syntax itself,
+/// and a record that is not JSON is a dead letter of class `json_syntax`.
+fn syntax(bytes: &[u8]) -> Result<(), Rejection> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map(drop)
+        .map_err(|e| Rejection::new("json_syntax", format!("the value is not valid JSON: {e}")))
+}
+
 impl Decoder {
     /// A decoder for `input`, rejecting payloads over `max_bytes`.
     pub fn new(input: &StreamInput, max_bytes: usize) -> Self {
@@ -171,6 +180,7 @@ impl Decoder {
         let mut decoder = self.builder(&self.schema, run.len()).build_decoder().ok()?;
         for (n, &i) in run.iter().enumerate() {
             let value = records[i].value?;
+            syntax(value).ok()?;
             decoder.decode(value).ok()?;
             if decoder.has_partial_record() || decoder.len() != n + 1 {
                 return None;
@@ -223,6 +233,7 @@ impl Decoder {
     }
 
     fn decode_one(&self, schema: &SchemaRef, bytes: &[u8]) -> Result<RecordBatch, Rejection> {
+        syntax(bytes)?;
         if let Some((field, number)) = weir_engine::lossless::lossy_integer(bytes, &self.integers) {
             return Err(Rejection {
                 class: "type_mismatch",
@@ -419,6 +430,8 @@ mod tests {
             r#"[1,2]"#,
             r#"{"id":"h","n":8}{"id":"i","n":9}"#,
             r#"{"id":"j","n":10,"ts":"2026-01-01T00:00:00Z"}"#,
+            // A missing comma, which arrow-json alone would read as good.
+            r#"{"id":"k" "n":11,"ts":"2026-01-01T00:00:00Z"}"#,
         ]));
         assert_eq!(ids(&d), ["a", "j"]);
         let classes: Vec<(usize, &str)> = d.rejected.iter().map(|(i, r)| (*i, r.class)).collect();
@@ -432,6 +445,7 @@ mod tests {
                 (5, "too_large"),
                 (6, "json_syntax"),
                 (7, "json_syntax"),
+                (9, "json_syntax"),
             ]
         );
         assert_eq!(d.rejected[1].1.field.as_deref(), Some("n"));
