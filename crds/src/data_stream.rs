@@ -204,6 +204,13 @@ pub struct EventTime {
     /// time, as a duration such as `5s`. Defaults to `0s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_out_of_orderness: Option<DurationText>,
+    /// How far ahead of a worker's clock a record's event time may be, as a duration such
+    /// as `1h`. A record further ahead (a producer's clock gone wrong, a year typed
+    /// wrong) is a dead letter of class `time_out_of_range` and moves no watermark, so it
+    /// cannot make every later record late. Unset: no limit. Workers check it against
+    /// their clock; `weir test` fixtures, which have no clock, are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_future_skew: Option<DurationText>,
 }
 
 /// Who may read a DataStream.

@@ -40,6 +40,9 @@ pub struct Job {
     pub partitioning: Result<Partitioning, String>,
     /// `spec.expectations`, each known to compile.
     pub expectations: Vec<Expectation>,
+    /// Each input's `spec.eventTime.maxFutureSkew` in milliseconds, in the order of
+    /// `compiled.inputs` (`None`: no limit).
+    pub max_future_skew_ms: Vec<Option<i64>>,
 }
 
 /// Where a partition with no committed offset starts reading.
@@ -120,6 +123,18 @@ impl Job {
                     .with_context(|| format!("DataStream {} is not in the files", i.id()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let max_future_skew_ms = compiled
+            .inputs
+            .iter()
+            .map(|i| {
+                let skew = ds_of(&i.namespace, &i.name)
+                    .and_then(|d| d.spec.event_time.as_ref())
+                    .and_then(|et| et.max_future_skew.as_ref());
+                skew.map(|d| d.millis()).transpose().map_err(|e| {
+                    anyhow::anyhow!("DataStream {}: spec.eventTime.maxFutureSkew: {e}", i.id())
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let output_topic = match ds_of(&namespace, &tf.spec.output.name) {
             Some(ds) => topic_of(ds),
             None => format!("{namespace}.{}", tf.spec.output.name),
@@ -140,6 +155,7 @@ impl Job {
             namespace,
             name,
             expectations: tf.spec.expectations.clone(),
+            max_future_skew_ms,
             partitioning: partitioning::plan(&compiled),
             compiled,
             input_topics,

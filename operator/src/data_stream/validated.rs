@@ -136,6 +136,10 @@ pub fn validate(ds: &DataStream, policy: &Policy) -> Result<ValidatedDataStream,
             d.millis()
                 .map_err(|m| SpecError::new("spec.eventTime.maxOutOfOrderness", m))?;
         }
+        if let Some(d) = &et.max_future_skew {
+            d.millis()
+                .map_err(|m| SpecError::new("spec.eventTime.maxFutureSkew", m))?;
+        }
     }
     if spec.cleanup_policy == CleanupPolicy::Compact && spec.key.is_empty() {
         return Err(SpecError::new(

@@ -45,6 +45,8 @@ pub struct Decoder {
     max_bytes: usize,
     /// The top-level integer fields, checked for numbers arrow-json would truncate.
     integers: Vec<String>,
+    /// How far ahead of this process's clock an event time may be, in milliseconds.
+    max_future_skew_ms: Option<i64>,
 }
 
 /// Whether `bytes` is one JSON value, strictly: arrow-json's decoder reads structure
@@ -90,7 +92,14 @@ impl Decoder {
                 .and_then(|et| input.schema.index_of(&et.field).ok()),
             max_bytes,
             integers: weir_engine::lossless::integer_fields(&input.schema),
+            max_future_skew_ms: None,
         }
+    }
+
+    /// Rejects event times more than `skew_ms` ahead of the clock (`None`: no limit).
+    pub fn with_max_future_skew(mut self, skew_ms: Option<i64>) -> Self {
+        self.max_future_skew_ms = skew_ms;
+        self
     }
 
     /// Decodes `records` into change batches in their order (inserts and upserts as +1,
@@ -329,14 +338,39 @@ impl Decoder {
         let Ok(nanos) = cast(original, &DataType::Timestamp(TimeUnit::Nanosecond, None)) else {
             return (batch, rows);
         };
-        if nanos.null_count() == 0 {
+        // Beyond the clock by more than the skew allowed: as out of range as the year 3000.
+        let too_far = self.max_future_skew_ms.and_then(|skew| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()?
+                .as_nanos();
+            i64::try_from(now)
+                .ok()
+                .map(|now| now.saturating_add(skew.saturating_mul(1_000_000)))
+        });
+        let times = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampNanosecondType>(
+            &nanos,
+        );
+        let ahead =
+            |r: usize| too_far.is_some_and(|limit| times.is_valid(r) && times.value(r) > limit);
+        if nanos.null_count() == 0 && !(0..batch.num_rows()).any(ahead) {
             return (batch, rows);
         }
-        let keep: arrow::array::BooleanArray = (0..batch.num_rows())
-            .map(|r| Some(nanos.is_valid(r)))
-            .collect();
-        for r in (0..batch.num_rows()).filter(|r| nanos.is_null(*r)) {
-            let rejection = if original.is_null(r) {
+        let good = |r: usize| nanos.is_valid(r) && !ahead(r);
+        let keep: arrow::array::BooleanArray =
+            (0..batch.num_rows()).map(|r| Some(good(r))).collect();
+        for r in (0..batch.num_rows()).filter(|r| !good(*r)) {
+            let rejection = if ahead(r) {
+                Rejection {
+                    class: "time_out_of_range",
+                    message: format!(
+                        "the event-time field {field:?} is more than \
+                         spec.eventTime.maxFutureSkew ({} ms) ahead of this worker's clock",
+                        self.max_future_skew_ms.unwrap_or_default()
+                    ),
+                    field: Some(field.clone()),
+                }
+            } else if original.is_null(r) {
                 Rejection {
                     class: "missing_field",
                     message: format!("the event-time field {field:?} is missing or null"),
@@ -354,7 +388,7 @@ impl Decoder {
             rejected.push((rows[r], rejection));
         }
         let kept = (0..batch.num_rows())
-            .filter(|r| nanos.is_valid(*r))
+            .filter(|r| good(*r))
             .map(|r| rows[r])
             .collect();
         match filter_record_batch(&batch, &keep) {
@@ -455,6 +489,28 @@ mod tests {
             "{:?}",
             d.rejected[2]
         );
+    }
+
+    #[test]
+    fn an_event_time_too_far_ahead_of_the_clock_is_rejected_when_a_skew_is_set() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let soon = format!(r#"{{"id":"a","n":1,"ts":{}}}"#, now + 60_000);
+        let far = r#"{"id":"b","n":2,"ts":"2100-01-01T00:00:00Z"}"#;
+        let past = r#"{"id":"c","n":3,"ts":"2026-01-01T00:00:00Z"}"#;
+        let records = values(&[&soon, far, past]);
+        let unlimited = Decoder::new(&input(false), 1 << 20).decode(&records);
+        assert!(unlimited.rejected.is_empty(), "no limit unless set");
+        let d = Decoder::new(&input(false), 1 << 20)
+            .with_max_future_skew(Some(3_600_000))
+            .decode(&records);
+        assert_eq!(ids(&d), ["a", "c"], "a minute ahead is within an hour");
+        assert_eq!(d.rejected.len(), 1);
+        assert_eq!(d.rejected[0].0, 1);
+        assert_eq!(d.rejected[0].1.class, "time_out_of_range");
+        assert_eq!(d.rejected[0].1.field.as_deref(), Some("ts"));
     }
 
     #[test]

@@ -268,7 +268,8 @@ pub fn run(
         metrics.clone(),
     )?;
     let decoders = (job.compiled.inputs.iter())
-        .map(|i| Decoder::new(i, config.max_record_bytes))
+        .zip(&job.max_future_skew_ms)
+        .map(|(i, skew)| Decoder::new(i, config.max_record_bytes).with_max_future_skew(*skew))
         .collect();
     let subscribed = layout.subscribed();
     let repartition = layout.route.as_ref().map(|r| r.topic.clone());

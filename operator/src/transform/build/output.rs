@@ -84,6 +84,7 @@ pub fn output_data_stream(
         event_time: compiled.output_event_time.as_ref().map(|f| EventTime {
             field: f.clone(),
             max_out_of_orderness: None,
+            max_future_skew: None,
         }),
         access: (!out.readers.is_empty()).then(|| Access {
             readers: out.readers.clone(),
