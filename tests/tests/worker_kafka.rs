@@ -630,45 +630,58 @@ async fn an_idle_partition_does_not_stop_windows_closing_and_its_late_records_co
 async fn lateness_is_judged_record_by_record_even_in_one_burst() {
     // Four clicks read in one poll: the second moves the watermark (1 s out of order
     // allowed) past the first minute, so the third, 50 s behind it, is late exactly as
-    // `weir test` (record by record) finds it, however the records were batched.
-    let s = Scenario::new(
-        "burst",
-        1,
-        "SELECT window_start, COUNT(*) AS c FROM clicks GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
-        "",
-    )
-    .await;
-    let (mut all, mut rows) = clicks(0, 4, 1);
-    for (i, secs) in [10i64, 70, 20, 130].into_iter().enumerate() {
-        let ts = serde_json::json!(1_767_225_600_000i64 + secs * 1000);
-        rows[i].insert("ts".into(), ts.clone());
-        all[i].value = Some(
-            serde_json::Value::Object(rows[i].clone())
-                .to_string()
-                .into_bytes(),
+    // `weir test` (record by record) finds it, however the records were batched. Once
+    // straight into the window (grouped by the input's key) and once through the
+    // repartition topic (one window over every user).
+    for (ns, sql) in [
+        (
+            "burst-direct",
+            "SELECT user_id, window_start, COUNT(*) AS c FROM clicks \
+             GROUP BY user_id, TUMBLE(ts, INTERVAL '1' MINUTE)",
+        ),
+        (
+            "burst-routed",
+            "SELECT window_start, COUNT(*) AS c FROM clicks \
+             GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE)",
+        ),
+    ] {
+        let s = Scenario::new(ns, 1, sql, "").await;
+        let (mut all, mut rows) = clicks(0, 4, 1);
+        for (i, secs) in [10i64, 70, 20, 130].into_iter().enumerate() {
+            let ts = serde_json::json!(1_767_225_600_000i64 + secs * 1000);
+            rows[i].insert("ts".into(), ts);
+            all[i].value = Some(
+                serde_json::Value::Object(rows[i].clone())
+                    .to_string()
+                    .into_bytes(),
+            );
+            all[i].partition = Some(0);
+        }
+        // All four are in the topic before the worker first polls.
+        s.produce(&all).await;
+        let mut w = s.worker("w0", &fast());
+        // The windows the watermark passed: 00:00 with the first click only, 00:01.
+        let expected = s.oracle(&[rows[0].clone(), rows[1].clone()]);
+        s.await_output(&expected, Duration::from_secs(120), &[&w])
+            .await;
+        assert_eq!(
+            w.metric_sum("weir_worker_late_records_total").await,
+            1.0,
+            "{ns}"
         );
-        all[i].partition = Some(0);
+        let dead = records::consume_all(
+            &s.bootstrap,
+            &s.topic("t.dead-letters"),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        assert_eq!(dead.len(), 1, "{ns}: {dead:?}");
+        assert_eq!(dead[0].header("weir.error.class").as_deref(), Some("late"));
+        assert_eq!(dead[0].value, all[2].value);
+        w.stop();
+        s.assert_no_open_transactions();
     }
-    // All four are in the topic before the worker first polls.
-    s.produce(&all).await;
-    let mut w = s.worker("w0", &fast());
-    // The windows the watermark passed: 00:00 with the first click only, 00:01.
-    let expected = s.oracle(&[rows[0].clone(), rows[1].clone()]);
-    s.await_output(&expected, Duration::from_secs(120), &[&w])
-        .await;
-    assert_eq!(w.metric_sum("weir_worker_late_records_total").await, 1.0);
-    let dead = records::consume_all(
-        &s.bootstrap,
-        &s.topic("t.dead-letters"),
-        Duration::from_secs(3),
-    )
-    .await
-    .unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].header("weir.error.class").as_deref(), Some("late"));
-    assert_eq!(dead[0].value, all[2].value);
-    w.stop();
-    s.assert_no_open_transactions();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,19 +203,7 @@ impl Step<'_> {
         }
         task.dirty = true;
         for c in controls {
-            let value = c.encode();
-            for q in 0..route.partitions {
-                let headers = OwnedHeaders::new().insert(Header {
-                    key: route::CONTROL_HEADER,
-                    value: Some(route::WATERMARK.as_bytes()),
-                });
-                committer.send(
-                    BaseRecord::<'_, [u8], [u8], ()>::to(&route.topic)
-                        .partition(q)
-                        .payload(value.as_slice())
-                        .headers(headers),
-                )?;
-            }
+            send_control(committer, route, &c)?;
         }
         Ok(())
     }
@@ -235,6 +223,11 @@ impl Step<'_> {
         task.dirty = true;
         let mut sends: Vec<(usize, Option<i32>)> = Vec::new();
         let mut rejects: Vec<(usize, Stage, Rejection)> = Vec::new();
+        // Each batch's watermark, recorded once its records are sent; and the records
+        // behind the watermark of the records before them, each preceded by that
+        // watermark, so the stateful task judges lateness record by record.
+        let mut watermarks: Vec<(usize, i64)> = Vec::new();
+        let mut cuts: Vec<(usize, usize, i64)> = Vec::new();
         for (start, run) in runs(&polled, |p| Some(p.source)) {
             let source = run[0].source;
             let decoded = decode_run(&self.decoders[source], run);
@@ -246,23 +239,43 @@ impl Step<'_> {
                     .partitions_of(source, &batch.data)
                     .map_err(|e| anyhow!("Transform {}: task {id}: {e}", self.job.id))?;
                 sends.extend(rows.iter().zip(parts).map(|(r, q)| (start + r, q)));
+                let behind = task
+                    .engine
+                    .behind_earlier_rows(source, &batch.data)
+                    .map_err(|e| anyhow!("reading event times: {e}"))?;
+                cuts.extend(
+                    behind
+                        .into_iter()
+                        .map(|(r, wm)| (start + rows[r], source, wm)),
+                );
                 if let Some(wm) = task.engine.watermark_of(source, &batch.data).ok().flatten() {
-                    task.progress.update(
-                        source,
-                        id.partition,
-                        Mark {
-                            watermark: Watermark::at(wm),
-                            idle: false,
-                        },
-                    );
+                    watermarks.push((source, wm));
                 }
             }
             task.heard[source] = Instant::now();
             task.offsets.insert(source, run[run.len() - 1].offset + 1);
         }
         sends.sort_unstable_by_key(|(i, _)| *i);
+        cuts.sort_unstable_by_key(|(i, _, _)| *i);
+        let mut cuts = cuts.into_iter().peekable();
         let (mut routed, mut bytes) = (0, 0);
         for (i, q) in sends {
+            while let Some((_, input, wm)) = cuts.next_if(|(at, _, _)| *at <= i) {
+                let mark = Mark {
+                    watermark: Watermark::at(wm),
+                    idle: false,
+                };
+                send_control(
+                    committer,
+                    route,
+                    &Control {
+                        input,
+                        partition: id.partition,
+                        mark,
+                    },
+                )?;
+                task.sent[input] = Some(mark);
+            }
             let p = &polled[i];
             let Some(input) = p.input else { continue };
             let id_header = self.job.compiled.inputs[input].id();
@@ -288,6 +301,16 @@ impl Step<'_> {
                 as u64;
         }
         self.metrics.written(&route.topic, routed, bytes);
+        for (source, wm) in watermarks {
+            task.progress.update(
+                source,
+                id.partition,
+                Mark {
+                    watermark: Watermark::at(wm),
+                    idle: false,
+                },
+            );
+        }
         self.reject(committer, id, &polled, rejects)
     }
 
@@ -312,6 +335,8 @@ impl Step<'_> {
             task.offsets.insert(first.source, first.offset + 1);
             if let Some(c) = first.control {
                 task.progress.update(c.input, c.partition, c.mark);
+                // The records after a mark are judged against it.
+                sends.extend(self.advance(id, task)?);
                 continue;
             }
             let Some(input) = first.input else {
@@ -473,6 +498,28 @@ fn runs(
 
 /// Splits `len` rows into pieces to push: each row where `single` is true alone, the
 /// rows between in runs.
+/// Writes a routing task's watermark mark to every repartition partition.
+fn send_control(
+    committer: &mut Committer,
+    route: &route::Route,
+    c: &Control,
+) -> Result<(), Failure> {
+    let value = c.encode();
+    for q in 0..route.partitions {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: route::CONTROL_HEADER,
+            value: Some(route::WATERMARK.as_bytes()),
+        });
+        committer.send(
+            BaseRecord::<'_, [u8], [u8], ()>::to(&route.topic)
+                .partition(q)
+                .payload(value.as_slice())
+                .headers(headers),
+        )?;
+    }
+    Ok(())
+}
+
 /// The rows to push one at a time: those behind the watermark (`behind`) and those
 /// behind the rows before them (`cuts`).
 fn isolate(
