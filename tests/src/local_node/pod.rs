@@ -9,6 +9,10 @@ pub(super) struct ContainerRun {
     spec: Container,
     process: Option<Supervised>,
     restarts: i32,
+    /// Failures in a row since the container last ran long: the back-off grows with them
+    /// and resets after a long run, as a kubelet's does, while `restarts` (the pod's
+    /// `restartCount`) only ever grows, so a crash loop stays visible.
+    failures: u32,
     started_at: Option<String>,
     started: Option<Instant>,
     next_start: Instant,
@@ -48,6 +52,7 @@ pub(super) async fn run_pod(node: NodeCtx, pod: Pod, stop: CancellationToken) {
             spec: c.clone(),
             process: None,
             restarts: 0,
+            failures: 0,
             started_at: None,
             started: None,
             next_start: Instant::now(),
@@ -187,7 +192,7 @@ async fn step_container(
             .started
             .is_some_and(|s| s.elapsed() > Duration::from_secs(60));
         if ran_long {
-            c.restarts = c.restarts.min(1);
+            c.failures = 0;
         }
         let restart = match restart_policy {
             "Never" => false,
@@ -195,9 +200,10 @@ async fn step_container(
             _ => true,
         };
         if restart {
-            let backoff = Duration::from_secs((1u64 << c.restarts.clamp(0, 5) as u32).min(30));
+            let backoff = Duration::from_secs((1u64 << c.failures.min(5)).min(30));
             c.next_start = Instant::now() + backoff;
             c.restarts += 1;
+            c.failures += 1;
             c.waiting = Some((
                 "CrashLoopBackOff".into(),
                 format!("back-off {backoff:?} restarting the failed container"),
