@@ -67,7 +67,10 @@ pub struct DataStreamSpec {
     /// The Kafka topic's name. Defaults to `<namespace>.<name>`. Immutable. Kafka's
     /// internal topics (names starting with `__`) and the names `.` and `..` are refused.
     /// It must start with `<namespace>.` unless the operator grants the namespace another
-    /// prefix (`WEIR_TOPIC_GRANTS`); otherwise the DataStream is `InvalidSpec`.
+    /// prefix (`WEIR_TOPIC_GRANTS`); otherwise the DataStream is `InvalidSpec`. Names of
+    /// a Transform's internal topics (`<namespace>.<transform>.changelog`, `.repartition`,
+    /// `.dead-letters`, also with an epoch `.e<n>`) are reserved for the Transform and
+    /// refused, `InvalidSpec` as well.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     #[x_kube(

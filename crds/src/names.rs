@@ -92,9 +92,41 @@ impl TransformNames {
     }
 }
 
+/// The kind of internal topic `topic` is named as (`changelog`, `repartition` or
+/// `dead-letters`: the last part of every Transform's internal topic), if it is one. Such a
+/// name belongs to the Transform `<namespace>.<name>` it starts with, never to a DataStream.
+pub fn internal_topic_kind(topic: &str) -> Option<&'static str> {
+    ["changelog", "repartition", "dead-letters"]
+        .into_iter()
+        .find(|kind| {
+            topic
+                .strip_suffix(kind)
+                .and_then(|rest| rest.strip_suffix('.'))
+                // `<namespace>.<name>` at least: one dot before the kind's.
+                .is_some_and(|base| base.contains('.'))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_topic_names_are_known_by_their_last_part() {
+        let n = TransformNames::new("web", "t", 3);
+        for topic in [n.changelog(), n.repartition(), n.dead_letters()] {
+            assert!(internal_topic_kind(&topic).is_some(), "{topic}");
+        }
+        assert_eq!(internal_topic_kind("web.t.changelog"), Some("changelog"));
+        for topic in [
+            "web.changelog-v2",
+            "web.orders",
+            "changelog",
+            "web.t.changelogs",
+        ] {
+            assert_eq!(internal_topic_kind(topic), None, "{topic}");
+        }
+    }
 
     #[test]
     fn names_follow_the_epoch_except_dead_letters_and_principal() {

@@ -313,6 +313,13 @@ pub fn check_topic_name(name: &str) -> Result<(), String> {
             "the topic name {name:?} contains {c:?}; Kafka allows letters, digits, '.', '_' and '-'"
         ));
     }
+    if let Some(kind) = weir_crds::names::internal_topic_kind(name) {
+        return Err(format!(
+            "the topic name {name:?} is a Transform's {kind} topic (<namespace>.<transform>.{kind}): \
+             Weir keeps a Transform's internal topics itself, and a DataStream may not manage \
+             or adopt one"
+        ));
+    }
     if name.starts_with("__") {
         return Err(format!(
             "the topic name {name:?} starts with '__': Kafka's internal topics are never \
@@ -537,6 +544,9 @@ spec:
             "..",
             "__consumer_offsets",
             "__transaction_state",
+            "web.t.changelog",
+            "web.t.e2.repartition",
+            "web.t.dead-letters",
             "a/b",
             "é",
         ] {
