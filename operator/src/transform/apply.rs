@@ -15,7 +15,7 @@ use weir_crds::compile::id_of;
 
 use super::{Ctx, build, principal};
 use crate::context::Happened;
-use crate::kafka_admin::{DesiredTopic, KafkaAdmin, TopicError};
+use crate::kafka_admin::{ConfigChange, DesiredTopic, KafkaAdmin, TopicError, TopicState};
 use crate::{FIELD_MANAGER, Result};
 
 /// Stops a Transform's workers reading (a grant was revoked): its Deployment scaled to zero
@@ -144,12 +144,82 @@ pub(super) async fn ensure_topic(
                 .await;
             }
         }
-        Some(state) if state.partitions < topic.partitions => {
-            kafka
-                .raise_partitions(&topic.name, topic.partitions)
-                .await?;
+        Some(state) => {
+            // The configs the Transform's state depends on (a changelog compacted, never
+            // deleted by time) are put back when someone changed them.
+            let drift = config_drift(topic, &state);
+            if !drift.is_empty() {
+                let what: Vec<String> = drift
+                    .iter()
+                    .map(|c| match c {
+                        ConfigChange::Set(k, v) => format!("{k}={v}"),
+                        ConfigChange::Delete(k) => format!("{k} (removed)"),
+                    })
+                    .collect();
+                kafka.change_configs(&topic.name, drift).await?;
+                ctx.publish(
+                    tf,
+                    EventType::Warning,
+                    Happened::ConfigDriftReverted,
+                    format!(
+                        "internal topic {} had its configs changed; set back: {}",
+                        topic.name,
+                        what.join(", ")
+                    ),
+                )
+                .await;
+            }
+            if state.partitions < topic.partitions {
+                kafka
+                    .raise_partitions(&topic.name, topic.partitions)
+                    .await?;
+            }
         }
-        Some(_) => {}
     }
     Ok(())
+}
+
+/// The configs of internal topic `topic` that the live topic does not have as Weir sets
+/// them.
+fn config_drift(topic: &DesiredTopic, live: &TopicState) -> Vec<ConfigChange> {
+    topic
+        .configs
+        .iter()
+        .filter(|(k, v)| live.configs.get(*k) != Some(*v))
+        .map(|(k, v)| ConfigChange::Set(k.clone(), v.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn an_internal_topic_set_to_delete_is_put_back_to_compact() {
+        let desired = DesiredTopic {
+            name: "web.t.changelog".into(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: BTreeMap::from([("cleanup.policy".into(), "compact".into())]),
+        };
+        let mut live = TopicState {
+            id: "id".into(),
+            partitions: 3,
+            replication_factor: 1,
+            dynamic_configs: BTreeMap::new(),
+            configs: BTreeMap::from([
+                ("cleanup.policy".into(), "delete".into()),
+                ("retention.ms".into(), "604800000".into()),
+            ]),
+        };
+        assert_eq!(
+            config_drift(&desired, &live),
+            vec![ConfigChange::Set("cleanup.policy".into(), "compact".into())]
+        );
+        live.configs
+            .insert("cleanup.policy".into(), "compact".into());
+        assert!(config_drift(&desired, &live).is_empty());
+    }
 }
