@@ -276,6 +276,12 @@ async fn state_epoch(
             fingerprint: &compiled.fingerprint,
             state: &compiled.state_fingerprint,
             stateful: compiled.is_stateful(),
+            tasks: resolved
+                .inputs
+                .iter()
+                .map(|d| d.status.as_ref().and_then(|s| s.partitions))
+                .collect::<Option<Vec<i32>>>()
+                .and_then(|p| p.into_iter().max()),
         },
         tf.spec.upgrade_policy,
         &changelog,
@@ -373,6 +379,8 @@ struct Topics {
     internal: InternalTopics,
     /// What the workers' principal may read and write.
     plan: principal::PlanTopics,
+    /// How many tasks the workers run as: the most partitions of an input.
+    tasks: i32,
 }
 
 /// Checks the plan's partitioning and the inputs' and output's topics, and creates the
@@ -463,6 +471,7 @@ async fn topics(
             output: output_topic,
             internal: desired.into_iter().map(|t| t.name).collect(),
         },
+        tasks,
     })
 }
 
@@ -529,6 +538,7 @@ async fn workload(
         &ctx.workers,
         &config_hash,
         epoch,
+        topics.tasks,
         credentials,
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);

@@ -27,6 +27,9 @@ pub struct Deployed {
     pub stateful: bool,
     /// The state epoch it uses.
     pub epoch: i64,
+    /// How many tasks its state is partitioned into (the inputs' partitions); `None` for
+    /// workers deployed before the operator recorded it.
+    pub tasks: Option<i32>,
 }
 
 /// The plan to deploy.
@@ -38,6 +41,8 @@ pub struct Plan<'a> {
     pub state: &'a str,
     /// Whether it keeps state.
     pub stateful: bool,
+    /// How many tasks it runs as (the most partitions of an input), when known.
+    pub tasks: Option<i32>,
 }
 
 /// What to do with the state.
@@ -61,6 +66,24 @@ pub fn decide(
     let Some(d) = deployed else {
         return Decision::Keep(0);
     };
+    // State is kept per task, each task a partition of the inputs: with another count,
+    // keys hash to tasks that do not hold their state (counts restart, joins miss).
+    if let (Some(was), Some(now)) = (d.tasks, plan.tasks)
+        && was != now
+        && d.stateful
+        && plan.stateful
+    {
+        return match policy {
+            UpgradePolicy::Reprocess => Decision::Reprocess(d.epoch + 1),
+            UpgradePolicy::KeepState => Decision::Refuse(format!(
+                "the inputs now have {now} partitions where the running state in {changelog} \
+                 is split into {was}: each key's state lives with the task of its partition, \
+                 and with another count keys would reach tasks without their state. Set \
+                 spec.upgradePolicy: reprocess to rebuild the state from spec.startFrom in \
+                 {now} tasks; the running version keeps running meanwhile"
+            )),
+        };
+    }
     let same_state = d.stateful && plan.stateful && d.state.as_deref() == Some(plan.state);
     if d.plan == plan.fingerprint || (!d.stateful && !plan.stateful) || same_state {
         return Decision::Keep(d.epoch);
@@ -107,6 +130,7 @@ mod tests {
             state: Some("s".into()),
             stateful,
             epoch: 2,
+            tasks: Some(3),
         }
     }
 
@@ -115,7 +139,49 @@ mod tests {
             fingerprint,
             state,
             stateful,
+            tasks: Some(3),
         }
+    }
+
+    #[test]
+    fn more_input_partitions_under_running_state_are_refused_or_reprocessed() {
+        let d = deployed(true);
+        let wider = Plan {
+            tasks: Some(6),
+            ..plan(&d.plan, "s", true)
+        };
+        match decide(Some(&d), wider, UpgradePolicy::KeepState, "n.t.changelog") {
+            Decision::Refuse(why) => {
+                assert!(why.contains("6 partitions"), "{why}");
+                assert!(why.contains("split into 3"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            decide(Some(&d), wider, UpgradePolicy::Reprocess, "c"),
+            Decision::Reprocess(3)
+        );
+        // Stateless plans, and workers deployed before the count was recorded, go on.
+        assert_eq!(
+            decide(
+                Some(&deployed(false)),
+                Plan {
+                    tasks: Some(6),
+                    ..plan("b", "t", false)
+                },
+                UpgradePolicy::KeepState,
+                "c"
+            ),
+            Decision::Keep(2)
+        );
+        let unrecorded = Deployed {
+            tasks: None,
+            ..deployed(true)
+        };
+        assert_eq!(
+            decide(Some(&unrecorded), wider, UpgradePolicy::KeepState, "c"),
+            Decision::Keep(2)
+        );
     }
 
     #[test]

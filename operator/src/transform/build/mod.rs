@@ -50,6 +50,8 @@ pub const STATE: &str = "weir.dev/state";
 pub const STATEFUL: &str = "weir.dev/stateful";
 /// The pod template annotation naming the state epoch the workers use.
 pub const STATE_EPOCH: &str = "weir.dev/state-epoch";
+/// The pod template annotation naming how many tasks the workers' state is split into.
+pub const TASKS: &str = "weir.dev/tasks";
 
 /// What a workers' Deployment runs, from its pod template.
 pub fn deployed(d: &Deployment) -> Option<super::upgrade::Deployed> {
@@ -59,6 +61,7 @@ pub fn deployed(d: &Deployment) -> Option<super::upgrade::Deployed> {
         state: a.get(STATE).cloned(),
         stateful: a.get(STATEFUL).is_none_or(|s| s == "true"),
         epoch: a.get(STATE_EPOCH).and_then(|e| e.parse().ok()).unwrap_or(0),
+        tasks: a.get(TASKS).and_then(|t| t.parse().ok()),
     })
 }
 

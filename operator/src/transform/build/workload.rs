@@ -138,6 +138,7 @@ pub fn deployment(
     settings: &WorkerSettings,
     config_hash: &str,
     epoch: i64,
+    tasks: i32,
     credentials: &crate::transform::principal::PodCredentials,
 ) -> Deployment {
     let name = worker_name(tf);
@@ -235,6 +236,7 @@ pub fn deployment(
                             (STATE.into(), compiled.state_fingerprint.clone()),
                             (STATEFUL.into(), compiled.is_stateful().to_string()),
                             (STATE_EPOCH.into(), epoch.to_string()),
+                            (TASKS.into(), tasks.to_string()),
                         ]
                         .into_iter()
                         .chain(
@@ -333,7 +335,7 @@ mod tests {
             identity: Default::default(),
         };
         let none = Default::default();
-        let d = deployment(&tf, &c, &settings, "h", 0, &none);
+        let d = deployment(&tf, &c, &settings, "h", 0, 3, &none);
         let spec = &d.spec;
         assert_eq!(spec.replicas, Some(2));
         assert_eq!(
@@ -353,15 +355,15 @@ mod tests {
         assert!(args.contains(&format!("--fingerprint={}", c.fingerprint)));
         assert!(pod.containers[0].readiness_probe.is_some());
         // Stamped objects carry the hash of what was built; the same input, the same hash.
-        let a = stamp(deployment(&tf, &c, &settings, "h", 0, &none));
-        let b = stamp(deployment(&tf, &c, &settings, "h", 0, &none));
+        let a = stamp(deployment(&tf, &c, &settings, "h", 0, 3, &none));
+        let b = stamp(deployment(&tf, &c, &settings, "h", 0, 3, &none));
         assert_eq!(stamped_hash(&a), stamped_hash(&b));
-        let other = stamp(deployment(&tf, &c, &settings, "other", 0, &none));
+        let other = stamp(deployment(&tf, &c, &settings, "other", 0, 3, &none));
         assert_eq!(
             deployed(&a).map(|d| (d.stateful, d.epoch)),
             Some((false, 0))
         );
-        let later = deployment(&tf, &c, &settings, "h", 2, &none);
+        let later = deployment(&tf, &c, &settings, "h", 2, 3, &none);
         let args = later.spec.template.spec.as_ref().unwrap().containers[0]
             .args
             .clone()
