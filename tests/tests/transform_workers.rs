@@ -837,6 +837,34 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
         let want = BTreeMap::from([("/p0".to_owned(), 16), ("/p1".to_owned(), 16)]);
         wait_for_clicks(&bootstrap, &topic, &want).await;
         wait_for_topic_deleted(&bootstrap, &format!("{ns}.by-url.changelog")).await;
+
+        // More input partitions split the state differently: keepState refuses them (the
+        // running version keeps running), reprocess rebuilds the state in as many tasks.
+        apply(&client, &ns, &v2).await;
+        apply(&client, &ns, &CLICKS).await;
+        let tf = await_condition(
+            transforms.clone(),
+            "by-url",
+            has_reason("Ready", "UpgradeBlocked"),
+            WAIT,
+        )
+        .await;
+        let why = &condition(&tf, "Ready").unwrap().message;
+        assert!(why.contains("now have 2 partitions"), "{why}");
+        assert!(why.contains("split into 1"), "{why}");
+        apply(&client, &ns, &format!("{v2}  upgradePolicy: reprocess\n")).await;
+        await_condition(
+            transforms.clone(),
+            "by-url",
+            |t: Option<&Transform>| {
+                t.and_then(|t| t.status.as_ref())
+                    .is_some_and(|s| s.state_epoch == 2)
+                    && is("Ready", "True")(t)
+            },
+            WAIT,
+        )
+        .await;
+        wait_for_clicks(&bootstrap, &topic, &want).await;
     })
     .await;
 }
