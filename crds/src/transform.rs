@@ -109,6 +109,8 @@ pub struct TransformSpec {
     /// Any other change: `keepState` (default) refuses it, saying what would be lost, and
     /// the running version keeps running; `reprocess` drops the state and reads the input
     /// again from `startFrom` into new state (the output receives the results again).
+    /// More partitions on an input of a stateful plan split its state into another number
+    /// of tasks, and count as such a change.
     #[serde(default)]
     pub upgrade_policy: UpgradePolicy,
 
