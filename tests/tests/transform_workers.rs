@@ -841,7 +841,7 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
         // More input partitions split the state differently: keepState refuses them (the
         // running version keeps running), reprocess rebuilds the state in as many tasks.
         apply(&client, &ns, &v2).await;
-        apply(&client, &ns, &CLICKS).await;
+        apply(&client, &ns, CLICKS).await;
         let tf = await_condition(
             transforms.clone(),
             "by-url",
