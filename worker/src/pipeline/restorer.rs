@@ -294,6 +294,10 @@ impl Restorer {
             }
             task.commits = meta.as_ref().map_or(0, |m| m.commits);
             task.running = true;
+            // Idleness counts from now, when its inputs are read again: a restore longer
+            // than the idle timeout must not declare them idle at once and make their
+            // backlog late.
+            task.heard.fill(Instant::now());
             task.buffer.clear();
             task.late_seen = task.engine.late_records();
             if id.role == Role::Run {
