@@ -174,6 +174,15 @@ async fn wait_for_topic_deleted(bootstrap: &str, name: &str) {
 }
 
 /// Whether condition `type_` of a Transform has reason `reason`.
+/// Ready for its generation, in state epoch `epoch`.
+fn ready_in_epoch(epoch: i64) -> impl Fn(Option<&Transform>) -> bool {
+    move |t| {
+        t.and_then(|t| t.status.as_ref())
+            .is_some_and(|s| s.state_epoch == epoch)
+            && is("Ready", "True")(t)
+    }
+}
+
 fn has_reason(type_: &'static str, reason: &'static str) -> impl Fn(Option<&Transform>) -> bool {
     move |tf: Option<&Transform>| {
         tf.and_then(|t| condition(t, type_))
@@ -810,17 +819,7 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
 
         // reprocess drops the state and rebuilds it from the input in a new epoch.
         apply(&client, &ns, &format!("{v2}  upgradePolicy: reprocess\n")).await;
-        let tf = await_condition(
-            transforms.clone(),
-            "by-url",
-            |t: Option<&Transform>| {
-                t.and_then(|t| t.status.as_ref())
-                    .is_some_and(|s| s.state_epoch == 1)
-                    && is("Ready", "True")(t)
-            },
-            WAIT,
-        )
-        .await;
+        let tf = await_condition(transforms.clone(), "by-url", ready_in_epoch(1), WAIT).await;
         assert!(
             tf.status
                 .unwrap()
@@ -853,17 +852,7 @@ async fn a_changed_stateful_plan_keeps_its_state_or_is_refused_or_reprocessed_by
         assert!(why.contains("now have 2 partitions"), "{why}");
         assert!(why.contains("split into 1"), "{why}");
         apply(&client, &ns, &format!("{v2}  upgradePolicy: reprocess\n")).await;
-        await_condition(
-            transforms.clone(),
-            "by-url",
-            |t: Option<&Transform>| {
-                t.and_then(|t| t.status.as_ref())
-                    .is_some_and(|s| s.state_epoch == 2)
-                    && is("Ready", "True")(t)
-            },
-            WAIT,
-        )
-        .await;
+        await_condition(transforms.clone(), "by-url", ready_in_epoch(2), WAIT).await;
         wait_for_clicks(&bootstrap, &topic, &want).await;
     })
     .await;

@@ -26,6 +26,16 @@ pub struct Mark {
     pub idle: bool,
 }
 
+impl Mark {
+    /// A partition that spoke: its records imply watermark `nanos`.
+    pub fn heard(nanos: i64) -> Self {
+        Self {
+            watermark: Watermark::at(nanos),
+            idle: false,
+        }
+    }
+}
+
 /// The progress of every input partition a task hears from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {

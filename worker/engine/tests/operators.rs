@@ -476,3 +476,38 @@ fn an_integer_sum_that_leaves_64_bits_when_sessions_merge_is_an_error_not_clampe
         "{error}"
     );
 }
+
+/// Where a batch must be cut so lateness is judged record by record: rows behind the
+/// watermark the rows before them imply, with that watermark; none for a batch in order,
+/// and none for a plan that never finds a record late.
+#[test]
+fn a_batch_is_cut_before_each_row_behind_the_rows_before_it() {
+    let c = compiled("SELECT k, COUNT(*) AS n FROM e GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)");
+    let engine = Engine::new(&c).expect("engine");
+    let schema = c.inputs[0].schema.clone();
+    let rows = [
+        (1, None, 10_000),
+        (1, None, 70_000),
+        (1, None, 20_000),
+        (1, None, 130_000),
+    ];
+    let cuts = engine
+        .behind_earlier_rows(0, &batch(&schema, &rows, 1).data)
+        .expect("event times");
+    assert_eq!(cuts, vec![(2, 70_000_000_000)]);
+    let in_order = [(1, None, 10_000), (1, None, 70_000), (1, None, 130_000)];
+    assert!(
+        engine
+            .behind_earlier_rows(0, &batch(&schema, &in_order, 1).data)
+            .expect("event times")
+            .is_empty()
+    );
+    let stateless = compiled("SELECT k FROM e");
+    assert!(
+        Engine::new(&stateless)
+            .expect("engine")
+            .behind_earlier_rows(0, &batch(&schema, &rows, 1).data)
+            .expect("event times")
+            .is_empty()
+    );
+}

@@ -145,14 +145,7 @@ impl Step<'_> {
         input: usize,
         wm: i64,
     ) -> Result<Vec<ChangeBatch>, Failure> {
-        task.progress.update(
-            input,
-            id.partition,
-            Mark {
-                watermark: Watermark::at(wm),
-                idle: false,
-            },
-        );
+        task.progress.update(input, id.partition, Mark::heard(wm));
         self.advance(id, task)
     }
 
@@ -261,10 +254,7 @@ impl Step<'_> {
         let (mut routed, mut bytes) = (0, 0);
         for (i, q) in sends {
             while let Some((_, input, wm)) = cuts.next_if(|(at, _, _)| *at <= i) {
-                let mark = Mark {
-                    watermark: Watermark::at(wm),
-                    idle: false,
-                };
+                let mark = Mark::heard(wm);
                 send_control(
                     committer,
                     route,
@@ -302,14 +292,7 @@ impl Step<'_> {
         }
         self.metrics.written(&route.topic, routed, bytes);
         for (source, wm) in watermarks {
-            task.progress.update(
-                source,
-                id.partition,
-                Mark {
-                    watermark: Watermark::at(wm),
-                    idle: false,
-                },
-            );
+            task.progress.update(source, id.partition, Mark::heard(wm));
         }
         self.reject(committer, id, &polled, rejects)
     }
@@ -433,14 +416,7 @@ impl Step<'_> {
                     }
                 }
                 if let Some(wm) = wm {
-                    task.progress.update(
-                        input,
-                        id.partition,
-                        Mark {
-                            watermark: Watermark::at(wm),
-                            idle: false,
-                        },
-                    );
+                    task.progress.update(input, id.partition, Mark::heard(wm));
                 }
                 if !repartitioned {
                     task.heard[input] = Instant::now();
